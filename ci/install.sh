@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need on a fresh Debian 12 machine. Idempotent, quiet.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/env.sh"
+
+pkgs=(build-essential pkg-config libclang-dev openmpi-bin libopenmpi-dev mpich libmpich-dev
+      iproute2 procps psmisc sqlite3)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ci/install.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Python environment: the same CPython minor version rpar-engine embeds (python3 on PATH).
+if [ ! -x "$RPAR_VENV/bin/python" ]; then
+  mkdir -p "$(dirname "$RPAR_VENV")"
+  python3 -m venv "$RPAR_VENV"
+fi
+stamp="$RPAR_VENV/.rpar-requirements"
+if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
+  "$RPAR_VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$RPAR_VENV/bin/pip" install -q -r "$here/requirements.txt"
+  cp "$here/requirements.txt" "$stamp"
+fi

@@ -1,0 +1,21 @@
+//! rpar-core: the pieces every rpar program shares.
+//!
+//! * [`wire`]: Jupyter/ipyparallel multipart framing, HMAC-SHA256 signing and verification,
+//!   replay protection and size limits.
+//! * [`msg`]: message headers and the builder that stamps them.
+//! * [`ids`]: session/engine ids, timestamps in the client's format, newtype ids.
+//! * [`connection`]: the `ipcontroller-*.json` connection files.
+//! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
+//!
+//! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
+//! feed frames through these types.
+
+pub mod connection;
+pub mod ids;
+pub mod msg;
+pub mod profile;
+pub mod wire;
+
+pub use ids::{EngineId, MsgId};
+pub use msg::{Header, MessageBuilder};
+pub use wire::{Frames, Signer, WireError, WireMessage};
