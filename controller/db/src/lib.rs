@@ -1,0 +1,1 @@
+//! The controller task database (see issue 5).
