@@ -6,10 +6,12 @@
 //! * [`ids`]: session/engine ids, timestamps in the client's format, newtype ids.
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
+//! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
 //! feed frames through these types.
 
+pub mod config;
 pub mod connection;
 pub mod ids;
 pub mod msg;
