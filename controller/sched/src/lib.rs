@@ -1,1 +1,40 @@
-//! Sans-I/O schedulers of rpar-controller.
+//! Sans-I/O schedulers of rpar-controller: the load-balanced task scheduler and the broadcast
+//! scheduler. (API summary for the hub: see below.)
+//!
+//! # API summary
+//!
+//! No sockets and no clocks: every call takes `now: Instant` and returns the actions to perform,
+//! in order. The hub has verified every message's signature before handing it over; messages
+//! the schedulers make themselves are built with the [`MessageBuilder`](rpar_core::MessageBuilder)
+//! and [`Signer`](rpar_core::Signer) given at construction.
+//!
+//! ## [`TaskScheduler`] (client-facing ROUTER `task_in`, engine-facing ROUTER `task_out`)
+//!
+//! * `TaskScheduler::new(TaskConfig { scheme, hwm, engine_death_grace, seed }, builder, signer)`
+//! * `add_engine(uuid, id, now)` once the engine is up (after its first heartbeat);
+//!   `remove_engine(uuid, now)` when it unregisters or dies.
+//! * `submit(msg, now)`: a request as received on `task_in`, `msg.idents == [client_id]`.
+//! * `on_engine_reply(msg, now)`: as received on `task_out`, `msg.idents == [engine_uuid, client_id]`.
+//! * `tick(now)` whenever `now >= next_deadline()`.
+//! * queue_status: `unassigned()`, `engine_loads()`, `outstanding_on(uuid)`, `outstanding_ids(uuid)`.
+//!
+//! Actions ([`TaskAction`]):
+//! * `ToEngine(frames)`: send on `task_out` (`[engine_uuid, client_id, DELIM, request…]`, request
+//!   bytes unchanged).
+//! * `Assigned { msg_id, engine_uuid }`: the `tracktask` bookkeeping (again on each resubmission).
+//! * `Finished { msg_id, engine_uuid, reply }`: the final reply (`outtask`): record it, then send
+//!   `reply.into_frames()` on `task_in`. Engine replies and the synthesized `EngineError` are
+//!   routed `[client_id, engine_uuid]`; the scheduler's own errors (`InvalidDependency`,
+//!   `ImpossibleDependency`, `TaskTimeout`, malformed metadata) `[client_id]`, with metadata `{}`.
+//!   Failures that are retried, and replies with `dependencies_met: false`, never show up.
+//!
+//! ## `BroadcastScheduler` (in progress: one flat scheduler; client ROUTER + engine-facing ROUTER)
+
+pub mod deps;
+pub mod errors;
+pub mod schemes;
+pub mod task;
+
+pub use errors::{MetadataError, SchedFailure};
+pub use schemes::{Scheme, UnknownScheme};
+pub use task::{EngineLoad, TaskAction, TaskConfig, TaskScheduler};
