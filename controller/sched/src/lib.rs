@@ -28,13 +28,25 @@
 //!   `ImpossibleDependency`, `TaskTimeout`, malformed metadata) `[client_id]`, with metadata `{}`.
 //!   Failures that are retried, and replies with `dependencies_met: false`, never show up.
 //!
-//! ## `BroadcastScheduler` (in progress: one flat scheduler; client ROUTER + engine-facing ROUTER)
+//! ## [`BroadcastScheduler`] (one flat scheduler; client ROUTER + engine-facing ROUTER)
+//!
+//! * `BroadcastScheduler::new(BroadcastConfig { engine_death_grace }, builder, signer)`
+//! * `add_engine(uuid, id, now)`, `remove_engine(uuid, now)`, `tick(now)`/`next_deadline()`.
+//! * `submit(msg, now)` (`msg.idents == [client_id]`), `on_engine_reply(msg, now)`
+//!   (`msg.idents == [engine_uuid, client_id]`).
+//! * Actions [`BroadcastAction`]: `ToEngine(frames)` on the engine-facing ROUTER,
+//!   `ToClient(frames)` on the client-facing ROUTER (`[client_id, DELIM, …]`, no engine frame).
+//!   Broadcasts are not tracked by the hub (as in ipyparallel), so there are no bookkeeping events.
+//!
+//! See [`broadcast`] for derived msg_ids, metadata, coalescing and engine death.
 
+pub mod broadcast;
 pub mod deps;
 pub mod errors;
 pub mod schemes;
 pub mod task;
 
+pub use broadcast::{BroadcastAction, BroadcastConfig, BroadcastScheduler};
 pub use errors::{MetadataError, SchedFailure};
 pub use schemes::{Scheme, UnknownScheme};
 pub use task::{EngineLoad, TaskAction, TaskConfig, TaskScheduler};
