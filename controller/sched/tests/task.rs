@@ -812,3 +812,97 @@ fn big_map_with_blocked_targeted_tasks_stays_fast() {
     assert_eq!(s.unassigned(), 0);
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }
+
+#[test]
+fn retry_resends_the_original_bytes_and_reports_assignment_again() {
+    let now = Instant::now();
+    let mut s = task_sched(Scheme::LeastLoad, 1);
+    add(&mut s, 2, now);
+    let req = request("a", lb_md(json!([]), json!([]), json!([]), 0.0, 1));
+    let first = s.submit(req.clone(), now);
+    let e1 = sent(&first)[0].0.clone();
+    let acts = s.on_engine_reply(engine_reply(&e1, &req.header, "error", true), now);
+    let TaskAction::ToEngine(frames) = &acts[0] else {
+        panic!("{acts:?}")
+    };
+    assert_ne!(frames[0], e1);
+    assert_eq!(
+        frames[1..],
+        req.clone().into_frames()[..],
+        "same request bytes, same signature"
+    );
+    assert!(acts.iter().any(|a| matches!(a, TaskAction::Assigned { msg_id, engine_uuid } if msg_id == "a" && *engine_uuid != e1)));
+}
+
+#[test]
+fn follow_on_failure_runs_where_the_failure_happened() {
+    let now = Instant::now();
+    let mut s = task_sched(Scheme::LeastLoad, 0);
+    add(&mut s, 3, now);
+    let e = go(&mut s, "a", plain(), now).unwrap();
+    s.on_engine_reply(engine_reply(&e, &hdr("a"), "error", true), now);
+    let on_fail = json!({"dependencies": ["a"], "success": false, "failure": true});
+    go(&mut s, "busy1", plain(), now);
+    go(&mut s, "busy2", plain(), now);
+    assert_eq!(
+        go(
+            &mut s,
+            "b",
+            lb_md(json!([]), on_fail, json!([]), 0.0, 0),
+            now
+        ),
+        Some(e)
+    );
+    // following a failure with success-only is impossible
+    let f = finished(s.submit(
+        request("c", lb_md(json!([]), json!(["a"]), json!([]), 0.0, 0)),
+        now,
+    ));
+    assert_eq!(f[0].ename(), Some("ImpossibleDependency"));
+}
+
+#[test]
+fn follow_on_a_dead_engine_is_impossible() {
+    let t0 = Instant::now();
+    let mut s = task_sched(Scheme::LeastLoad, 1);
+    add(&mut s, 2, t0);
+    let e = go(&mut s, "a", plain(), t0).unwrap();
+    s.on_engine_reply(engine_reply(&e, &hdr("a"), "ok", true), t0);
+    s.remove_engine(&e, t0);
+    let f = finished(s.submit(
+        request("b", lb_md(json!([]), json!(["a"]), json!([]), 0.0, 0)),
+        t0,
+    ));
+    assert_eq!(f[0].ename(), Some("ImpossibleDependency"));
+}
+
+#[test]
+fn pure_queues_until_an_engine_registers() {
+    let now = Instant::now();
+    let mut s = task_sched(Scheme::Pure, 1);
+    assert_eq!(go(&mut s, "a", plain(), now), None);
+    assert_eq!(go(&mut s, "b", plain(), now), None);
+    assert_eq!(s.unassigned(), 2);
+    let acts = s.add_engine(&uuid(0), 0, now);
+    assert_eq!(sent_ids(&acts), vec!["a", "b"], "no hwm in pure mode");
+}
+
+#[test]
+fn hwm_two_fills_each_engine_twice() {
+    let now = Instant::now();
+    let mut s = task_sched(Scheme::LeastLoad, 2);
+    add(&mut s, 2, now);
+    let got: Vec<_> = (0..5)
+        .map(|i| go(&mut s, &format!("t{i}"), plain(), now))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Some(uuid(1)),
+            Some(uuid(0)),
+            Some(uuid(1)),
+            Some(uuid(0)),
+            None
+        ]
+    );
+}
