@@ -6,8 +6,8 @@
 //! `{"dependencies": [...], "all": bool, "success": bool, "failure": bool}`.
 //!
 //! Inside the scheduler msg_ids are interned to task sequence numbers ([`TaskSeq`]) at submission,
-//! so checks are integer-set operations. An id the scheduler has never seen is kept apart in
-//! [`ParsedDependency::unknown`] so the caller can answer `InvalidDependency`.
+//! so checks are integer lookups. An id the scheduler has never seen cannot be interned: the
+//! caller answers `InvalidDependency` for it.
 
 use crate::errors::MetadataError;
 use serde_json::Value;
