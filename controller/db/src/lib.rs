@@ -62,6 +62,8 @@ pub mod nodb;
 pub mod query;
 pub mod record;
 pub mod reply;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 #[cfg(test)]
 #[allow(clippy::field_reassign_with_default)]
@@ -74,6 +76,8 @@ pub use nodb::NoDb;
 pub use query::Query;
 pub use record::{parse_keys, Field, FieldKind, Stream, TaskRecord};
 pub use reply::{db_reply, history_reply, result_entry};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteDb;
 
 /// The task database as the hub sees it. Object-safe: the hub holds a `Box<dyn TaskDb + Send>`.
 ///

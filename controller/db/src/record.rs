@@ -236,8 +236,12 @@ impl TaskRecord {
                 Some(v) => FieldRef::Json(v),
             }
         }
+        // An empty buffer list reads as null (SQLite stores it as NULL, as ipyparallel does).
         fn b(v: &Option<Vec<Vec<u8>>>) -> FieldRef<'_> {
-            v.as_deref().map_or(FieldRef::Null, FieldRef::Buffers)
+            match v.as_deref() {
+                None | Some([]) => FieldRef::Null,
+                Some(bufs) => FieldRef::Buffers(bufs),
+            }
         }
         match field {
             Field::MsgId => t(&self.msg_id),
@@ -366,7 +370,11 @@ impl TaskRecord {
 
     fn clone_field(&self, field: Field) -> Option<FieldValue> {
         match self.get(field) {
-            FieldRef::Null => None,
+            FieldRef::Null => match field {
+                Field::Buffers => self.buffers.clone().map(FieldValue::Buffers),
+                Field::ResultBuffers => self.result_buffers.clone().map(FieldValue::Buffers),
+                _ => None,
+            },
             FieldRef::Text(s) => match field {
                 Field::Stdout if self.stdout.is_none() => None,
                 Field::Stderr if self.stderr.is_none() => None,
