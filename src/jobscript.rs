@@ -28,7 +28,14 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 6] = [System::Pbs, System::Sge, System::Slurm, System::Lsf, System::HtCondor, System::Mpiexec];
+    pub const ALL: [System; 6] = [
+        System::Pbs,
+        System::Sge,
+        System::Slurm,
+        System::Lsf,
+        System::HtCondor,
+        System::Mpiexec,
+    ];
 
     pub fn parse(s: &str) -> Option<System> {
         Some(match s.to_ascii_lowercase().as_str() {
@@ -142,7 +149,10 @@ impl ScriptVars {
     pub fn to_context(&self) -> Map<String, Value> {
         let mut m = Map::new();
         let s = |v: &str| Value::String(v.to_string());
-        m.insert("n".into(), self.n.map(|n| Value::from(n as u64)).unwrap_or(Value::Null));
+        m.insert(
+            "n".into(),
+            self.n.map(|n| Value::from(n as u64)).unwrap_or(Value::Null),
+        );
         for (k, v) in [
             ("queue", &self.queue),
             ("profile_dir", &self.profile_dir),
@@ -160,8 +170,14 @@ impl ScriptVars {
         ] {
             m.insert(k.into(), s(v));
         }
-        m.insert("pe".into(), s(if self.pe.is_empty() { "smp" } else { &self.pe }));
-        m.insert("options".into(), Value::Array(self.options.iter().map(|o| s(o)).collect()));
+        m.insert(
+            "pe".into(),
+            s(if self.pe.is_empty() { "smp" } else { &self.pe }),
+        );
+        m.insert(
+            "options".into(),
+            Value::Array(self.options.iter().map(|o| s(o)).collect()),
+        );
         m.insert("nl".into(), s("\n"));
         // ipyparallel's names
         let (program, args) = match self.role {
@@ -170,7 +186,11 @@ impl ScriptVars {
         };
         m.insert("program".into(), s(program));
         m.insert("program_args".into(), s(args));
-        let pa = if args.is_empty() { program.clone() } else { format!("{program} {args}") };
+        let pa = if args.is_empty() {
+            program.clone()
+        } else {
+            format!("{program} {args}")
+        };
         m.insert("program_and_args".into(), s(&pa));
         for (k, v) in &self.namespace {
             m.insert(k.clone(), v.clone());
@@ -198,7 +218,8 @@ fn has_ipp_field(text: &str) -> bool {
     (0..b.len()).any(|i| {
         b[i] == b'{'
             && (i == 0 || b[i - 1] != b'{')
-            && b.get(i + 1).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b'(')
+            && b.get(i + 1)
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c == b'(')
     })
 }
 
@@ -213,7 +234,10 @@ pub fn render(text: &str, origin: &str, vars: &ScriptVars) -> Result<String, Tem
 
 /// Quote for a POSIX shell when needed.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -222,7 +246,11 @@ pub fn shell_quote(s: &str) -> String {
 
 /// Join words into a shell command line.
 pub fn shell_join<S: AsRef<str>>(words: &[S]) -> String {
-    words.iter().map(|w| shell_quote(w.as_ref())).collect::<Vec<_>>().join(" ")
+    words
+        .iter()
+        .map(|w| shell_quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn shq_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
@@ -246,7 +274,10 @@ pub fn render_tera(text: &str, origin: &str, vars: &ScriptVars) -> Result<String
             message.push_str(&s.to_string());
             src = s.source();
         }
-        TemplateError { origin: origin.to_string(), message }
+        TemplateError {
+            origin: origin.to_string(),
+            message,
+        }
     };
     tera.add_raw_template(origin, text).map_err(err)?;
     let ctx = tera::Context::from_value(Value::Object(vars.to_context())).map_err(err)?;
@@ -269,17 +300,26 @@ pub fn render_ipp(text: &str, origin: &str, vars: &ScriptVars) -> Result<String,
                 rest = r;
                 continue;
             }
-            return Err(TemplateError { origin: origin.into(), message: "single '}' (write '}}' for a literal brace)".into() });
+            return Err(TemplateError {
+                origin: origin.into(),
+                message: "single '}' (write '}}' for a literal brace)".into(),
+            });
         }
         if let Some(r) = after.strip_prefix('{') {
             out.push('{');
             rest = r;
             continue;
         }
-        let end = after.find('}').ok_or_else(|| TemplateError { origin: origin.into(), message: "unclosed '{'".into() })?;
+        let end = after.find('}').ok_or_else(|| TemplateError {
+            origin: origin.into(),
+            message: "unclosed '{'".into(),
+        })?;
         let field = &after[..end];
         let expr = field.split_once(':').map(|(e, _)| e).unwrap_or(field);
-        let v = eval(expr.trim(), &ctx).map_err(|m| TemplateError { origin: origin.into(), message: format!("{{{field}}}: {m}") })?;
+        let v = eval(expr.trim(), &ctx).map_err(|m| TemplateError {
+            origin: origin.into(),
+            message: format!("{{{field}}}: {m}"),
+        })?;
         out.push_str(&v);
         rest = &after[end + 1..];
     }
@@ -301,7 +341,10 @@ fn eval(expr: &str, ctx: &Map<String, Value>) -> Result<String, String> {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Null) => Ok(String::new()),
                 Some(v) => Ok(v.to_string()),
-                None => Err(format!("unknown variable {name:?} (known: {})", ctx.keys().cloned().collect::<Vec<_>>().join(", "))),
+                None => Err(format!(
+                    "unknown variable {name:?} (known: {})",
+                    ctx.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
             };
         }
     }
@@ -355,7 +398,12 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 b'%' => "%",
                 b'(' => "(",
                 b')' => ")",
-                _ => return Err(format!("unsupported character {:?} in expression", c as char)),
+                _ => {
+                    return Err(format!(
+                        "unsupported character {:?} in expression",
+                        c as char
+                    ))
+                }
             };
             out.push(Tok::Op(op));
             i += 1;
@@ -396,13 +444,24 @@ impl Arith<'_> {
         Ok(v)
     }
     fn atom(&mut self) -> Result<Num, String> {
-        let t = self.toks.get(self.i).cloned().ok_or("expression ends early")?;
+        let t = self
+            .toks
+            .get(self.i)
+            .cloned()
+            .ok_or("expression ends early")?;
         self.i += 1;
         match t {
             Tok::Int(i) => Ok(Num::Int(i)),
             Tok::Name(n) => match self.ctx.get(&n) {
-                Some(Value::Number(x)) => Ok(x.as_i64().map(Num::Int).unwrap_or(Num::Float(x.as_f64().unwrap_or(0.0)))),
-                Some(Value::String(s)) => s.trim().parse::<i64>().map(Num::Int).map_err(|_| format!("{n} is not a number")),
+                Some(Value::Number(x)) => Ok(x
+                    .as_i64()
+                    .map(Num::Int)
+                    .unwrap_or(Num::Float(x.as_f64().unwrap_or(0.0)))),
+                Some(Value::String(s)) => s
+                    .trim()
+                    .parse::<i64>()
+                    .map(Num::Int)
+                    .map_err(|_| format!("{n} is not a number")),
                 Some(_) => Err(format!("{n} has no value")),
                 None => Err(format!("unknown variable {n:?}")),
             },
@@ -470,17 +529,35 @@ mod tests {
             out,
             "#PBS -l nodes=32:ppn=4\n#PBS -q short\n/usr/local/bin/mpiexec -n 128 rpar-engine --profile_dir=/home/u/.ipython/profile_pbs\n"
         );
-        assert_eq!(render("{n//4} {n/4} {n%3} {(n+1)*2} {cluster_id}", "x", &vars(10)).unwrap(), "2 2.5 1 22 c1");
-        assert_eq!(render("echo ${{HOME}} {n}", "x", &vars(2)).unwrap(), "echo ${HOME} 2");
-        let e = render("{nodes}", "my.template", &vars(2)).unwrap_err().to_string();
-        assert!(e.contains("my.template") && e.contains("unknown variable \"nodes\""), "{e}");
+        assert_eq!(
+            render("{n//4} {n/4} {n%3} {(n+1)*2} {cluster_id}", "x", &vars(10)).unwrap(),
+            "2 2.5 1 22 c1"
+        );
+        assert_eq!(
+            render("echo ${{HOME}} {n}", "x", &vars(2)).unwrap(),
+            "echo ${HOME} 2"
+        );
+        let e = render("{nodes}", "my.template", &vars(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("my.template") && e.contains("unknown variable \"nodes\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn tera_user_template() {
-        let out = render("#SBATCH -n {{ n }}\n{% if queue %}#SBATCH -p {{ queue }}{% endif %}\n", "t", &vars(3)).unwrap();
+        let out = render(
+            "#SBATCH -n {{ n }}\n{% if queue %}#SBATCH -p {{ queue }}{% endif %}\n",
+            "t",
+            &vars(3),
+        )
+        .unwrap();
         assert_eq!(out, "#SBATCH -n 3\n#SBATCH -p short\n");
-        let e = render("{{ n ", "bad.tera", &vars(3)).unwrap_err().to_string();
+        let e = render("{{ n ", "bad.tera", &vars(3))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.tera"), "{e}");
     }
 
@@ -489,7 +566,10 @@ mod tests {
         assert_eq!(shell_quote("/a/b"), "/a/b");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_join(&["mpiexec", "-n", "4", "--x=a b"]), "mpiexec -n 4 '--x=a b'");
+        assert_eq!(
+            shell_join(&["mpiexec", "-n", "4", "--x=a b"]),
+            "mpiexec -n 4 '--x=a b'"
+        );
     }
 
     #[test]
