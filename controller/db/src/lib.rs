@@ -58,6 +58,8 @@ pub mod config;
 pub mod error;
 pub mod glob;
 pub mod memory;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 pub mod nodb;
 pub mod query;
 pub mod record;
@@ -72,6 +74,8 @@ mod conformance;
 pub use config::{open, Backend, DbConfig, MongoConfig, SqliteConfig};
 pub use error::{DbError, QueryError};
 pub use memory::MemoryDb;
+#[cfg(feature = "mongodb")]
+pub use mongo::MongoDb;
 pub use nodb::NoDb;
 pub use query::Query;
 pub use record::{parse_keys, Field, FieldKind, Stream, TaskRecord};
