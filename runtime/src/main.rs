@@ -1,1 +1,279 @@
-fn main() {}
+//! `rpar-engine`: one MPI job of ipyparallel engines.
+//!
+//! `mpiexec -n N rpar-engine [--profile=...]` registers N engines with an ipyparallel
+//! controller (Python `ipcontroller` or `rpar-controller`), engine id = MPI rank. Rank 0 alone
+//! opens ZeroMQ sockets and relays each engine's traffic over MPI (a duplicate of COMM_WORLD) to
+//! the rank that owns it; every rank embeds CPython and runs its engine's requests.
+//!
+//! Start-up order (and why):
+//! 1. arguments; fork the nanny on rank 0 (before any thread exists);
+//! 2. `MPI_Init_thread(MULTIPLE)`; a panic anywhere aborts the whole job;
+//! 3. rank 0 resolves profile, config and connection file (waiting for it) and broadcasts them;
+//! 4. stdout/stderr capture, logging, embedded Python (venv-aware);
+//! 5. rank 0 registers every engine and broadcasts the ids;
+//! 6. each rank creates its shell/namespace and runs the startup script; barrier;
+//! 7. rank 0 opens the engine sockets (hearts start beating); runtime thread per rank; the
+//!    main thread serves Python requests until the job exits; `MPI_Finalize` on a clean exit.
+
+mod broker;
+mod capture;
+mod cli;
+mod kernel;
+mod link;
+mod nanny;
+mod net;
+mod python;
+mod relay;
+mod runtime;
+mod session;
+
+use anyhow::{Context, Result};
+use mpi::traits::*;
+use relay::Rank;
+use rpar_core::wire::Signer;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+fn main() {
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rpar-engine: error: {e:#}");
+            error!("{e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run() -> Result<i32> {
+    let args: Vec<String> = std::env::args().collect();
+    let opts = cli::parse(&args)?;
+    if opts.version {
+        println!("{}", cli::version_text());
+        return Ok(0);
+    }
+
+    // 1. nanny, before any thread
+    let env_rank = cli::rank_from_env();
+    let nanny = if env_rank.unwrap_or(0) == 0 && opts.nanny {
+        match nanny::Nanny::spawn() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                eprintln!(
+                    "rpar-engine: no nanny ({e}); a killed rank 0 will not unregister its engines"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    runtime::install_signal_handlers();
+
+    // 2. MPI
+    let (universe, granted) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+        .context("MPI_Init_thread failed (is this an MPI environment?)")?;
+    let world = universe.world();
+    let rank = world.rank() as u32;
+    let size = world.size() as u32;
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("rpar-engine: fatal: {info}; aborting the MPI job");
+        error!("fatal: {info}; aborting the MPI job");
+        // SAFETY: MPI_Abort on COMM_WORLD tears down every rank; this never returns.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+        }
+    }));
+    let relay_comm = world.duplicate();
+
+    // 3. boot information from rank 0
+    let boot = if rank == 0 {
+        cli::Boot::prepare(&opts, size)
+    } else {
+        cli::Boot::default()
+    };
+    let boot = cli::Boot::broadcast(&relay_comm, boot);
+    if !boot.ok {
+        if rank == 0 {
+            eprintln!("rpar-engine: {}", boot.error);
+        }
+        return Ok(1);
+    }
+    if let Some(dir) = &boot.work_dir {
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("changing into work_dir {}", dir.display()))?;
+    }
+
+    // 4. capture, logging, Python
+    let capture = capture::Capture::install().context("capturing stdout/stderr")?;
+    cli::init_logging(&boot, rank, &capture);
+    let span = tracing::info_span!("engine", rank);
+    let _g = span.enter();
+    if granted < mpi::Threading::Multiple {
+        warn!(
+            "MPI granted thread level {granted:?}, not Multiple: the relay thread and user MPI \
+             calls (mpi4py) must not overlap; avoid MPI in engine code"
+        );
+    } else {
+        info!("MPI thread level {granted:?}, {size} rank(s)");
+    }
+    for w in &boot.warnings {
+        if rank == 0 {
+            warn!("{w}");
+        }
+    }
+    let exe = python::choose_executable(boot.python_venv.as_deref());
+    python::initialize(exe.as_deref())?;
+    let (py_version, py_prefix, py_exe) = python::describe()?;
+    let py_short = py_version
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    info!("Python {py_short} (prefix {py_prefix}, executable {py_exe})");
+
+    // 5. registration (rank 0), broadcast
+    let conn = boot
+        .conn
+        .clone()
+        .context("no connection info in the boot message")?;
+    let addrs = net::Addrs::from_info(&conn);
+    let key = conn.key.as_bytes().to_vec();
+    let mut ctx_socks: Option<(zmq::Context, Vec<zmq::Socket>)> = None;
+    let reg = if rank == 0 {
+        let ctx = zmq::Context::new();
+        let r = net::register(
+            &ctx,
+            &addrs,
+            &key,
+            &boot.uuids,
+            Duration::from_secs_f64(boot.timeout_s),
+        );
+        match r {
+            Ok((socks, reg)) => {
+                ctx_socks = Some((ctx, socks));
+                cli::RegOutcome {
+                    ok: true,
+                    error: String::new(),
+                    reg: Some(reg),
+                }
+            }
+            Err(e) => cli::RegOutcome {
+                ok: false,
+                error: format!("{e:#}"),
+                reg: None,
+            },
+        }
+    } else {
+        cli::RegOutcome::default()
+    };
+    let reg = cli::broadcast_json(&relay_comm, reg);
+    let Some(registered) = reg.reg.filter(|_| reg.ok) else {
+        error!("Registration Failed: {}", reg.error);
+        if rank == 0 {
+            eprintln!("rpar-engine: registration failed: {}", reg.error);
+        }
+        return Ok(255);
+    };
+    let engine_id = registered.ids.get(rank as usize).copied().unwrap_or(rank);
+    let uuid = boot.uuids.get(rank as usize).cloned().unwrap_or_default();
+    info!("Completed registration with id {engine_id}");
+
+    // 6. the engine on this rank
+    let session = Arc::new(session::Session::new(
+        Rank(rank),
+        engine_id,
+        uuid,
+        Signer::new(&key),
+    ));
+    let (outbox, outbox_rx) = session::Outbox::new()?;
+    capture.attach(session.clone(), outbox.clone());
+    let queue = kernel::JobQueue::new();
+    let executor = python::Executor::new(
+        session.clone(),
+        outbox.clone(),
+        capture.clone(),
+        &boot.startup(),
+    )?;
+    let core = kernel::EngineCore::new(
+        session.clone(),
+        Signer::new(&key),
+        outbox.clone(),
+        queue.clone(),
+        py_short.clone(),
+    );
+    relay_comm.barrier();
+
+    // 7. runtime thread
+    let link = link::Link::new(relay_comm);
+    let rt_span = span.clone();
+    let handle = if rank == 0 {
+        let (ctx, reg_socks) = ctx_socks.context("rank 0 has no registration sockets")?;
+        let sockets = net::Sockets::open(ctx, reg_socks, &addrs, &boot.uuids, &registered.ids)?;
+        if let Some(n) = &nanny {
+            n.arm(
+                &addrs.registration,
+                &conn.key,
+                boot.uuids
+                    .iter()
+                    .cloned()
+                    .zip(registered.ids.iter().copied())
+                    .collect(),
+            );
+        }
+        let r0 = runtime::Rank0 {
+            sockets,
+            link,
+            core,
+            outbox: outbox_rx,
+            queue: queue.clone(),
+            key: key.clone(),
+            uuids: boot.uuids.clone(),
+            ids: registered.ids.clone(),
+            hb_period: Duration::from_millis(registered.hb_period_ms),
+            max_heartbeat_misses: boot.max_heartbeat_misses,
+            nanny,
+        };
+        std::thread::Builder::new()
+            .name("runtime".into())
+            .spawn(move || {
+                let _g = rt_span.enter();
+                r0.run()
+            })?
+    } else {
+        let rn = runtime::RankN {
+            link,
+            core,
+            outbox: outbox_rx,
+            queue: queue.clone(),
+        };
+        std::thread::Builder::new()
+            .name("runtime".into())
+            .spawn(move || {
+                let _g = rt_span.enter();
+                rn.run()
+            })?
+    };
+
+    executor.serve(&queue);
+    let (code, mut link) = match handle.join() {
+        Ok(x) => x,
+        Err(_) => {
+            error!("runtime thread panicked");
+            return Ok(1);
+        }
+    };
+    if code != 0 {
+        // Some rank is gone or the job is being killed: no collective finalize.
+        // SAFETY: immediate exit.
+        unsafe { libc::_exit(code) };
+    }
+    link.comm().barrier();
+    link.drain();
+    info!("clean exit");
+    drop(link);
+    drop(universe);
+    Ok(0)
+}

@@ -1,0 +1,448 @@
+//! Command line, configuration and the boot message rank 0 broadcasts to every rank.
+//!
+//! The flags are ipengine's (`--file`, `--profile`, `--profile-dir`, `--ipython-dir`,
+//! `--cluster-id`, `--timeout`, `--log-level`, `--mpi`) plus `--Class.trait=value`. Only rank 0
+//! reads files (profile config `ipengine_config.py`/`.json` via `rpar_core::config`, the
+//! connection file, waiting for it to appear as batch-started engines must); the other ranks get
+//! the result in one broadcast, so N ranks do not run N config interpreters nor poll the
+//! filesystem.
+
+use crate::python;
+use anyhow::{anyhow, Context, Result};
+use clap::Parser;
+use mpi::traits::*;
+use rpar_core::config::{split_cli, Config};
+use rpar_core::connection::{self, EngineInfo};
+use rpar_core::profile::{cluster_id, ProfileDir, ProfileOpts};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+/// What the user typed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rpar-engine",
+    about = "ipyparallel engines as one MPI job: mpiexec -n N rpar-engine [--profile=NAME]",
+    disable_version_flag = true
+)]
+pub struct Args {
+    /// The engine connection file (ipcontroller-engine.json); default: the profile's security/.
+    #[arg(long = "file", visible_alias = "url-file", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Profile name (directory $IPYTHONDIR/profile_<name>).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Profile directory (overrides --profile).
+    #[arg(long = "profile-dir")]
+    pub profile_dir: Option<PathBuf>,
+    /// IPython directory (default $IPYTHONDIR or ~/.ipython).
+    #[arg(long = "ipython-dir")]
+    pub ipython_dir: Option<PathBuf>,
+    /// Cluster id: use security/ipcontroller-<id>-engine.json.
+    #[arg(long = "cluster-id")]
+    pub cluster_id: Option<String>,
+    /// Seconds to wait for the registration reply.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Seconds to wait for the connection file to appear.
+    #[arg(long = "wait-for-url-file")]
+    pub wait_for_url_file: Option<f64>,
+    /// Log level: DEBUG, INFO, WARN, ERROR or 10..50.
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+    /// Accepted for ipengine compatibility (rpar-engine is always MPI; ids are ranks).
+    #[arg(long, num_args = 0..=1, default_missing_value = "mpi4py")]
+    pub mpi: Option<String>,
+    /// Python virtual environment whose site-packages the engines use (default $VIRTUAL_ENV, else
+    /// the environment rpar-engine was built with).
+    #[arg(long = "python-venv", value_name = "DIR")]
+    pub python_venv: Option<PathBuf>,
+    /// Directory to change into at start (IPEngine.work_dir).
+    #[arg(long = "work-dir")]
+    pub work_dir: Option<PathBuf>,
+    /// Do not fork a nanny process on rank 0.
+    #[arg(long = "no-nanny")]
+    pub no_nanny: bool,
+    /// Print the version and the Python this binary embeds.
+    #[arg(long, short = 'V')]
+    pub version: bool,
+}
+
+/// Parsed options: the flags plus the `--Class.trait=value` arguments.
+#[derive(Debug)]
+pub struct Opts {
+    pub args: Args,
+    pub config_args: Vec<String>,
+    pub version: bool,
+    pub nanny: bool,
+}
+
+pub fn parse(argv: &[String]) -> Result<Opts> {
+    let (config_args, rest) = split_cli(argv.iter().cloned());
+    let args = match Args::try_parse_from(rest) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    Ok(Opts {
+        version: args.version,
+        nanny: !args.no_nanny,
+        args,
+        config_args,
+    })
+}
+
+pub fn version_text() -> String {
+    let exe = python::choose_executable(None)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(none found)".into());
+    format!(
+        "rpar-engine {}\nPython {} (built against {}; libpython from {})\nloaded libpython: {}\nPython environment: {}\nMPI: {}",
+        env!("CARGO_PKG_VERSION"),
+        python::BUILD_PYTHON_VERSION,
+        python::BUILD_PYTHON_EXECUTABLE,
+        python::BUILD_PYTHON_LIBDIR,
+        python::loaded_version().split_whitespace().next().unwrap_or(""),
+        exe,
+        env!("RPAR_MPI_PROBE"),
+    )
+}
+
+/// The rank mpiexec/srun gave this process, before MPI_Init (None: a singleton).
+pub fn rank_from_env() -> Option<u32> {
+    for v in [
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "MPI_LOCALRANKID_GLOBAL",
+        "SLURM_PROCID",
+    ] {
+        if let Some(r) = std::env::var(v).ok().and_then(|s| s.parse().ok()) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// Everything the ranks need from rank 0 before Python starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Boot {
+    pub ok: bool,
+    pub error: String,
+    pub conn: Option<EngineInfo>,
+    pub profile_dir: PathBuf,
+    pub cluster_id: String,
+    pub log_level: String,
+    pub timeout_s: f64,
+    pub max_heartbeat_misses: u32,
+    pub work_dir: Option<PathBuf>,
+    pub python_venv: Option<PathBuf>,
+    pub startup: StartupCfg,
+    pub uuids: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Startup work (serializable twin of [`python::Startup`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StartupCfg {
+    pub script: Option<String>,
+    pub command: Option<String>,
+}
+
+impl From<&StartupCfg> for python::Startup {
+    fn from(s: &StartupCfg) -> Self {
+        python::Startup {
+            script: s.script.clone(),
+            command: s.command.clone(),
+        }
+    }
+}
+
+/// Engine settings from the profile's config files and `--Class.trait=value`.
+#[derive(Debug, Default)]
+pub struct FileSettings {
+    pub url_file: Option<String>,
+    pub wait_for_url_file: Option<f64>,
+    pub timeout: Option<f64>,
+    pub max_heartbeat_misses: Option<i64>,
+    pub startup_script: Option<String>,
+    pub startup_command: Option<String>,
+    pub work_dir: Option<String>,
+    pub log_level: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The one place config files are read (rpar-core's loader: `.py` and `.json`, old class names
+/// such as `IPEngineApp.startup_script`, `MPI.use` accepted).
+pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings> {
+    let cfg = Config::load(profile_dir, "ipengine", cli).map_err(|e| anyhow!("{e}"))?;
+    let s = |t: &str| cfg.str("IPEngine", t).map_err(|e| anyhow!("{e}"));
+    let nonempty = |v: Option<String>| v.filter(|x| !x.is_empty());
+    Ok(FileSettings {
+        url_file: nonempty(s("url_file")?),
+        wait_for_url_file: cfg
+            .f64("IPEngine", "wait_for_url_file")
+            .map_err(|e| anyhow!("{e}"))?,
+        timeout: cfg.f64("IPEngine", "timeout").map_err(|e| anyhow!("{e}"))?,
+        max_heartbeat_misses: cfg
+            .i64("IPEngine", "max_heartbeat_misses")
+            .map_err(|e| anyhow!("{e}"))?,
+        startup_script: nonempty(s("startup_script")?),
+        startup_command: nonempty(s("startup_command")?),
+        work_dir: nonempty(s("work_dir")?),
+        log_level: cfg
+            .get("Application", "log_level")
+            .map(|v| v.value.to_string().trim_matches('"').to_string()),
+        warnings: cfg.warnings().to_vec(),
+    })
+}
+
+fn wait_for_file(path: &Path, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "connection file {} did not appear within {:.1}s (start the controller first, \
+                 pass --file, or raise --wait-for-url-file)",
+                path.display(),
+                wait.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the controller may still be writing it: wait until it parses
+    let mut last = String::new();
+    while Instant::now() < deadline + Duration::from_secs(2) {
+        match connection::read::<EngineInfo>(path) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(anyhow!("{last}"))
+}
+
+impl Boot {
+    /// Rank 0: resolve everything. Errors become `ok: false` so every rank exits together.
+    pub fn prepare(opts: &Opts, size: u32) -> Boot {
+        match Self::try_prepare(opts, size) {
+            Ok(b) => b,
+            Err(e) => Boot {
+                ok: false,
+                error: format!("{e:#}"),
+                ..Boot::default()
+            },
+        }
+    }
+
+    fn try_prepare(opts: &Opts, size: u32) -> Result<Boot> {
+        let a = &opts.args;
+        let profile = ProfileDir::resolve(&ProfileOpts {
+            profile: a.profile.clone(),
+            profile_dir: a.profile_dir.clone(),
+            ipython_dir: a.ipython_dir.clone(),
+            cluster_id: a.cluster_id.clone(),
+        });
+        let _ = profile.ensure();
+        let cid = cluster_id(a.cluster_id.as_deref());
+        let fs = load_settings(&profile.path, &opts.config_args)
+            .with_context(|| format!("reading the engine config in {}", profile.path.display()))?;
+        let conn: EngineInfo = if let Some(text) = std::env::var("IPP_CONNECTION_INFO")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        {
+            connection::parse(&text).map_err(|e| anyhow!("IPP_CONNECTION_INFO: {e}"))?
+        } else {
+            let path = a
+                .file
+                .clone()
+                .or_else(|| fs.url_file.clone().map(PathBuf::from))
+                .unwrap_or_else(|| profile.connection_file(&cid, "engine"));
+            let wait = a.wait_for_url_file.or(fs.wait_for_url_file).unwrap_or(10.0);
+            wait_for_file(&path, Duration::from_secs_f64(wait.max(0.0)))?;
+            connection::read(&path)?
+        };
+        if conn.signature_scheme != "hmac-sha256" {
+            return Err(anyhow!(
+                "signature scheme {} is not supported (hmac-sha256 only)",
+                conn.signature_scheme
+            ));
+        }
+        if !matches!(conn.pack.as_str(), "json" | "orjson") {
+            return Err(anyhow!(
+                "packer {:?} is not supported (json only)",
+                conn.pack
+            ));
+        }
+        let uuids = (0..size).map(|_| rpar_core::ids::new_id()).collect();
+        let mut warnings = fs.warnings;
+        if let Some(m) = &a.mpi {
+            if m != "mpi4py" {
+                warnings.push(format!(
+                    "--mpi={m}: ignored (rpar-engine initializes MPI itself)"
+                ));
+            }
+        }
+        Ok(Boot {
+            ok: true,
+            error: String::new(),
+            conn: Some(conn),
+            profile_dir: profile.path.clone(),
+            cluster_id: cid,
+            log_level: a
+                .log_level
+                .clone()
+                .or(fs.log_level)
+                .unwrap_or_else(|| "INFO".into()),
+            timeout_s: a.timeout.or(fs.timeout).unwrap_or(5.0).max(0.1),
+            max_heartbeat_misses: fs.max_heartbeat_misses.unwrap_or(50).clamp(0, 1 << 20) as u32,
+            work_dir: a
+                .work_dir
+                .clone()
+                .or_else(|| fs.work_dir.map(PathBuf::from)),
+            python_venv: a.python_venv.clone(),
+            startup: StartupCfg {
+                script: fs.startup_script,
+                command: fs.startup_command,
+            },
+            uuids,
+            warnings,
+        })
+    }
+
+    /// Rank 0's boot message to every rank.
+    pub fn broadcast<C: Communicator>(comm: &C, boot: Boot) -> Boot {
+        broadcast_json(comm, boot)
+    }
+
+    pub fn startup(&self) -> python::Startup {
+        (&self.startup).into()
+    }
+}
+
+/// Registration outcome, broadcast by rank 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegOutcome {
+    pub ok: bool,
+    pub error: String,
+    pub reg: Option<crate::net::Registered>,
+}
+
+/// Broadcast a serde value from rank 0 (collective on `comm`).
+pub fn broadcast_json<C: Communicator, T: Serialize + for<'de> Deserialize<'de> + Default>(
+    comm: &C,
+    value: T,
+) -> T {
+    let root = comm.process_at_rank(0);
+    let mut bytes = if comm.rank() == 0 {
+        serde_json::to_vec(&value).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut len = bytes.len() as u64;
+    root.broadcast_into(&mut len);
+    bytes.resize(len as usize, 0);
+    root.broadcast_into(&mut bytes[..]);
+    if comm.rank() == 0 {
+        value
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+}
+
+fn level(s: &str) -> tracing::Level {
+    match s.trim().trim_matches('\'').to_ascii_uppercase().as_str() {
+        "0" | "10" | "DEBUG" | "TRACE" => tracing::Level::DEBUG,
+        "30" | "WARN" | "WARNING" => tracing::Level::WARN,
+        "40" | "50" | "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    }
+}
+
+/// Logs go to the original stderr and to `<profile>/log/rpar-engine[-<cluster>]-<rank>-<pid>.log`.
+pub fn init_logging(boot: &Boot, rank: u32, capture: &crate::capture::Capture) {
+    let lvl = level(&boot.log_level);
+    let stderr = capture.original_stderr().map(std::sync::Mutex::new).ok();
+    let cid = if boot.cluster_id.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", boot.cluster_id)
+    };
+    let file = std::fs::create_dir_all(boot.profile_dir.join("log"))
+        .ok()
+        .and_then(|_| {
+            std::fs::File::create(boot.profile_dir.join("log").join(format!(
+                "rpar-engine{cid}-{rank}-{}.log",
+                std::process::id()
+            )))
+            .ok()
+        })
+        .map(std::sync::Mutex::new);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(lvl)
+        .with_ansi(false)
+        .with_target(false);
+    let res = match (stderr, file) {
+        (Some(e), Some(f)) => builder.with_writer(e.and(f)).try_init(),
+        (Some(e), None) => builder.with_writer(e).try_init(),
+        (None, Some(f)) => builder.with_writer(f).try_init(),
+        (None, None) => builder.with_writer(std::io::sink).try_init(),
+    };
+    if let Err(e) = res {
+        eprintln!("rpar-engine: logging not set up: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_config_args() {
+        let argv: Vec<String> = [
+            "rpar-engine",
+            "--profile=mpi",
+            "--mpi",
+            "--IPEngine.startup_command=a=1",
+            "--timeout=7",
+            "--file",
+            "/x/e.json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = parse(&argv).unwrap();
+        assert_eq!(o.args.profile.as_deref(), Some("mpi"));
+        assert_eq!(o.args.mpi.as_deref(), Some("mpi4py"));
+        assert_eq!(o.args.timeout, Some(7.0));
+        assert_eq!(o.args.file, Some(PathBuf::from("/x/e.json")));
+        assert_eq!(
+            o.config_args,
+            vec!["--IPEngine.startup_command=a=1".to_string()]
+        );
+        assert!(o.nanny);
+    }
+
+    #[test]
+    fn settings_from_profile_json_and_old_names() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("ipengine_config.json"),
+            r#"{"IPEngineApp": {"startup_command": "x = 5", "work_dir": "/tmp"},
+                "IPEngine": {"startup_script": "/s.py"}}"#,
+        )
+        .unwrap();
+        let s = load_settings(t.path(), &["--IPEngine.timeout=9".to_string()]).unwrap();
+        assert_eq!(s.startup_command.as_deref(), Some("x = 5"));
+        assert_eq!(s.startup_script.as_deref(), Some("/s.py"));
+        assert_eq!(s.work_dir.as_deref(), Some("/tmp"));
+        assert_eq!(s.timeout, Some(9.0));
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(level("10"), tracing::Level::DEBUG);
+        assert_eq!(level("warning"), tracing::Level::WARN);
+        assert_eq!(level("INFO"), tracing::Level::INFO);
+    }
+}

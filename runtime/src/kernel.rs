@@ -1,0 +1,657 @@
+//! One engine's request handling on its runtime thread, and the queue to its Python thread.
+//!
+//! The runtime thread of each rank receives that engine's shell and control messages (over MPI,
+//! or directly on rank 0), checks their signature, and either answers at once (heartbeat,
+//! abort, shutdown, signal, kernel_info: these must work while Python is busy) or queues them for
+//! the Python thread (execute, apply, clear). [`classify`] is the dispatch table; [`JobQueue`] is
+//! the hand-over, which also implements abort (a queued request can be taken out and answered
+//! `aborted` before it runs).
+
+use crate::relay::{Channel, Life, Packet};
+use crate::session::{Outbox, Request, Session};
+use rpar_core::wire::{Limits, Signer, WireMessage};
+use rpar_core::Header;
+use serde_json::{json, Value};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use tracing::{debug, info, warn};
+
+/// What the runtime thread does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run on the Python thread, in order.
+    Queue,
+    /// Run on the Python thread ahead of queued shell work (control `clear_request`).
+    QueueFirst,
+    Abort,
+    Shutdown,
+    Signal,
+    KernelInfo,
+    /// Not something an engine answers: busy/idle only (control) or logged (shell).
+    Unsupported,
+}
+
+/// The dispatch table.
+pub fn classify(channel: Channel, msg_type: &str) -> Action {
+    match (channel, msg_type) {
+        (_, "kernel_info_request") => Action::KernelInfo,
+        (Channel::Shell, "execute_request" | "apply_request") => Action::Queue,
+        (Channel::Control, "clear_request") => Action::QueueFirst,
+        (Channel::Control, "abort_request") => Action::Abort,
+        (Channel::Control, "shutdown_request") => Action::Shutdown,
+        (Channel::Control, "signal_request") => Action::Signal,
+        _ => Action::Unsupported,
+    }
+}
+
+/// A signal named in a `signal_request`: an int, or "SIGINT" / "INT".
+pub fn parse_signal(v: &Value) -> Option<i32> {
+    if let Some(n) = v.as_i64() {
+        return i32::try_from(n).ok().filter(|n| *n > 0 && *n < 65);
+    }
+    let s = v.as_str()?.trim().to_ascii_uppercase();
+    let name = s.strip_prefix("SIG").unwrap_or(&s);
+    Some(match name {
+        "INT" => libc::SIGINT,
+        "TERM" => libc::SIGTERM,
+        "KILL" => libc::SIGKILL,
+        "HUP" => libc::SIGHUP,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "ALRM" => libc::SIGALRM,
+        _ => return name.parse().ok().filter(|n: &i32| *n > 0 && *n < 65),
+    })
+}
+
+/// Work for the Python thread.
+#[derive(Debug)]
+pub enum Job {
+    Run(Box<Request>),
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// msg_ids to refuse when they arrive (abort_request for something not yet queued).
+    aborted: HashSet<String>,
+    running: bool,
+}
+
+/// The hand-over between the runtime thread and the Python thread.
+#[derive(Debug, Default)]
+pub struct JobQueue {
+    state: Mutex<QueueState>,
+    cv: Condvar,
+}
+
+impl JobQueue {
+    pub fn new() -> Arc<JobQueue> {
+        Arc::new(JobQueue::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a request; returns it back if it was aborted in advance.
+    pub fn push(&self, req: Request, first: bool) -> Option<Request> {
+        let mut st = self.lock();
+        if st.aborted.remove(&req.msg_id) {
+            return Some(req);
+        }
+        let job = Job::Run(Box::new(req));
+        if first {
+            st.jobs.push_front(job);
+        } else {
+            st.jobs.push_back(job);
+        }
+        self.cv.notify_one();
+        None
+    }
+
+    /// Ask the Python thread to stop after its current job.
+    pub fn stop(&self) {
+        let mut st = self.lock();
+        st.jobs.push_front(Job::Stop);
+        self.cv.notify_one();
+    }
+
+    /// Wait for the next job (called without the GIL).
+    pub fn pop(&self) -> Job {
+        let mut st = self.lock();
+        loop {
+            if let Some(j) = st.jobs.pop_front() {
+                st.running = matches!(j, Job::Run(_));
+                return j;
+            }
+            st.running = false;
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The Python thread finished its job.
+    pub fn finished(&self) {
+        self.lock().running = false;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.lock().running
+    }
+
+    /// Abort: the given msg_ids (queued ones are returned to be answered now, the others are
+    /// remembered), or every queued shell request when `ids` is empty.
+    pub fn abort(&self, ids: &[String]) -> Vec<Request> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        let mut keep = VecDeque::new();
+        let all = ids.is_empty();
+        let wanted: HashSet<&String> = ids.iter().collect();
+        while let Some(j) = st.jobs.pop_front() {
+            match j {
+                Job::Run(r)
+                    if r.channel == Channel::Shell && (all || wanted.contains(&r.msg_id)) =>
+                {
+                    out.push(*r)
+                }
+                other => keep.push_back(other),
+            }
+        }
+        st.jobs = keep;
+        let found: HashSet<String> = out.iter().map(|r| r.msg_id.clone()).collect();
+        for id in ids {
+            if !found.contains(id) {
+                st.aborted.insert(id.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Interrupt the Python code running on this rank's main thread (KeyboardInterrupt).
+pub fn interrupt_python() {
+    // SAFETY: PyErr_SetInterruptEx may be called from any thread without the GIL; it only sets
+    // a flag the interpreter checks between bytecodes.
+    unsafe {
+        pyo3::ffi::PyErr_SetInterruptEx(libc::SIGINT);
+    }
+}
+
+/// The runtime-thread side of one engine.
+pub struct EngineCore {
+    pub session: Arc<Session>,
+    verifier: Signer,
+    limits: Limits,
+    outbox: Outbox,
+    queue: Arc<JobQueue>,
+    done: bool,
+    python_version: String,
+}
+
+impl EngineCore {
+    pub fn new(
+        session: Arc<Session>,
+        verifier: Signer,
+        outbox: Outbox,
+        queue: Arc<JobQueue>,
+        python_version: String,
+    ) -> EngineCore {
+        EngineCore {
+            session,
+            verifier,
+            limits: Limits::default(),
+            outbox,
+            queue,
+            done: false,
+            python_version,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// A packet from rank 0's sockets for this engine. Returns `Life::Done` once the engine has
+    /// been shut down.
+    pub fn on_packet(&mut self, p: Packet) -> Option<Life> {
+        match p.header.channel {
+            Channel::Heartbeat => {
+                if !self.done {
+                    self.outbox.send(p);
+                }
+                None
+            }
+            Channel::Shell | Channel::Control => {
+                let channel = p.header.channel;
+                match self.parse(channel, p.frames) {
+                    Ok(req) => self.dispatch(req),
+                    Err(e) => {
+                        warn!("dropping {channel:?} message: {e}");
+                        None
+                    }
+                }
+            }
+            other => {
+                debug!("ignoring {other:?} packet on an engine");
+                None
+            }
+        }
+    }
+
+    fn parse(&mut self, channel: Channel, frames: Vec<Vec<u8>>) -> Result<Request, String> {
+        let m = WireMessage::split(frames, &self.limits).map_err(|e| e.to_string())?;
+        self.verifier.verify(&m).map_err(|e| e.to_string())?;
+        let h = Header::parse(&m.header).map_err(|e| e.to_string())?;
+        let metadata = m.metadata_value().map_err(|e| e.to_string())?;
+        let content = m.content_value().map_err(|e| e.to_string())?;
+        Ok(Request {
+            channel,
+            idents: m.idents,
+            header_raw: m.header,
+            msg_id: h.msg_id,
+            msg_type: h.msg_type,
+            metadata,
+            content,
+            buffers: m.buffers,
+        })
+    }
+
+    fn control_md(&self, status: &str) -> Value {
+        json!({ "engine": self.session.uuid, "status": status })
+    }
+
+    /// Send the reply to `req`, wrapped in busy/idle.
+    fn answer(&self, req: &Request, content: Value) {
+        let s = &self.session;
+        self.outbox.send(s.status(&req.header_raw, "busy"));
+        let status = content
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("ok")
+            .to_string();
+        let rt = Session::reply_type(&req.msg_type);
+        self.outbox
+            .send(s.reply(req, &rt, &content, &self.control_md(&status), vec![]));
+        self.outbox.send(s.status(&req.header_raw, "idle"));
+    }
+
+    /// The `aborted` reply of a request that will not run.
+    pub fn aborted_reply(session: &Session, outbox: &Outbox, req: &Request) {
+        let mut md = session.init_metadata(req);
+        let content = json!({ "status": "aborted" });
+        session.finish_metadata(&mut md, &content);
+        let rt = Session::reply_type(&req.msg_type);
+        outbox.send(session.reply(req, &rt, &content, &md, vec![]));
+    }
+
+    fn dispatch(&mut self, req: Request) -> Option<Life> {
+        let action = classify(req.channel, &req.msg_type);
+        debug!("{} {} → {:?}", req.msg_type, req.msg_id, action);
+        if self.done && action != Action::KernelInfo {
+            info!(
+                "engine is shut down; {} {} aborted",
+                req.msg_type, req.msg_id
+            );
+            if req.channel == Channel::Shell {
+                Self::aborted_reply(&self.session, &self.outbox, &req);
+            }
+            return None;
+        }
+        match action {
+            Action::Queue | Action::QueueFirst => {
+                if let Some(req) = self.queue.push(req, action == Action::QueueFirst) {
+                    info!(
+                        "{} {} was aborted before it arrived",
+                        req.msg_type, req.msg_id
+                    );
+                    Self::aborted_reply(&self.session, &self.outbox, &req);
+                }
+                None
+            }
+            Action::KernelInfo => {
+                let content = self.kernel_info();
+                self.answer(&req, content);
+                None
+            }
+            Action::Abort => {
+                let ids: Vec<String> = match req.content.get("msg_ids") {
+                    Some(Value::String(s)) => vec![s.clone()],
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for r in self.queue.abort(&ids) {
+                    info!("aborting queued {} {}", r.msg_type, r.msg_id);
+                    Self::aborted_reply(&self.session, &self.outbox, &r);
+                }
+                self.answer(&req, json!({ "status": "ok" }));
+                None
+            }
+            Action::Signal => {
+                let sig = req.content.get("sig").and_then(parse_signal);
+                let content = match sig {
+                    Some(libc::SIGINT) => {
+                        info!("signal_request: interrupting Python");
+                        interrupt_python();
+                        json!({ "status": "ok" })
+                    }
+                    Some(sig) => {
+                        info!("signal_request: sending signal {sig} to this rank");
+                        // Reply first: the signal may end the process.
+                        self.answer(&req, json!({ "status": "ok" }));
+                        // SAFETY: kill(2) on our own pid with a validated signal number.
+                        unsafe {
+                            libc::kill(libc::getpid(), sig);
+                        }
+                        return None;
+                    }
+                    None => json!({
+                        "status": "error", "ename": "ValueError",
+                        "evalue": format!("bad signal {:?}", req.content.get("sig")),
+                        "traceback": [], "engine_info": self.session.engine_info(Some("signal")),
+                    }),
+                };
+                self.answer(&req, content);
+                None
+            }
+            Action::Shutdown => {
+                let restart = req.content.get("restart").cloned().unwrap_or(json!(false));
+                let content = json!({ "status": "ok", "restart": restart });
+                let s = &self.session;
+                self.outbox.send(s.status(&req.header_raw, "busy"));
+                self.outbox.send(s.reply(
+                    &req,
+                    "shutdown_reply",
+                    &content,
+                    &self.control_md("ok"),
+                    vec![],
+                ));
+                // The Hub unregisters an engine when it sees this on IOPub (header.session = uuid).
+                self.outbox.send(s.iopub_raw(
+                    "shutdown",
+                    "shutdown_reply",
+                    &req.header_raw,
+                    &json!({}),
+                    serde_json::to_vec(&content).unwrap_or_default(),
+                ));
+                self.outbox.send(s.status(&req.header_raw, "idle"));
+                for r in self.queue.abort(&[]) {
+                    Self::aborted_reply(&self.session, &self.outbox, &r);
+                }
+                self.done = true;
+                info!("engine {} shut down by request", self.session.engine_id);
+                Some(Life::Done)
+            }
+            Action::Unsupported => {
+                if req.channel == Channel::Control {
+                    warn!("unsupported control message {}", req.msg_type);
+                    let s = &self.session;
+                    self.outbox.send(s.status(&req.header_raw, "busy"));
+                    self.outbox.send(s.status(&req.header_raw, "idle"));
+                } else {
+                    warn!("unsupported shell message {} ignored", req.msg_type);
+                }
+                None
+            }
+        }
+    }
+
+    fn kernel_info(&self) -> Value {
+        json!({
+            "status": "ok",
+            "protocol_version": rpar_core::msg::PROTOCOL_VERSION,
+            "implementation": "rpar-engine",
+            "implementation_version": env!("CARGO_PKG_VERSION"),
+            "language_info": {
+                "name": "python",
+                "version": self.python_version,
+                "mimetype": "text/x-python",
+                "file_extension": ".py",
+                "codemirror_mode": {"name": "ipython", "version": 3},
+                "pygments_lexer": "ipython3",
+                "nbconvert_exporter": "python",
+            },
+            "banner": format!("rpar-engine {} (Python {})", env!("CARGO_PKG_VERSION"), self.python_version),
+            "help_links": [],
+            "debugger": false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Rank;
+    use crate::session::OutboxRx;
+    use rpar_core::MessageBuilder;
+
+    #[test]
+    fn dispatch_table() {
+        use Action::*;
+        assert_eq!(classify(Channel::Shell, "execute_request"), Queue);
+        assert_eq!(classify(Channel::Shell, "apply_request"), Queue);
+        assert_eq!(classify(Channel::Control, "clear_request"), QueueFirst);
+        assert_eq!(classify(Channel::Control, "abort_request"), Abort);
+        assert_eq!(classify(Channel::Control, "shutdown_request"), Shutdown);
+        assert_eq!(classify(Channel::Control, "signal_request"), Signal);
+        assert_eq!(
+            classify(Channel::Control, "kernel_info_request"),
+            KernelInfo
+        );
+        assert_eq!(classify(Channel::Shell, "kernel_info_request"), KernelInfo);
+        // control types do not run from the shell socket, nor code from control
+        assert_eq!(classify(Channel::Shell, "shutdown_request"), Unsupported);
+        assert_eq!(classify(Channel::Control, "execute_request"), Unsupported);
+        assert_eq!(classify(Channel::Control, "debug_request"), Unsupported);
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal(&json!(2)), Some(libc::SIGINT));
+        assert_eq!(parse_signal(&json!("SIGINT")), Some(libc::SIGINT));
+        assert_eq!(parse_signal(&json!("cont")), Some(libc::SIGCONT));
+        assert_eq!(parse_signal(&json!("15")), Some(15));
+        assert_eq!(parse_signal(&json!(0)), None);
+        assert_eq!(parse_signal(&json!("SIGNOPE")), None);
+        assert_eq!(parse_signal(&json!(null)), None);
+    }
+
+    fn request(ch: Channel, id: &str) -> Request {
+        Request {
+            channel: ch,
+            idents: vec![],
+            header_raw: b"{}".to_vec(),
+            msg_id: id.into(),
+            msg_type: "apply_request".into(),
+            metadata: json!({}),
+            content: json!({}),
+            buffers: vec![],
+        }
+    }
+
+    #[test]
+    fn queue_order_and_abort() {
+        let q = JobQueue::new();
+        assert!(q.push(request(Channel::Shell, "a"), false).is_none());
+        assert!(q.push(request(Channel::Shell, "b"), false).is_none());
+        assert!(q.push(request(Channel::Control, "c"), true).is_none());
+        // abort one queued, one future
+        let out = q.abort(&["b".to_string(), "later".to_string()]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].msg_id, "b");
+        assert!(q.push(request(Channel::Shell, "later"), false).is_some());
+        match q.pop() {
+            Job::Run(r) => assert_eq!(r.msg_id, "c"),
+            Job::Stop => panic!(),
+        }
+        assert!(q.is_running());
+        match q.pop() {
+            Job::Run(r) => assert_eq!(r.msg_id, "a"),
+            Job::Stop => panic!(),
+        }
+        q.finished();
+        assert!(!q.is_running());
+        // abort-all takes shell work only
+        q.push(request(Channel::Shell, "d"), false);
+        q.push(request(Channel::Control, "e"), false);
+        let out = q.abort(&[]);
+        assert_eq!(
+            out.iter().map(|r| r.msg_id.as_str()).collect::<Vec<_>>(),
+            ["d"]
+        );
+        q.stop();
+        assert!(matches!(q.pop(), Job::Stop));
+        assert!(matches!(q.pop(), Job::Run(_)));
+    }
+
+    fn core(key: &[u8]) -> (EngineCore, OutboxRx, Arc<JobQueue>, MessageBuilder) {
+        let s = Arc::new(Session::new(
+            Rank(1),
+            1,
+            "engine-uuid".into(),
+            Signer::new(key),
+        ));
+        let (tx, rx) = Outbox::new().unwrap();
+        let q = JobQueue::new();
+        let c = EngineCore::new(s, Signer::new(key), tx, q.clone(), "3.11".into());
+        (c, rx, q, MessageBuilder::with_session("client".into()))
+    }
+
+    fn packet(b: &MessageBuilder, ch: Channel, t: &str, content: Value) -> Packet {
+        let m = b.build(
+            &Signer::new(b"k"),
+            vec![b"control_out".to_vec(), b"cid".to_vec()],
+            t,
+            b"{}",
+            &json!({}),
+            &content,
+            vec![],
+        );
+        Packet::new(ch, Rank(1), m.into_frames())
+    }
+
+    fn drain(rx: &OutboxRx) -> Vec<(Channel, String, Value, Value)> {
+        rx.rx
+            .try_iter()
+            .map(|p| {
+                let ch = p.header.channel;
+                let m = WireMessage::split(p.frames, &Limits::default()).unwrap();
+                let h = Header::parse(&m.header).unwrap();
+                (
+                    ch,
+                    h.msg_type,
+                    m.metadata_value().unwrap(),
+                    m.content_value().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_are_dispatched() {
+        let (mut c, rx, q, b) = core(b"k");
+        // shell work is queued for Python
+        assert!(c
+            .on_packet(packet(&b, Channel::Shell, "apply_request", json!({})))
+            .is_none());
+        assert!(matches!(q.pop(), Job::Run(r) if r.msg_type == "apply_request"));
+        // heartbeat echoes unchanged
+        c.on_packet(Packet::new(
+            Channel::Heartbeat,
+            Rank(1),
+            vec![b"1.0".to_vec()],
+        ));
+        let p = rx.rx.try_recv().unwrap();
+        assert_eq!(p.frames, vec![b"1.0".to_vec()]);
+        // kernel_info answered at once, wrapped in busy/idle, with metadata status
+        c.on_packet(packet(
+            &b,
+            Channel::Control,
+            "kernel_info_request",
+            json!({}),
+        ));
+        let out = drain(&rx);
+        let types: Vec<&str> = out.iter().map(|o| o.1.as_str()).collect();
+        assert_eq!(types, ["status", "kernel_info_reply", "status"]);
+        assert_eq!(out[1].2["status"], json!("ok"));
+        assert_eq!(out[1].3["language_info"]["name"], json!("python"));
+        // abort of a queued request answers it "aborted"
+        c.on_packet(packet(
+            &b,
+            Channel::Shell,
+            "execute_request",
+            json!({"code": "1"}),
+        ));
+        let queued = {
+            let st = q.lock();
+            match st.jobs.front() {
+                Some(Job::Run(r)) => r.msg_id.clone(),
+                _ => panic!(),
+            }
+        };
+        c.on_packet(packet(
+            &b,
+            Channel::Control,
+            "abort_request",
+            json!({"msg_ids": [queued]}),
+        ));
+        let out = drain(&rx);
+        assert_eq!(out[0].1, "execute_reply");
+        assert_eq!(out[0].3["status"], json!("aborted"));
+        assert_eq!(out[0].2["status"], json!("aborted"));
+        assert_eq!(out[2].1, "abort_reply");
+        // shutdown: control reply, IOPub shutdown_reply, Done; afterwards no heartbeats
+        let life = c.on_packet(packet(
+            &b,
+            Channel::Control,
+            "shutdown_request",
+            json!({"restart": false}),
+        ));
+        assert_eq!(life, Some(Life::Done));
+        let out = drain(&rx);
+        let types: Vec<(Channel, &str)> = out.iter().map(|o| (o.0, o.1.as_str())).collect();
+        assert_eq!(
+            types,
+            [
+                (Channel::IoPub, "status"),
+                (Channel::Control, "shutdown_reply"),
+                (Channel::IoPub, "shutdown_reply"),
+                (Channel::IoPub, "status")
+            ]
+        );
+        c.on_packet(Packet::new(
+            Channel::Heartbeat,
+            Rank(1),
+            vec![b"2.0".to_vec()],
+        ));
+        assert!(rx.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn bad_signatures_and_replays_are_dropped() {
+        let (mut c, rx, q, b) = core(b"other-key");
+        c.on_packet(packet(
+            &b,
+            Channel::Control,
+            "kernel_info_request",
+            json!({}),
+        ));
+        assert!(rx.rx.try_recv().is_err());
+        let (mut c, rx, _q2, b) = core(b"k");
+        let p = packet(&b, Channel::Control, "kernel_info_request", json!({}));
+        c.on_packet(p.clone());
+        assert_eq!(drain(&rx).len(), 3);
+        c.on_packet(p);
+        assert!(rx.rx.try_recv().is_err());
+        drop(q);
+    }
+}

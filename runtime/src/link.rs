@@ -1,0 +1,114 @@
+//! The MPI side of the relay: nonblocking sends and polled receives of encoded [`Packet`]s on the
+//! duplicated communicator (never `COMM_WORLD`, which belongs to user code such as mpi4py).
+//!
+//! Only the runtime thread of a rank uses its [`Link`]. Sends are `MPI_Isend` (so two ranks
+//! sending large messages to each other cannot deadlock in rendezvous); completed sends are
+//! reaped on every poll. Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in
+//! MPI and can also watch ZeroMQ sockets, the outbox and signals.
+
+use crate::relay::{Rank, TAG};
+use mpi::point_to_point::MatchedReceiveVec;
+use mpi::request::{Request, StaticScope};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use std::time::{Duration, Instant};
+
+struct Pending {
+    req: Request<'static, [u8], StaticScope>,
+    buf: *mut [u8],
+}
+
+/// One rank's relay endpoint.
+pub struct Link {
+    comm: SimpleCommunicator,
+    pending: Vec<Pending>,
+}
+
+// SAFETY: the communicator handle and in-flight buffers are used by exactly one thread at a time
+// (moved once from the main thread into the runtime thread). MPI is initialized with
+// MPI_THREAD_MULTIPLE (or the degradation is logged), which allows calls from that thread.
+unsafe impl Send for Link {}
+
+impl Link {
+    pub fn new(comm: SimpleCommunicator) -> Link {
+        Link {
+            comm,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn rank(&self) -> Rank {
+        Rank(self.comm.rank() as u32)
+    }
+
+    pub fn size(&self) -> u32 {
+        self.comm.size() as u32
+    }
+
+    pub fn comm(&self) -> &SimpleCommunicator {
+        &self.comm
+    }
+
+    /// Start sending `data` to `to`.
+    pub fn send(&mut self, to: Rank, data: Vec<u8>) {
+        let buf: &'static mut [u8] = Box::leak(data.into_boxed_slice());
+        let ptr: *mut [u8] = buf;
+        let req = self
+            .comm
+            .process_at_rank(to.0 as i32)
+            .immediate_send_with_tag(StaticScope, &*buf, TAG);
+        self.pending.push(Pending { req, buf: ptr });
+        self.reap();
+    }
+
+    /// Free the buffers of completed sends.
+    pub fn reap(&mut self) {
+        let mut still = Vec::with_capacity(self.pending.len());
+        for p in self.pending.drain(..) {
+            match p.req.test() {
+                Ok(_) => {
+                    // SAFETY: the send completed, MPI no longer reads the buffer we leaked.
+                    drop(unsafe { Box::from_raw(p.buf) });
+                }
+                Err(req) => still.push(Pending { req, buf: p.buf }),
+            }
+        }
+        self.pending = still;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A received message, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
+        let matched = self
+            .comm
+            .any_process()
+            .immediate_matched_probe_with_tag(TAG)?;
+        let (data, status) = matched.matched_receive_vec::<u8>();
+        Some((Rank(status.source_rank() as u32), data))
+    }
+
+    /// Wait up to `limit` for in-flight sends; the rest are abandoned (their peer is gone).
+    pub fn finish(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.pending.is_empty() && Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for p in self.pending.drain(..) {
+            // An incomplete request must not be dropped (rsmpi panics); leak it with its buffer.
+            std::mem::forget(p.req);
+        }
+    }
+
+    /// Receive and discard whatever is still addressed to this rank.
+    pub fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while self.try_recv().is_some() {
+            n += 1;
+        }
+        n
+    }
+}

@@ -1,0 +1,245 @@
+//! Rank 0's ZeroMQ side in the "compat" transport: for every rank, the sockets a Python ipengine
+//! opens, with identity = that engine's uuid.
+//!
+//! * registration: a DEALER per engine → Hub ROUTER (`registration_request`, and
+//!   `unregistration_request` on exit);
+//! * shell: a ROUTER per engine connected to `mux`, `task` and `broadcast[id % n]`;
+//! * control: a ROUTER per engine connected to `control`;
+//! * heartbeat: a DEALER per engine → `hb_pong`, plus one SUB on `hb_ping` shared by all
+//!   (pings are identical for every engine; each engine's echo comes back from its own rank);
+//! * iopub: one PUB shared by all engines (topics carry the engine id).
+//!
+//! Registration asks for id = rank and waits `timeout` for every reply.
+
+use crate::relay::Rank;
+use anyhow::{anyhow, bail, Context, Result};
+use rpar_core::connection::{disambiguate_interface, url, EngineInfo};
+use rpar_core::wire::{Limits, Signer, WireMessage};
+use rpar_core::MessageBuilder;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Addresses from the connection file.
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    pub registration: String,
+    pub control: String,
+    pub mux: String,
+    pub task: String,
+    pub iopub: String,
+    pub hb_ping: String,
+    pub hb_pong: String,
+    pub broadcast: Vec<String>,
+}
+
+impl Addrs {
+    pub fn from_info(info: &EngineInfo) -> Addrs {
+        let iface = disambiguate_interface(&info.interface, &info.location);
+        let u = |p: u16| url(&iface, p);
+        Addrs {
+            registration: u(info.registration),
+            control: u(info.control),
+            mux: u(info.mux),
+            task: u(info.task),
+            iopub: u(info.iopub),
+            hb_ping: u(info.hb_ping),
+            hb_pong: u(info.hb_pong),
+            broadcast: info.broadcast.iter().map(|p| u(*p)).collect(),
+        }
+    }
+}
+
+/// What registration gave each rank.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Registered {
+    pub ids: Vec<u32>,
+    pub hb_period_ms: u64,
+}
+
+/// The sockets of all engines of the job.
+pub struct Sockets {
+    pub ctx: zmq::Context,
+    pub reg: Vec<zmq::Socket>,
+    pub shell: Vec<zmq::Socket>,
+    pub control: Vec<zmq::Socket>,
+    pub heart: Vec<zmq::Socket>,
+    pub hb_sub: zmq::Socket,
+    pub iopub: zmq::Socket,
+}
+
+fn sock(ctx: &zmq::Context, kind: zmq::SocketType, identity: Option<&str>) -> Result<zmq::Socket> {
+    let s = ctx.socket(kind)?;
+    s.set_linger(1000)?;
+    if let Some(id) = identity {
+        s.set_identity(id.as_bytes())?;
+    }
+    Ok(s)
+}
+
+/// Register every engine (uuid per rank, id = rank requested) and wait for all replies.
+pub fn register(
+    ctx: &zmq::Context,
+    addrs: &Addrs,
+    key: &[u8],
+    uuids: &[String],
+    timeout: Duration,
+) -> Result<(Vec<zmq::Socket>, Registered)> {
+    let mut socks = Vec::with_capacity(uuids.len());
+    let mut verifier = Signer::new(key);
+    for (rank, uuid) in uuids.iter().enumerate() {
+        let s = sock(ctx, zmq::DEALER, Some(uuid))?;
+        s.connect(&addrs.registration)
+            .with_context(|| format!("connecting to {}", addrs.registration))?;
+        let b = MessageBuilder::with_session(uuid.clone());
+        let m = b.build(
+            &Signer::new(key),
+            vec![],
+            "registration_request",
+            b"{}",
+            &json!({}),
+            &json!({ "uuid": uuid, "id": rank }),
+            vec![],
+        );
+        s.send_multipart(m.into_frames(), 0)?;
+        socks.push(s);
+    }
+    let mut ids: Vec<Option<u32>> = vec![None; uuids.len()];
+    let mut period = 3000u64;
+    let deadline = Instant::now() + timeout;
+    while ids.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let missing: Vec<usize> = (0..ids.len()).filter(|i| ids[*i].is_none()).collect();
+            bail!(
+                "registration timed out after {:.1}s: no registration_reply for rank(s) {missing:?} from {}",
+                timeout.as_secs_f64(),
+                addrs.registration
+            );
+        }
+        let mut items: Vec<zmq::PollItem> =
+            socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+        zmq::poll(&mut items, left.as_millis().min(1000) as i64)?;
+        let ready: Vec<usize> = (0..items.len())
+            .filter(|i| items[*i].is_readable())
+            .collect();
+        for rank in ready {
+            let frames = socks[rank].recv_multipart(0)?;
+            let m = match WireMessage::split(frames, &Limits::default()) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!("bad registration reply: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = verifier.verify(&m) {
+                warn!("registration reply refused: {e}");
+                continue;
+            }
+            let c: Value = m.content_value().unwrap_or(Value::Null);
+            if c.get("status").and_then(Value::as_str) != Some("ok") {
+                return Err(anyhow!(
+                    "registration of rank {rank} failed: {} {}",
+                    c.get("ename").and_then(Value::as_str).unwrap_or(""),
+                    c.get("evalue")
+                        .and_then(Value::as_str)
+                        .unwrap_or(&c.to_string())
+                ));
+            }
+            let id = c
+                .get("id")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| anyhow!("registration reply without an id: {c}"))?;
+            if id != rank as u64 {
+                warn!("rank {rank}: did not get the requested id {rank}, got {id}");
+            }
+            if let Some(p) = c.get("hb_period").and_then(Value::as_u64) {
+                period = p;
+            }
+            ids[rank] = Some(id as u32);
+        }
+    }
+    Ok((
+        socks,
+        Registered {
+            ids: ids.into_iter().map(|i| i.unwrap_or(0)).collect(),
+            hb_period_ms: period,
+        },
+    ))
+}
+
+impl Sockets {
+    /// Open and connect the engine sockets after registration.
+    pub fn open(
+        ctx: zmq::Context,
+        reg: Vec<zmq::Socket>,
+        addrs: &Addrs,
+        uuids: &[String],
+        ids: &[u32],
+    ) -> Result<Sockets> {
+        let mut shell = Vec::new();
+        let mut control = Vec::new();
+        let mut heart = Vec::new();
+        for (uuid, id) in uuids.iter().zip(ids) {
+            let s = sock(&ctx, zmq::ROUTER, Some(uuid))?;
+            s.set_rcvhwm(0)?;
+            s.set_sndhwm(0)?;
+            s.connect(&addrs.mux)?;
+            s.connect(&addrs.task)?;
+            if !addrs.broadcast.is_empty() {
+                let leaf = &addrs.broadcast[*id as usize % addrs.broadcast.len()];
+                s.connect(leaf)?;
+            }
+            shell.push(s);
+            let c = sock(&ctx, zmq::ROUTER, Some(uuid))?;
+            c.connect(&addrs.control)?;
+            control.push(c);
+            let h = sock(&ctx, zmq::DEALER, Some(uuid))?;
+            h.set_linger(0)?;
+            h.connect(&addrs.hb_pong)?;
+            heart.push(h);
+        }
+        let hb_sub = sock(&ctx, zmq::SUB, None)?;
+        hb_sub.set_subscribe(b"")?;
+        hb_sub.set_linger(0)?;
+        hb_sub.connect(&addrs.hb_ping)?;
+        let iopub = sock(&ctx, zmq::PUB, None)?;
+        iopub.set_sndhwm(0)?;
+        iopub.connect(&addrs.iopub)?;
+        Ok(Sockets {
+            ctx,
+            reg,
+            shell,
+            control,
+            heart,
+            hb_sub,
+            iopub,
+        })
+    }
+
+    /// `unregistration_request {"id"}` for every engine (the Hub does not reply).
+    pub fn unregister_all(&self, key: &[u8], uuids: &[String], ids: &[u32]) {
+        let signer = Signer::new(key);
+        for (i, ((s, uuid), id)) in self.reg.iter().zip(uuids).zip(ids).enumerate() {
+            let b = MessageBuilder::with_session(uuid.clone());
+            let m = b.build(
+                &signer,
+                vec![],
+                "unregistration_request",
+                b"{}",
+                &json!({}),
+                &json!({ "id": id }),
+                vec![],
+            );
+            if let Err(e) = s.send_multipart(m.into_frames(), zmq::DONTWAIT) {
+                warn!("rank {i}: unregistration not sent: {e}");
+            }
+        }
+        info!("sent unregistration_request for engines {ids:?}");
+    }
+}
+
+/// The engine socket `rank` uses for `Rank`.
+pub fn index(rank: Rank) -> usize {
+    rank.0 as usize
+}

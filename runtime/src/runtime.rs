@@ -1,0 +1,345 @@
+//! The runtime thread of each rank: the I/O loops around the sans-I/O [`Broker`] and
+//! [`EngineCore`].
+//!
+//! * Rank 0 polls every engine's ZeroMQ sockets, its outbox doorbell, and (by probing) MPI;
+//!   routes with the broker; runs its own engine's core directly.
+//! * Rank r ≥ 1 touches no network: it probes MPI for packets from rank 0, runs its core, and
+//!   sends its outbox to rank 0.
+//!
+//! MPI is probed, not waited on (a blocking MPI receive spins a core in most MPI libraries):
+//! after activity the loop polls again at once, then backs off to a 2 ms nap.
+//! SIGTERM (mpiexec tearing the job down) makes rank 0 unregister every engine before exiting.
+
+use crate::broker::{Broker, JobEvent, Route, Socket};
+use crate::kernel::{interrupt_python, EngineCore, JobQueue};
+use crate::link::Link;
+use crate::nanny::Nanny;
+use crate::net::Sockets;
+use crate::relay::{Channel, Life, Packet, Rank};
+use crate::session::OutboxRx;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// Set by the SIGTERM/SIGHUP handler.
+pub static TERMINATE: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`TERMINATE`].
+pub static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_term(sig: libc::c_int) {
+    TERM_SIGNAL.store(sig, Ordering::SeqCst);
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+/// Install the SIGTERM/SIGHUP handler (flag only; the loops act on it).
+pub fn install_signal_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_term),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to atomics (async-signal-safe).
+        if let Err(e) = unsafe { sigaction(s, &act) } {
+            eprintln!("rpar-engine: cannot install {s} handler: {e}");
+        }
+    }
+}
+
+fn nap(idle: u32) -> i64 {
+    match idle {
+        0 => 0,
+        1..=20 => 1,
+        _ => 2,
+    }
+}
+
+/// What rank 0's loop needs.
+pub struct Rank0 {
+    pub sockets: Sockets,
+    pub link: Link,
+    pub core: EngineCore,
+    pub outbox: OutboxRx,
+    pub queue: Arc<JobQueue>,
+    pub key: Vec<u8>,
+    pub uuids: Vec<String>,
+    pub ids: Vec<u32>,
+    pub hb_period: Duration,
+    pub max_heartbeat_misses: u32,
+    pub nanny: Option<Nanny>,
+}
+
+impl Rank0 {
+    fn zmq_send(&self, sock: Socket, frames: Vec<Vec<u8>>) {
+        let s = match sock {
+            Socket::Shell(r) => self.sockets.shell.get(r.0 as usize),
+            Socket::Control(r) => self.sockets.control.get(r.0 as usize),
+            Socket::Heart(r) => self.sockets.heart.get(r.0 as usize),
+            Socket::IoPub => Some(&self.sockets.iopub),
+        };
+        if let Some(s) = s {
+            if let Err(e) = s.send_multipart(frames, zmq::DONTWAIT) {
+                debug!("send on {sock:?} failed: {e}");
+            }
+        }
+    }
+
+    fn perform(&mut self, broker: &mut Broker, route: Route) -> Option<JobEvent> {
+        match route {
+            Route::Local(p) => {
+                let life = self.core.on_packet(p)?;
+                // what the engine queued before this lifecycle change goes out first
+                self.pump_outbox(broker);
+                broker.on_life(Rank(0), life)
+            }
+            Route::Remote(r, p) => {
+                self.link.send(r, p.encode());
+                None
+            }
+            Route::Zmq(s, frames) => {
+                self.zmq_send(s, frames);
+                None
+            }
+            Route::Drop(why) => {
+                debug!("dropped: {why}");
+                None
+            }
+        }
+    }
+
+    fn pump_outbox(&mut self, broker: &mut Broker) -> (bool, Option<JobEvent>) {
+        let mut any = false;
+        let mut ev = None;
+        while let Ok(p) = self.outbox.rx.try_recv() {
+            any = true;
+            let (route, e) = broker.from_engine(Rank(0), p);
+            if let Route::Zmq(s, frames) = route {
+                self.zmq_send(s, frames);
+            }
+            ev = ev.or(e);
+        }
+        (any, ev)
+    }
+
+    /// Run until the job exits; returns the exit code.
+    pub fn run(mut self) -> (i32, Link) {
+        let size = self.link.size();
+        let mut broker = Broker::new(size);
+        let mut last_ping = Instant::now();
+        let mut idle = 0u32;
+        let bell = self.outbox.bell.as_raw_fd();
+        let miss_limit =
+            (self.hb_period + Duration::from_millis(500)) * self.max_heartbeat_misses.max(1);
+        loop {
+            let mut ev: Option<JobEvent> = None;
+            let n = self.sockets.shell.len();
+            let readable: Vec<bool> = {
+                let mut items: Vec<zmq::PollItem> = Vec::with_capacity(2 * n + 2);
+                items.extend(
+                    self.sockets
+                        .shell
+                        .iter()
+                        .map(|s| s.as_poll_item(zmq::POLLIN)),
+                );
+                items.extend(
+                    self.sockets
+                        .control
+                        .iter()
+                        .map(|s| s.as_poll_item(zmq::POLLIN)),
+                );
+                items.push(self.sockets.hb_sub.as_poll_item(zmq::POLLIN));
+                items.push(zmq::PollItem::from_fd(bell, zmq::POLLIN));
+                let timeout = if size == 1 { 100 } else { nap(idle) };
+                if let Err(e) = zmq::poll(&mut items, timeout) {
+                    if e != zmq::Error::EINTR {
+                        warn!("poll: {e}");
+                    }
+                }
+                items.iter().map(|i| i.is_readable()).collect()
+            };
+            let mut active = false;
+            for (i, ready) in readable.iter().enumerate().take(2 * n) {
+                if !ready {
+                    continue;
+                }
+                let (rank, ch) = if i < n {
+                    (Rank(i as u32), Channel::Shell)
+                } else {
+                    (Rank((i - n) as u32), Channel::Control)
+                };
+                loop {
+                    let sock = if ch == Channel::Shell {
+                        &self.sockets.shell[rank.0 as usize]
+                    } else {
+                        &self.sockets.control[rank.0 as usize]
+                    };
+                    let frames = match sock.recv_multipart(zmq::DONTWAIT) {
+                        Ok(f) => f,
+                        Err(_) => break,
+                    };
+                    active = true;
+                    let route = broker.from_socket(rank, ch, frames);
+                    ev = ev.or(self.perform(&mut broker, route));
+                }
+            }
+            if readable[2 * n] {
+                while let Ok(frames) = self.sockets.hb_sub.recv_multipart(zmq::DONTWAIT) {
+                    active = true;
+                    last_ping = Instant::now();
+                    for route in broker.ping(&frames) {
+                        ev = ev.or(self.perform(&mut broker, route));
+                    }
+                }
+            }
+            if readable[2 * n + 1] {
+                self.outbox.drain_bell();
+            }
+            let (any, e) = self.pump_outbox(&mut broker);
+            active |= any;
+            ev = ev.or(e);
+            while let Some((src, buf)) = self.link.try_recv() {
+                active = true;
+                match Packet::decode(&buf) {
+                    Ok(p) => {
+                        let (route, e) = broker.from_engine(src, p);
+                        ev = ev.or(e);
+                        ev = ev.or(self.perform(&mut broker, route));
+                    }
+                    Err(e) => warn!("bad relay packet from rank {src}: {e}"),
+                }
+            }
+            self.link.reap();
+            if TERMINATE.load(Ordering::SeqCst) {
+                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+                warn!("signal {sig}: unregistering all engines and exiting");
+                ev = ev.or(broker.abort(128 + sig));
+            }
+            if self.max_heartbeat_misses > 0 && last_ping.elapsed() > miss_limit {
+                error!(
+                    "no heartbeat from the controller for {:.1}s: it is gone; exiting",
+                    last_ping.elapsed().as_secs_f64()
+                );
+                ev = ev.or(broker.abort(1));
+            }
+            if let Some(JobEvent::ExitAll(code)) = ev {
+                return self.exit(code);
+            }
+            idle = if active { 0 } else { idle.saturating_add(1) };
+        }
+    }
+
+    fn exit(mut self, code: i32) -> (i32, Link) {
+        let mut scratch = Broker::new(self.link.size());
+        self.pump_outbox(&mut scratch);
+        self.sockets
+            .unregister_all(&self.key, &self.uuids, &self.ids);
+        let size = self.link.size();
+        for r in 1..size {
+            self.link.send(
+                Rank(r),
+                Packet::life(Rank(r), &Life::Exit { code }).encode(),
+            );
+        }
+        self.link.finish(Duration::from_secs(2));
+        if let Some(n) = &self.nanny {
+            n.disarm();
+        }
+        info!("job exiting with code {code}");
+        stop_python(&self.queue, code);
+        // dropping the sockets lingers until the unregistrations are out
+        drop(self.sockets);
+        (code, self.link)
+    }
+}
+
+/// Ask the Python thread to stop; if it is busy, interrupt it; if it does not come back, exit
+/// anyway (a rank stuck in C code must not keep the job alive).
+pub fn stop_python(queue: &JobQueue, code: i32) {
+    queue.stop();
+    if queue.is_running() {
+        interrupt_python();
+    }
+    let grace = if code == 0 { 10 } else { 3 };
+    let spawn = std::thread::Builder::new()
+        .name("exit-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_secs(grace));
+            eprintln!("rpar-engine: Python did not stop within {grace}s; exiting");
+            // SAFETY: terminating the process.
+            unsafe { libc::_exit(code) };
+        });
+    if let Err(e) = spawn {
+        warn!("no exit watchdog: {e}");
+    }
+}
+
+/// Rank r ≥ 1.
+pub struct RankN {
+    pub link: Link,
+    pub core: EngineCore,
+    pub outbox: OutboxRx,
+    pub queue: Arc<JobQueue>,
+}
+
+impl RankN {
+    fn pump(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(p) = self.outbox.rx.try_recv() {
+            any = true;
+            self.link.send(Rank(0), p.encode());
+        }
+        any
+    }
+
+    pub fn run(mut self) -> (i32, Link) {
+        let me = self.link.rank();
+        let bell = self.outbox.bell.as_raw_fd();
+        let mut idle = 0u32;
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: bell,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, nap(idle) as i32) };
+            self.outbox.drain_bell();
+            let mut active = self.pump();
+            while let Some((src, buf)) = self.link.try_recv() {
+                active = true;
+                let p = match Packet::decode(&buf) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!("bad relay packet from rank {src}: {e}");
+                        continue;
+                    }
+                };
+                if p.header.channel == Channel::Life {
+                    if let Ok(Life::Exit { code }) = p.as_life() {
+                        info!("rank 0 says exit ({code})");
+                        self.pump();
+                        self.link.finish(Duration::from_secs(2));
+                        stop_python(&self.queue, code);
+                        return (code, self.link);
+                    }
+                    continue;
+                }
+                if let Some(life) = self.core.on_packet(p) {
+                    self.pump();
+                    self.link.send(Rank(0), Packet::life(me, &life).encode());
+                }
+            }
+            self.link.reap();
+            if TERMINATE.load(Ordering::SeqCst) {
+                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+                info!("signal {sig}: exiting");
+                // SAFETY: terminating the process (the job is being torn down).
+                unsafe { libc::_exit(128 + sig) };
+            }
+            idle = if active { 0 } else { idle.saturating_add(1) };
+        }
+    }
+}
