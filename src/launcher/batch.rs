@@ -45,7 +45,7 @@ impl BatchSettings {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (submit, delete, status, re, group) = match kind {
             "pbs" => (v(&["qsub"]), v(&["qdel"]), v(&["qstat"]), r"\d+", 0),
-            "sge" => (v(&["qsub"]), v(&["qdel"]), v(&["qstat"]), r"\d+", 0),
+            "sge" => (v(&["qsub"]), v(&["qdel"]), v(&["qstat", "-u", "*"]), r"\d+", 0),
             "slurm" => (
                 v(&["sbatch"]),
                 v(&["scancel"]),
@@ -270,7 +270,10 @@ pub fn job_liveness(
         return Liveness::Unknown;
     }
     let mut argv = status_command.to_vec();
-    argv.push(job_id.to_string());
+    if system != "sge" {
+        // SGE's qstat takes no job id (qstat -j has another format): the table is searched
+        argv.push(job_id.to_string());
+    }
     match runner.run(&argv, None, &[]) {
         Ok(out) => parse_status(system, job_id, &out),
         Err(_) => Liveness::Unknown,
