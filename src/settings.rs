@@ -184,12 +184,32 @@ pub fn batch_settings(
             .map(|l| l.trim_start_matches("#SBATCH").trim().to_string())
             .collect();
     }
-    for (field, name) in [
+    let mut explicit = [false; 3];
+    for (i, (field, name)) in [
         (&mut s.submit_command, "submit_command"),
         (&mut s.delete_command, "delete_command"),
-    ] {
+        (&mut s.status_command, "status_command"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if let Some(v) = cfg.str_list(&class, name).map_err(e2s)? {
             *field = v;
+            explicit[i] = true;
+        }
+    }
+    // A submit command given as a path (e.g. /opt/torque/bin/qsub, when several batch systems'
+    // qsub are installed) implies the delete and status commands beside it.
+    if let Some(dir) = s.submit_command.first().map(Path::new).filter(|p| p.is_absolute()).and_then(Path::parent) {
+        for (i, field) in [(1, &mut s.delete_command), (2, &mut s.status_command)] {
+            if !explicit[i] {
+                if let Some(first) = field.first_mut() {
+                    let sibling = dir.join(first.as_str());
+                    if sibling.is_file() {
+                        *first = sibling.display().to_string();
+                    }
+                }
+            }
         }
     }
     if let Some(r) = get("job_id_regexp")? {

@@ -17,6 +17,28 @@ install() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  install_torque
+}
+
+# slurm-wlm-torque's PBS front end (qsub, qdel, qstat) conflicts with gridengine-client's qsub,
+# so it is unpacked beside it: /opt/rpar/torque/bin, next to links to Slurm's commands (the
+# wrappers call "$their_dir/sbatch").
+torque=/opt/rpar/torque
+install_torque() {
+  [ -x "$torque/bin/qsub" ] && return 0
+  local perl=(libslurm-perl libslurmdb-perl libswitch-perl) missing=()
+  for p in "${perl[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  local tmp; tmp="$(mktemp -d)"
+  chmod 755 "$tmp"; (cd "$tmp" && apt-get download -qq slurm-wlm-torque >/dev/null 2>&1 && dpkg -x slurm-wlm-torque_*.deb x)
+  mkdir -p "$torque/bin"
+  for f in qsub qdel qstat qhold qrls qalter pbsnodes generate_pbs_nodefile; do
+    [ -e "$tmp/x/usr/bin/$f" ] && cp "$tmp/x/usr/bin/$f" "$torque/bin/$f"
+  done
+  for f in sbatch scancel squeue srun salloc scontrol sinfo; do ln -sf "/usr/bin/$f" "$torque/bin/$f"; done
+  rm -rf "$tmp"
 }
 
 write_conf() {

@@ -214,6 +214,12 @@ impl Launcher for BatchLauncher {
         }
         let stdin_submit = s.kind == "lsf";
         let mut argv = s.submit_command.clone();
+        if s.kind == "pbs" {
+            // command-line output options win over the script's with every qsub (Torque's,
+            // PBS Pro's, and Slurm's PBS front end, which otherwise writes to the cwd)
+            let out = self.output_path(spec, role).display().to_string();
+            argv.extend(["-j".to_string(), "oe".to_string(), "-o".to_string(), out]);
+        }
         if !stdin_submit {
             argv.push(script.display().to_string());
         }

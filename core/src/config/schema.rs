@@ -535,6 +535,7 @@ pub static CLASSES: &[ClassDef] = &[
             t("submit_command", List, "<qsub, sbatch, bsub, ...>", "The submit command."),
             t("delete_command", List, "<qdel, scancel, bkill, ...>", "The cancel command."),
             t("signal_command", List, "<qsig -s, scancel -s, ...>", "The signal command."),
+            t("status_command", List, "<qstat, squeue -h -o %T -j, ...>", "rpar: the job status command (the job id is appended, except for SGE's qstat table)."),
             t("job_id_regexp", Str, "'\\\\d+'", "Regular expression finding the job id in the submit command's output."),
             t("job_id_regexp_group", Int, "0", "Group of job_id_regexp holding the id."),
             t("output_file", Str, "<log/<kind>-<cluster_id>.out>", "The job's output file."),
