@@ -197,7 +197,7 @@ def test_restart_with_reuse_reads_old_records(ipython_dir):
         lv = rc.load_balanced_view()
         ars = [lv.apply_async(echo, x) for x in "abc"]
         assert [a.get(timeout=30) for a in ars] == ["a", "b", "c"]
-        old = [a.msg_id for a in ars]
+        old = [a.msg_ids[0] for a in ars]
         wait_completed(rc, old)
         profile = ctl.profile_dir
     assert (profile / "tasks.db").exists()

@@ -39,7 +39,11 @@ pub struct SqliteDb {
     tx: Option<Sender<Msg>>,
     writer: Option<JoinHandle<()>>,
     next_seq: u64,
+    max_backlog: u64,
 }
+
+/// Default most bytes of uncommitted buffers before writes wait for the disk.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1 << 30;
 
 impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +65,9 @@ fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.busy_timeout(Duration::from_secs(30))?;
     // WAL lets reads proceed during commits; NORMAL syncs at checkpoints, not every commit.
     // (On file systems without shared memory WAL is refused and the default journal is kept.)
+    // Large pages: task buffers are often megabytes, and 4 KiB pages mean long overflow
+    // chains. Only takes effect on a new, empty file (before WAL is switched on).
+    conn.execute_batch("PRAGMA page_size=65536")?;
     let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA synchronous=NORMAL")?;
     Ok(conn)
@@ -165,7 +172,24 @@ impl SqliteDb {
             tx: Some(tx),
             writer: Some(writer),
             next_seq: seq.max(0) as u64 + 1,
+            max_backlog: DEFAULT_MAX_BACKLOG,
         })
+    }
+
+    /// Most bytes of buffers and output kept in memory waiting for the disk (default 1 GiB).
+    /// Writes never wait for the disk below this; past it they wait until the writer catches
+    /// up, so a disk much slower than the task stream costs throughput instead of memory.
+    pub fn set_max_backlog(&mut self, bytes: u64) {
+        self.max_backlog = bytes.max(1);
+    }
+
+    /// Bytes of buffers and output not yet committed.
+    pub fn backlog(&self) -> u64 {
+        *self
+            .shared
+            .backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The table in use (after any `_N` renaming).
@@ -196,6 +220,7 @@ impl SqliteDb {
             kind,
         });
         self.next_seq += 1;
+        self.wait_for_room(op.weight());
         self.shared
             .overlay()
             .entry(op.msg_id.clone())
@@ -203,6 +228,35 @@ impl SqliteDb {
             .push(op.clone());
         tx.send(Msg::Op(op))
             .map_err(|_| DbError::WriterStopped("the writer thread has exited".into()))
+    }
+
+    /// Account for `weight` more bytes in flight; past the limit, wait for the writer (the
+    /// writer always drains, so this only waits while it is making progress).
+    fn wait_for_room(&self, weight: u64) {
+        let mut b = self
+            .shared
+            .backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *b > 0 && *b + weight > self.max_backlog {
+            tracing::warn!(
+                backlog = *b,
+                limit = self.max_backlog,
+                "the disk is behind the task stream: waiting for the task database writer"
+            );
+            while *b > 0 && *b + weight > self.max_backlog {
+                let (g, timeout) = self
+                    .shared
+                    .drained
+                    .wait_timeout(b, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner());
+                b = g;
+                if timeout.timed_out() && !matches!(&self.writer, Some(h) if !h.is_finished()) {
+                    break;
+                }
+            }
+        }
+        *b += weight;
     }
 
     /// Read committed rows matching `sql_where` (with `cols`), plus the committed base rows of
@@ -470,4 +524,5 @@ impl Drop for SqliteDb {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)]
 mod tests;

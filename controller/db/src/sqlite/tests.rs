@@ -232,3 +232,100 @@ fn writes_after_close_fail_cleanly() {
     ));
     assert!(matches!(db.flush(), Err(DbError::WriterStopped(_))));
 }
+
+#[test]
+fn a_batch_folds_each_record_like_the_memory_db() {
+    // Queue a tricky sequence while the writer is held, so it lands in one transaction, then
+    // compare the committed rows (after a reopen) with the memory backend given the same ops.
+    let dir = tmp();
+    let path = dir.path().join("tasks.db");
+    let mut sql = SqliteDb::open_path(&path, "t").unwrap();
+    let mut mem = crate::MemoryDb::default();
+    sql.add_record(TaskRecord::new("pre")).unwrap();
+    sql.append_stream("pre", Stream::Stdout, "old;").unwrap();
+    sql.flush().unwrap();
+    mem.add_record(TaskRecord::new("pre")).unwrap();
+    mem.append_stream("pre", Stream::Stdout, "old;").unwrap();
+
+    let (release, stalled) = mpsc::channel();
+    sql.tx.as_ref().unwrap().send(Msg::Stall(stalled)).unwrap();
+    let dbs: [&mut dyn TaskDb; 2] = [&mut sql, &mut mem];
+    for db in dbs {
+        let mut req = TaskRecord::new("a");
+        req.buffers = Some(vec![vec![1; 1000]]);
+        req.submitted = rpar_core::ids::parse_iso("2026-01-01T00:00:00Z");
+        db.append_stream("a", Stream::Stdout, "early;").unwrap();
+        db.add_record(req).unwrap();
+        db.append_stream("a", Stream::Stdout, "1;").unwrap();
+        let mut done = TaskRecord::default();
+        done.completed = rpar_core::ids::parse_iso("2026-01-01T00:00:01Z");
+        done.result_buffers = Some(vec![vec![2; 10]]);
+        db.update_record("a", done).unwrap();
+        db.append_stream("a", Stream::Stderr, "e").unwrap();
+        // Append, set, append: the set replaces the first append; the last lands after it.
+        db.append_stream("pre", Stream::Stdout, "lost;").unwrap();
+        let mut set = TaskRecord::default();
+        set.stdout = Some("reset;".into());
+        db.update_record("pre", set).unwrap();
+        db.append_stream("pre", Stream::Stdout, "after").unwrap();
+        // Drop and re-create within the batch.
+        db.add_record(TaskRecord::new("b")).unwrap();
+        db.drop_record("b").unwrap();
+        db.append_stream("b", Stream::Stderr, "reborn").unwrap();
+        // Drop only.
+        db.add_record(TaskRecord::new("c")).unwrap();
+        db.drop_record("c").unwrap();
+    }
+    release.send(()).unwrap();
+    sql.close().unwrap();
+    let sql = SqliteDb::open_path(&path, "t").unwrap();
+    let all = |db: &dyn TaskDb| db.find_records(&Query::all(), None).unwrap();
+    let (got, want) = (all(&sql), all(&mem));
+    assert_eq!(got.len(), 3, "{got:?}");
+    let by_id =
+        |v: &[TaskRecord], id: &str| v.iter().find(|r| r.msg_id.as_deref() == Some(id)).cloned();
+    for id in ["a", "b", "pre"] {
+        assert_eq!(by_id(&got, id), by_id(&want, id), "record {id}");
+    }
+    let a = by_id(&got, "a").unwrap();
+    assert_eq!(a.stdout.as_deref(), Some("early;1;"));
+    assert_eq!(
+        by_id(&got, "pre").unwrap().stdout.as_deref(),
+        Some("reset;after")
+    );
+    assert!(by_id(&got, "c").is_none());
+}
+
+#[test]
+fn backlog_is_bounded_and_drains() {
+    let dir = tmp();
+    let mut db = SqliteDb::open_path(&dir.path().join("tasks.db"), "t").unwrap();
+    db.set_max_backlog(3_000_000);
+    let (release, stalled) = mpsc::channel();
+    db.tx.as_ref().unwrap().send(Msg::Stall(stalled)).unwrap();
+    let big = |i: usize| {
+        let mut r = TaskRecord::new(format!("m{i}"));
+        r.buffers = Some(vec![vec![0; 1_000_000]]);
+        r
+    };
+    for i in 0..3 {
+        db.add_record(big(i)).unwrap();
+    }
+    assert_eq!(db.backlog(), 3_000_000);
+    // The next write must wait for the writer: release it from another thread later.
+    let t0 = std::time::Instant::now();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        release.send(()).unwrap();
+    });
+    db.add_record(big(3)).unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    releaser.join().unwrap();
+    db.flush().unwrap();
+    assert_eq!(db.backlog(), 0);
+    assert_eq!(db.find_records(&Query::all(), Some(&[])).unwrap().len(), 4);
+}

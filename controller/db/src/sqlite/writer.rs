@@ -8,10 +8,11 @@
 //! transaction, and replays only the overlay operations newer than that number: every write is
 //! seen exactly once (appends are never doubled), whatever the writer did meanwhile.
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::codec::{ident, to_sql};
 use crate::record::{Field, Stream, TaskRecord};
@@ -33,6 +34,19 @@ pub struct Op {
 }
 
 impl Op {
+    /// Bytes this write keeps in memory until it is committed (its buffers and text).
+    pub fn weight(&self) -> u64 {
+        match &self.kind {
+            OpKind::Merge(p) => {
+                p.buffer_bytes() as u64
+                    + p.stdout.as_ref().map_or(0, |s| s.len() as u64)
+                    + p.stderr.as_ref().map_or(0, |s| s.len() as u64)
+            }
+            OpKind::Append(_, t) => t.len() as u64,
+            OpKind::Drop => 0,
+        }
+    }
+
     /// Replay the write on an in-memory copy of the record (`None` = no record).
     pub fn apply(&self, rec: &mut Option<TaskRecord>) {
         match &self.kind {
@@ -58,6 +72,10 @@ pub struct Shared {
     pub overlay: Mutex<Overlay>,
     /// The last write failure, reported by `flush`.
     pub failure: Mutex<Option<String>>,
+    /// Bytes of buffers and text waiting to be committed.
+    pub backlog: Mutex<u64>,
+    /// Signalled when the backlog shrinks.
+    pub drained: Condvar,
 }
 
 impl Shared {
@@ -132,6 +150,12 @@ pub fn run(mut conn: Connection, table: String, shared: Arc<Shared>, rx: Receive
                             }
                         }
                     }
+                    drop(ov);
+                    let freed: u64 = batch.iter().map(|o| o.weight()).sum();
+                    let mut b = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+                    *b = b.saturating_sub(freed);
+                    drop(b);
+                    shared.drained.notify_all();
                     tracing::trace!(ops = batch.len(), upto, "committed task records");
                 }
             }
@@ -148,62 +172,129 @@ pub fn run(mut conn: Connection, table: String, shared: Arc<Shared>, rx: Receive
     tracing::debug!("task database writer stopped");
 }
 
-fn commit(conn: &mut Connection, table: &str, batch: &[Arc<Op>]) -> Result<(), String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let t = ident(table);
-    for op in batch {
+/// What one batch does to one record, folded from its operations in order, so a record that
+/// was submitted and completed within a batch is written once (SQLite rewrites a whole row,
+/// megabyte buffers included, on every update).
+#[derive(Default)]
+struct Folded<'a> {
+    /// Delete the row first (a drop was followed by new writes, or stands alone).
+    delete: bool,
+    /// Write a row (insert or update) after the optional delete.
+    upsert: bool,
+    /// Fields to set; borrowed from the ops when a single op sets them.
+    set: Vec<(Field, &'a TaskRecord)>,
+    /// Text to append to stdout / stderr after the fields are set.
+    append: [String; 2],
+}
+
+impl<'a> Folded<'a> {
+    fn add(&mut self, op: &'a Op) {
         match &op.kind {
             OpKind::Merge(patch) => {
-                let mut cols = vec![Field::MsgId];
-                cols.extend(
-                    Field::ALL
-                        .iter()
-                        .copied()
-                        .filter(|&f| f != Field::MsgId && is_set(patch, f)),
-                );
-                let names: Vec<&str> = cols.iter().map(|f| f.name()).collect();
-                let qs = vec!["?"; cols.len()].join(", ");
-                let updates: Vec<String> = names[1..]
-                    .iter()
-                    .map(|n| format!("{n} = excluded.{n}"))
-                    .collect();
-                let sql = if updates.is_empty() {
-                    format!("INSERT INTO {t} (msg_id) VALUES (?) ON CONFLICT(msg_id) DO NOTHING")
-                } else {
-                    format!(
-                        "INSERT INTO {t} ({}) VALUES ({qs}) ON CONFLICT(msg_id) DO UPDATE SET {}",
-                        names.join(", "),
-                        updates.join(", ")
-                    )
-                };
-                let mut values = vec![rusqlite::types::Value::Text(op.msg_id.clone())];
-                values.extend(cols[1..].iter().map(|&f| to_sql(patch, f)));
-                tx.prepare_cached(&sql)
-                    .and_then(|mut st| st.execute(params_from_iter(values)))
-                    .map_err(|e| e.to_string())?;
+                self.upsert = true;
+                for &f in Field::ALL {
+                    if f == Field::MsgId || !is_set(patch, f) {
+                        continue;
+                    }
+                    self.set.retain(|(g, _)| *g != f);
+                    self.set.push((f, patch));
+                    // A set stdout/stderr replaces what earlier appends in this batch added.
+                    match f {
+                        Field::Stdout => self.append[0].clear(),
+                        Field::Stderr => self.append[1].clear(),
+                        _ => {}
+                    }
+                }
             }
-            OpKind::Append(stream, text) => {
-                let c = stream.field().name();
-                let sql = format!(
-                    "INSERT INTO {t} (msg_id, {c}) VALUES (?, ?) ON CONFLICT(msg_id) \
-                     DO UPDATE SET {c} = COALESCE({c}, '') || excluded.{c}"
-                );
-                tx.prepare_cached(&sql)
-                    .and_then(|mut st| st.execute((&op.msg_id, text)))
-                    .map_err(|e| e.to_string())?;
+            OpKind::Append(s, text) => {
+                self.upsert = true;
+                let i = match s {
+                    Stream::Stdout => 0,
+                    Stream::Stderr => 1,
+                };
+                self.append[i].push_str(text);
             }
             OpKind::Drop => {
-                tx.prepare_cached(&format!("DELETE FROM {t} WHERE msg_id = ?"))
-                    .and_then(|mut st| st.execute([&op.msg_id]))
-                    .map_err(|e| e.to_string())?;
+                *self = Folded {
+                    delete: true,
+                    ..Default::default()
+                };
             }
         }
     }
+}
+
+fn commit(conn: &mut Connection, table: &str, batch: &[Arc<Op>]) -> Result<(), String> {
+    // Fold per record, keeping the order in which records first appear (new rows get rowids
+    // in that order).
+    let mut order: Vec<&str> = Vec::new();
+    let mut folded: HashMap<&str, Folded<'_>> = HashMap::new();
+    for op in batch {
+        let f = folded.entry(op.msg_id.as_str()).or_insert_with(|| {
+            order.push(op.msg_id.as_str());
+            Folded::default()
+        });
+        f.add(op);
+    }
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let t = ident(table);
+    let e = |e: rusqlite::Error| e.to_string();
+    for id in order {
+        let Some(f) = folded.get(id) else { continue };
+        if f.delete {
+            tx.prepare_cached(&format!("DELETE FROM {t} WHERE msg_id = ?"))
+                .and_then(|mut st| st.execute([id]))
+                .map_err(e)?;
+        }
+        if !f.upsert {
+            continue;
+        }
+        let mut names: Vec<&str> = vec!["msg_id"];
+        let mut values = vec![SqlValue::Text(id.to_string())];
+        let mut updates: Vec<String> = Vec::new();
+        for (field, rec) in &f.set {
+            let n = field.name();
+            names.push(n);
+            values.push(to_sql(rec, *field));
+            updates.push(format!("{n} = excluded.{n}"));
+        }
+        for (i, field) in [Field::Stdout, Field::Stderr].into_iter().enumerate() {
+            if f.append[i].is_empty() {
+                continue;
+            }
+            let n = field.name();
+            if let Some(pos) = names.iter().position(|x| *x == n) {
+                // Set and appended in this batch: the set value already sits in `values`.
+                if let SqlValue::Text(s) = &mut values[pos] {
+                    s.push_str(&f.append[i]);
+                }
+            } else {
+                names.push(n);
+                values.push(SqlValue::Text(f.append[i].clone()));
+                updates.push(format!("{n} = COALESCE({n}, '') || excluded.{n}"));
+            }
+        }
+        let qs = vec!["?"; names.len()].join(", ");
+        let sql = if updates.is_empty() {
+            format!("INSERT INTO {t} (msg_id) VALUES (?) ON CONFLICT(msg_id) DO NOTHING")
+        } else {
+            format!(
+                "INSERT INTO {t} ({}) VALUES ({qs}) ON CONFLICT(msg_id) DO UPDATE SET {}",
+                names.join(", "),
+                updates.join(", ")
+            )
+        };
+        tx.prepare_cached(&sql)
+            .and_then(|mut st| st.execute(params_from_iter(values)))
+            .map_err(e)?;
+    }
     let upto = batch.iter().map(|o| o.seq).max().unwrap_or(0);
-    tx.prepare_cached("INSERT INTO rpar_meta (tbl, seq) VALUES (?, ?) ON CONFLICT(tbl) DO UPDATE SET seq = excluded.seq")
-        .and_then(|mut st| st.execute((table, upto as i64)))
-        .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
+    tx.prepare_cached(
+        "INSERT INTO rpar_meta (tbl, seq) VALUES (?, ?) ON CONFLICT(tbl) DO UPDATE SET seq = excluded.seq",
+    )
+    .and_then(|mut st| st.execute((table, upto as i64)))
+    .map_err(e)?;
+    tx.commit().map_err(e)
 }
 
 /// Is the field set in a patch? (A set-but-empty buffer list still counts: it is written as
