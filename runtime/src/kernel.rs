@@ -171,12 +171,30 @@ impl JobQueue {
     }
 }
 
+/// The thread that runs Python (the process main thread), for directed interrupts.
+static PYTHON_THREAD: std::sync::OnceLock<libc::pthread_t> = std::sync::OnceLock::new();
+
+/// Record the calling thread as the Python thread.
+pub fn set_python_thread() {
+    // SAFETY: pthread_self has no preconditions.
+    let _ = PYTHON_THREAD.set(unsafe { libc::pthread_self() });
+}
+
 /// Interrupt the Python code running on this rank's main thread (KeyboardInterrupt).
+///
+/// SIGINT is sent to that thread itself, so a blocking call (`time.sleep`, `select`) returns
+/// with EINTR and Python's handler (`default_int_handler`, installed by the support module)
+/// raises at once; a flag alone would wait for the sleep to end.
 pub fn interrupt_python() {
-    // SAFETY: PyErr_SetInterruptEx may be called from any thread without the GIL; it only sets
-    // a flag the interpreter checks between bytecodes.
-    unsafe {
-        pyo3::ffi::PyErr_SetInterruptEx(libc::SIGINT);
+    match PYTHON_THREAD.get() {
+        // SAFETY: the Python thread lives as long as the process.
+        Some(t) => unsafe {
+            libc::pthread_kill(*t, libc::SIGINT);
+        },
+        // SAFETY: PyErr_SetInterruptEx may be called from any thread without the GIL.
+        None => unsafe {
+            pyo3::ffi::PyErr_SetInterruptEx(libc::SIGINT);
+        },
     }
 }
 

@@ -71,6 +71,7 @@ fn run() -> Result<i32> {
         None
     };
     runtime::install_signal_handlers();
+    kernel::set_python_thread();
 
     // 2. MPI
     let (universe, granted) = mpi::initialize_with_threading(mpi::Threading::Multiple)

@@ -182,6 +182,10 @@ def setup(publisher, engine_id, engine_uuid, use_ipython=True):
     global _pub, _shell
     _pub = publisher
     _engine.update(engine_id=engine_id, engine_uuid=engine_uuid)
+    # signal_request(SIGINT) interrupts running code (mpiexec may start us with SIGINT ignored)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     kind = "plain"
     if use_ipython:
         try:

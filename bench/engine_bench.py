@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""rpar-engine vs Python ipengine, same controller (Python ipcontroller) and client.
+
+Prints, for each engine kind, and the ratio rpar / python:
+  * time from `mpiexec` to all engines registered, for 4 and 16 ranks;
+  * engine CPU time per no-op task (utime+stime of every process under mpiexec, nannies included);
+  * memory per engine (sum of PSS from /proc/<pid>/smaps_rollup / N).
+
+Usage: . ci/env.sh && python bench/engine_bench.py [--tasks 400] [--sizes 4,16]
+No assertions: numbers only.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid):
+    kids = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for k in kids.get(p, []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def cpu_seconds(pids):
+    t = 0
+    for p in pids:
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            t += int(f[11]) + int(f[12])
+        except (OSError, IndexError):
+            pass
+    return t / TICK
+
+
+def pss_kib(pids):
+    t = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    t += int(line.split()[1])
+        except OSError:
+            pass
+    return t
+
+
+def engine_cmd(kind, n, profile_dir):
+    if kind == "rpar":
+        return ["mpiexec", "-n", str(n), str(ROOT / "target/debug/rpar-engine"), f"--profile-dir={profile_dir}"]
+    return ["mpiexec", "-n", str(n), sys.executable, "-m", "ipyparallel.engine", "--mpi",
+            f"--profile-dir={profile_dir}"]
+
+
+def run(kind, n, tasks, workdir):
+    import ipyparallel as ipp
+
+    prof = Path(workdir) / f"profile_{kind}_{n}"
+    ctl = subprocess.Popen(
+        [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={prof}", "--ip=127.0.0.1", "--ping=1000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        cfile = prof / "security" / "ipcontroller-client.json"
+        while not (prof / "security" / "ipcontroller-engine.json").exists():
+            time.sleep(0.05)
+        rc = ipp.Client(str(cfile), timeout=30)
+        t0 = time.monotonic()
+        job = subprocess.Popen(engine_cmd(kind, n, prof), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+        rc.wait_for_engines(n, timeout=300)
+        startup = time.monotonic() - t0
+        time.sleep(1.0)
+        pids = descendants(job.pid)
+        mem = pss_kib(pids) / n
+        lb = rc.load_balanced_view()
+        lb.apply_sync(lambda: None)
+        c0 = cpu_seconds(pids)
+        ars = [lb.apply_async(lambda: None) for _ in range(tasks)]
+        for a in ars:
+            a.get(timeout=120)
+        cpu = (cpu_seconds(pids) - c0) / tasks
+        rc.shutdown(block=True)
+        try:
+            job.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        rc.close()
+        return {"startup_s": startup, "cpu_ms_per_task": cpu * 1000, "pss_mib_per_engine": mem / 1024}
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        ctl.wait(20)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=400)
+    ap.add_argument("--sizes", default="4,16")
+    a = ap.parse_args()
+    if not (ROOT / "target/debug/rpar-engine").exists():
+        sys.exit("build rpar-engine first: cargo build -p rpar-engine")
+    if shutil.which("mpiexec") is None:
+        sys.exit("mpiexec not found")
+    sizes = [int(s) for s in a.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as d:
+        results = {}
+        for n in sizes:
+            for kind in ("rpar", "python"):
+                results[(kind, n)] = run(kind, n, a.tasks if n == sizes[0] else a.tasks // 4, d)
+                print(f"{kind:6} n={n:3}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[(kind, n)].items()),
+                      flush=True)
+        print("\nratios rpar / python (lower is better for rpar):")
+        for n in sizes:
+            r, p = results[("rpar", n)], results[("python", n)]
+            print(f"  n={n:3}: " + ", ".join(f"{k}={r[k] / p[k]:.2f}" for k in r if p[k]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""rpar-engine as one MPI job, driven by the real ipyparallel Client, against the real Python
+ipcontroller (and rpar-controller when built): registration of ranks as engines 0..3,
+apply/map/execute/push/pull/scatter/gather, mpi4py inside the engines, C-level output,
+shutdown, a killed rank, a GIL-holding task, signal_request."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from util_engine import EngineJob, rpar_controller_available, wait_until
+
+N = 4
+
+
+def controller_kinds():
+    kinds = ["python"]
+    if rpar_controller_available():
+        kinds.append("rpar")
+    return kinds
+
+
+@pytest.fixture(params=["openmpi", "mpich"])
+def flavour(request):
+    return request.param
+
+
+@pytest.fixture(params=controller_kinds())
+def controller(request, make_controller):
+    return make_controller("--ip=127.0.0.1", "--ping=500", kind=request.param)
+
+
+@pytest.fixture
+def job_factory():
+    made = []
+
+    def make(flavour, controller, n=N, args=()):
+        j = EngineJob(flavour, n, controller.profile_dir, args)
+        made.append(j)
+        return j
+
+    yield make
+    for j in made:
+        j.stop()
+
+
+def connect(controller, job, n=N, timeout=60):
+    rc = controller.client(timeout=20)
+    try:
+        rc.wait_for_engines(n, timeout=timeout)
+    except Exception as e:
+        out = job.output()
+        rc.close()
+        raise AssertionError(f"{n} engines did not register ({e}):\n{out}\n{controller.output()}")
+    return rc
+
+
+def test_ranks_register_and_compute(flavour, controller, job_factory):
+    job = job_factory(flavour, controller)
+    rc = connect(controller, job)
+    try:
+        assert sorted(rc.ids) == [0, 1, 2, 3]
+        dv = rc[:]
+        # apply: every engine computes, results in engine order
+        assert dv.apply_sync(lambda x: x * 3, 14) == [42] * N
+        pids = dv.apply_sync(os.getpid)
+        assert len(set(pids)) == N
+        # the engine id is the MPI rank
+        ranks = dv.apply_sync(
+            lambda: int(
+                __import__("os").environ.get("OMPI_COMM_WORLD_RANK")
+                or __import__("os").environ.get("PMI_RANK")
+            )
+        )
+        assert ranks == [0, 1, 2, 3]
+        # push / pull
+        dv.push({"a": 7, "b": [1, 2]}, block=True)
+        assert dv.pull("a", block=True) == [7] * N
+        assert rc[2].pull("b", block=True) == [1, 2]
+        # scatter / gather
+        dv.scatter("x", list(range(10)), block=True)
+        parts = dv.pull("x", block=True)
+        assert [len(p) for p in parts] == [3, 3, 2, 2]
+        assert dv.gather("x", block=True) == list(range(10))
+        # map (direct and load-balanced)
+        assert dv.map_sync(lambda v: v * v, range(12)) == [v * v for v in range(12)]
+        lb = rc.load_balanced_view()
+        assert lb.map_sync(lambda v: v + 1, range(20)) == list(range(1, 21))
+        # execute: namespace shared with push/pull, execute_result for a trailing expression
+        ar = dv.execute("c = a * 6\nc", silent=False, block=True)
+        assert [r["data"]["text/plain"] for r in ar.execute_result] == ["42"] * N
+        assert dv["c"] == [42] * N
+        # Python-level stdout
+        ar = rc[1].execute("print('out', 1 + 1)", block=True)
+        assert ar.stdout == "out 2\n"
+        # C-level printf reaches the client as a stream message
+        ar = dv.execute(
+            "import ctypes\nlibc = ctypes.CDLL(None)\n"
+            "libc.printf(b'from C %d\\n', 17)\nlibc.fflush(None)",
+            block=True,
+        )
+        assert ar.stdout == ["from C 17\n"] * N
+        # errors come back as RemoteErrors with the engine's traceback
+        with pytest.raises(Exception) as ei:
+            rc[3].apply_sync(lambda: 1 / 0)
+        assert "ZeroDivisionError" in str(ei.value)
+        # magics work (IPython shell)
+        ar = rc[0].execute("%time z = 5", block=True)
+        assert rc[0]["z"] == 5
+    finally:
+        rc.close()
+
+
+def test_mpi4py_allreduce(flavour, controller, job_factory):
+    if flavour == "mpich":
+        mpi4py_lib = os.popen(
+            "ldd $(python -c 'import mpi4py.MPI as m; print(m.__file__)') 2>/dev/null"
+        ).read()
+        if "libmpi.so.40" in mpi4py_lib:
+            pytest.skip("the installed mpi4py is built against OpenMPI only (libmpi.so.40)")
+    job = job_factory(flavour, controller)
+    rc = connect(controller, job)
+    try:
+        dv = rc[:]
+        dv.execute(
+            "from mpi4py import MPI; r = MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.rank)",
+            block=True,
+        )
+        assert dv["r"] == [6] * N
+        assert dv.apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.size) == [N] * N
+    finally:
+        rc.close()
+
+
+def test_shutdown_exits_zero_and_leaves_nothing(flavour, controller, job_factory):
+    job = job_factory(flavour, controller)
+    rc = connect(controller, job)
+    try:
+        assert len(job.pids()) >= N
+        rc.shutdown(block=True)
+        assert job.wait(30) == 0, job.output()
+        wait_until(lambda: not job.pids(), 10, "no rpar-engine process left")
+        wait_until(lambda: not rc.ids, 10, "engines unregistered")
+    finally:
+        rc.close()
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_killed_rank_unregisters_every_engine(controller, job_factory, victim):
+    job = job_factory("openmpi", controller)
+    rc = connect(controller, job)
+    try:
+        pid = job.rank_pid(victim)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not rc.ids, 15, "all engines unregistered")
+        took = time.monotonic() - t0
+        # well under the 10 missed heartbeats (5 s at --ping=500) it would take without help
+        assert took < 10, took
+        job.wait(30)
+        wait_until(lambda: not job.pids(), 15, "no rpar-engine process left")
+    finally:
+        rc.close()
+
+
+def test_gil_holding_task_is_not_declared_dead(controller, job_factory):
+    job = job_factory("openmpi", controller, n=2)
+    rc = connect(controller, job, n=2)
+    try:
+        # PyDLL keeps the GIL during the C call: 7 s = 14 heartbeat periods of 500 ms
+        ar = rc[1].execute("import ctypes\nctypes.PyDLL(None).sleep(7)\ndone = 1", block=False)
+        ar.get(timeout=30)
+
+        assert sorted(rc.ids) == [0, 1]
+        assert rc[1]["done"] == 1
+    finally:
+        rc.close()
+
+
+def test_signal_interrupts_running_code(controller, job_factory):
+    job = job_factory("openmpi", controller, n=2)
+    rc = connect(controller, job, n=2)
+    try:
+        ar = rc[0].execute("import time\ntime.sleep(60)", block=False)
+        time.sleep(1.5)
+        rc.send_signal(signal.SIGINT, targets=[0], block=True)
+        with pytest.raises(Exception) as ei:
+            ar.get(timeout=20)
+        assert "KeyboardInterrupt" in str(ei.value)
+        # the engine still works afterwards
+        assert rc[0].apply_sync(lambda: 5) == 5
+    finally:
+        rc.close()
