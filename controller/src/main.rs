@@ -1,1 +1,85 @@
-fn main() {}
+//! `rpar-controller`: start the controller (the `ipcontroller` of rpar).
+
+use anyhow::{Context, Result};
+use rpar_controller::{cli, hub, server, settings};
+use rpar_core::profile::{self, ProfileDir, ProfileOpts};
+use tracing_subscriber::prelude::*;
+
+fn level(cmd: &cli::CommandLine) -> tracing::Level {
+    if cmd.cli.debug {
+        return tracing::Level::DEBUG;
+    }
+    match cmd
+        .cli
+        .log_level
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        Some("DEBUG") | Some("10") | Some("0") => tracing::Level::DEBUG,
+        Some("WARN") | Some("WARNING") | Some("30") => tracing::Level::WARN,
+        Some("ERROR") | Some("CRITICAL") | Some("40") | Some("50") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    }
+}
+
+fn main() {
+    let cmd = match cli::parse_args(std::env::args()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = run(cmd) {
+        eprintln!("rpar-controller: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: cli::CommandLine) -> Result<()> {
+    let opts = ProfileOpts {
+        profile: cmd.cli.profile.clone(),
+        profile_dir: cmd.cli.profile_dir.clone(),
+        ipython_dir: cmd.cli.ipython_dir.clone(),
+        cluster_id: cmd.cli.cluster_id.clone(),
+    };
+    let profile = ProfileDir::resolve(&opts);
+    profile
+        .ensure()
+        .with_context(|| format!("creating profile directory {}", profile.path.display()))?;
+    let cluster_id = profile::cluster_id(cmd.cli.cluster_id.as_deref());
+    if let Some(w) = &cmd.cli.work_dir {
+        std::env::set_current_dir(w).with_context(|| format!("--work-dir {}", w.display()))?;
+    }
+
+    // Logs: stderr and the profile's log/ directory.
+    let log_name = if cluster_id.is_empty() {
+        format!("rpar-controller-{}.log", std::process::id())
+    } else {
+        format!("rpar-controller-{cluster_id}-{}.log", std::process::id())
+    };
+    let file = tracing_appender::rolling::never(profile.log(), log_name);
+    let (file, _guard) = tracing_appender::non_blocking(file);
+    let lvl = level(&cmd);
+    let filter = tracing_subscriber::filter::LevelFilter::from_level(lvl);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file)
+                .with_filter(filter),
+        )
+        .init();
+
+    let settings = settings::load(&profile, &cmd)?;
+    let session = settings
+        .session
+        .clone()
+        .unwrap_or_else(rpar_core::ids::new_id);
+    let db = hub::open_db(&settings, &profile, &session)?;
+    tracing::info!(profile = %profile.path.display(), cluster_id, "starting rpar-controller");
+    server::run(settings, profile, cluster_id, session, db)
+}

@@ -1,0 +1,664 @@
+//! The controller's sans-I/O core: one state struct fed with `(socket, frames)` events and clock
+//! ticks, answering with the frames to send. No sockets here, so every routing, registration,
+//! heartbeat and query rule is a plain unit test.
+//!
+//! Socket pattern (all bound by the controller; clients and engines connect):
+//! * `Registration` ROUTER: engine registration/unregistration and every client hub query.
+//! * `Notification` PUB: (un)registration and shutdown notifications.
+//! * `HbPing` PUB / `HbPong` ROUTER: heartbeats.
+//! * `MuxClient`/`MuxEngine`, `ControlClient`/`ControlEngine`: ROUTER↔ROUTER relays that swap the
+//!   first two identity frames; engine-facing sockets carry distinct routing ids (`mux_out`,
+//!   `control_out`, `task_out`, `bcast_out`) because an engine's one shell ROUTER talks to several.
+//! * `TaskClient`/`TaskEngine`: the load-balanced scheduler (crate `rpar-sched`).
+//! * `BcastClient`/`BcastEngine`: the broadcast scheduler.
+//! * `IopubEngine` SUB → `IopubClient` PUB: output relayed verbatim and recorded per task.
+//!
+//! Every incoming message is size-checked and HMAC-verified (with replay protection) before it
+//! is acted on; anything malformed is logged and dropped, never a panic.
+
+mod heart;
+mod queries;
+mod records;
+mod routing;
+
+pub use heart::Heart;
+pub use records::Db;
+
+/// Open the task database the settings name (`IPController.db_class` and the backend's own
+/// `DictDB.*` / `SQLiteDB.*` / `MongoDB.*` settings).
+pub fn open_db(
+    settings: &crate::settings::Settings,
+    profile: &rpar_core::profile::ProfileDir,
+    session: &str,
+) -> anyhow::Result<Db> {
+    records::open(settings, profile, session)
+}
+
+use rpar_core::connection::EngineInfo;
+use rpar_core::wire::{Frames, Limits, Signer, WireMessage};
+use rpar_core::MessageBuilder;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The controller's sockets, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sock {
+    Registration,
+    Notification,
+    HbPing,
+    HbPong,
+    MuxClient,
+    MuxEngine,
+    ControlClient,
+    ControlEngine,
+    TaskClient,
+    TaskEngine,
+    BcastClient,
+    BcastEngine,
+    IopubEngine,
+    IopubClient,
+}
+
+/// What the core asks the I/O layer to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send these frames on that socket.
+    Send(Sock, Frames),
+    /// Rewrite the engine-state file (`log/engines<cluster_id>.json`) with this content.
+    SaveEngines(Value),
+}
+
+/// Static facts the hub needs.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub hb_period: Duration,
+    pub max_heartbeat_misses: u32,
+    pub registration_timeout: Duration,
+    /// The engine connection info (registration replies carry it, without key).
+    pub engine_info: EngineInfo,
+    pub scheme: String,
+    pub hwm: u64,
+    /// How long after an engine dies its load-balanced tasks fail with EngineError.
+    pub engine_death_grace: Duration,
+}
+
+/// One engine, pending or registered.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub id: u32,
+    pub uuid: String,
+    pub registered: bool,
+    pub since: Instant,
+}
+
+/// Counters for the benchmark and the logs.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub dropped: u64,
+    pub messages: u64,
+}
+
+pub struct Hub {
+    cfg: HubConfig,
+    signer: Signer,
+    builder: MessageBuilder,
+    limits: Limits,
+    heart: Heart,
+    /// Pending and registered engines by uuid bytes.
+    engines: HashMap<Vec<u8>, Engine>,
+    /// Registered and pending ids.
+    ids: BTreeMap<u32, Vec<u8>>,
+    next_id: u32,
+    /// Direct (MUX) requests outstanding per engine id.
+    mux_pending: HashMap<u32, HashSet<String>>,
+    /// Tasks placed on an engine and not finished, per engine id.
+    tasks_on: HashMap<u32, HashSet<String>>,
+    /// Which engine each placed task is on.
+    task_engine: HashMap<String, u32>,
+    /// Tasks submitted but not yet placed.
+    unassigned: HashSet<String>,
+    /// Everything finished per engine id (mux and tasks, not aborted), in order.
+    completed_on: HashMap<u32, Vec<String>>,
+    /// All outstanding msg_ids (mux and task).
+    pending: HashSet<String>,
+    /// Everything finished this session (for `result_status` without a database).
+    all_completed: HashSet<String>,
+    /// Direct requests stranded on dead engines, to be failed in the DB after a grace period.
+    stranded: Vec<(Instant, String, u32, Vec<String>)>,
+    records: records::Records,
+    tasks: routing::TaskRouting,
+    exit_at: Option<Instant>,
+    pub stats: Stats,
+}
+
+/// The routing id the hub uses for the resubmissions it feeds into the task scheduler.
+pub(crate) const HUB_RESUBMIT_IDENT: &[u8] = b"\x00rpar-hub-resubmit";
+
+impl Hub {
+    pub fn new(cfg: HubConfig, key: &[u8], session: String, db: records::Db, now: Instant) -> Hub {
+        let builder = MessageBuilder::with_session(session);
+        let heart = Heart::new(cfg.hb_period, cfg.max_heartbeat_misses, now);
+        let tasks = routing::TaskRouting::new(&cfg, key, now);
+        Hub {
+            signer: Signer::new(key),
+            builder,
+            limits: Limits::default(),
+            heart,
+            engines: HashMap::new(),
+            ids: BTreeMap::new(),
+            next_id: 0,
+            mux_pending: HashMap::new(),
+            tasks_on: HashMap::new(),
+            task_engine: HashMap::new(),
+            unassigned: HashSet::new(),
+            completed_on: HashMap::new(),
+            pending: HashSet::new(),
+            all_completed: HashSet::new(),
+            stranded: Vec::new(),
+            records: records::Records::new(db),
+            tasks,
+            exit_at: None,
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn session(&self) -> &str {
+        self.builder.session()
+    }
+
+    /// True once a hub shutdown was requested and its grace has passed.
+    pub fn should_exit(&self, now: Instant) -> bool {
+        self.exit_at.is_some_and(|t| now >= t)
+    }
+
+    /// When the loop must call [`Hub::tick`] next.
+    pub fn next_deadline(&self) -> Instant {
+        let mut t = self.heart.next_deadline();
+        if let Some(d) = self.tasks.next_deadline() {
+            t = t.min(d);
+        }
+        if let Some(e) = self.exit_at {
+            t = t.min(e);
+        }
+        for (at, ..) in &self.stranded {
+            t = t.min(*at);
+        }
+        for e in self.engines.values().filter(|e| !e.registered) {
+            t = t.min(e.since + self.cfg.registration_timeout);
+        }
+        t
+    }
+
+    /// Split and verify an incoming message; log and drop on any problem.
+    fn accept(&mut self, sock: Sock, frames: Frames) -> Option<WireMessage> {
+        self.stats.messages += 1;
+        let msg = match WireMessage::split(frames, &self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.dropped += 1;
+                warn!(?sock, error = %e, "dropping malformed message");
+                return None;
+            }
+        };
+        if let Err(e) = self.signer.verify(&msg) {
+            self.stats.dropped += 1;
+            warn!(?sock, error = %e, "dropping message");
+            return None;
+        }
+        Some(msg)
+    }
+
+    /// Handle one message that arrived on `sock`.
+    pub fn on_message(&mut self, sock: Sock, frames: Frames, now: Instant) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if sock == Sock::HbPong {
+            self.on_pong(frames, now, &mut out);
+            return out;
+        }
+        let Some(msg) = self.accept(sock, frames) else {
+            return out;
+        };
+        match sock {
+            Sock::Registration => self.on_registration_socket(msg, now, &mut out),
+            Sock::MuxClient => self.on_mux_request(msg, &mut out),
+            Sock::MuxEngine => self.on_mux_reply(msg, &mut out),
+            Sock::ControlClient => Self::swap_relay(msg, Sock::ControlEngine, &mut out),
+            Sock::ControlEngine => Self::swap_relay(msg, Sock::ControlClient, &mut out),
+            Sock::TaskClient => self.on_task_request(msg, now, &mut out),
+            Sock::TaskEngine => self.on_task_reply(msg, now, &mut out),
+            Sock::BcastClient => self.on_bcast_request(msg, now, &mut out),
+            Sock::BcastEngine => self.on_bcast_reply(msg, now, &mut out),
+            Sock::IopubEngine => self.on_iopub(msg, now, &mut out),
+            Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong => {}
+        }
+        out
+    }
+
+    /// Clock events: heartbeats, registration stalls, scheduler timers, stranded requests.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let (pings, dead) = self.heart.tick(now);
+        for p in pings {
+            out.push(Effect::Send(Sock::HbPing, vec![p]));
+        }
+        for uuid in dead {
+            if let Some(e) = self.engines.get(&uuid) {
+                warn!(engine = e.id, uuid = %e.uuid, "heartbeat lost");
+                let id = e.id;
+                self.unregister(id, now, &mut out);
+            }
+        }
+        // pending registrations that never sent a heartbeat
+        let stale: Vec<Vec<u8>> = self
+            .engines
+            .iter()
+            .filter(|(_, e)| !e.registered && now >= e.since + self.cfg.registration_timeout)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in stale {
+            if let Some(e) = self.engines.remove(&u) {
+                warn!(engine = e.id, uuid = %e.uuid, "registration stalled: no heartbeat, dropped");
+                self.ids.remove(&e.id);
+            }
+        }
+        self.update_fast_ping(now);
+        self.tick_tasks(now, &mut out);
+        self.fail_stranded(now);
+        out
+    }
+
+    fn update_fast_ping(&mut self, now: Instant) {
+        let pending = self.engines.values().any(|e| !e.registered);
+        self.heart.set_pending(pending, now);
+    }
+
+    // ------------------------------------------------------------------ registration
+
+    fn on_registration_socket(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
+        let header = match rpar_core::Header::parse(&msg.header) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "hub query with a bad header");
+                self.reply_error(&msg, "hub_error", "ValueError", &e.to_string(), out);
+                return;
+            }
+        };
+        let content = match msg.content_value() {
+            Ok(c) => c,
+            Err(e) => {
+                self.reply_error(&msg, "hub_error", "ValueError", &e.to_string(), out);
+                return;
+            }
+        };
+        match header.msg_type.as_str() {
+            "registration_request" => self.register(&msg, &content, now, out),
+            "unregistration_request" => {
+                match content.get("id").and_then(Value::as_u64) {
+                    Some(id) => self.unregister(id as u32, now, out),
+                    None => {
+                        // an engine that never got an id: cancel its pending registration
+                        if let Some(uuid) = msg.idents.first() {
+                            if let Some(e) = self.engines.get(uuid.as_slice()) {
+                                if !e.registered {
+                                    let id = e.id;
+                                    self.engines.remove(uuid.as_slice());
+                                    self.ids.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                }
+                self.update_fast_ping(now);
+            }
+            "connection_request" => {
+                let engines: serde_json::Map<String, Value> = self
+                    .registered()
+                    .map(|e| (e.id.to_string(), json!(e.uuid)))
+                    .collect();
+                self.reply(
+                    &msg,
+                    "connection_reply",
+                    json!({"status": "ok", "engines": engines}),
+                    vec![],
+                    out,
+                );
+            }
+            "queue_request" => self.queue_request(&msg, &content, out),
+            "result_request" => self.result_request(&msg, &content, out),
+            "history_request" => self.history_request(&msg, out),
+            "db_request" => self.db_request(&msg, &content, out),
+            "purge_request" => self.purge_request(&msg, &content, out),
+            "resubmit_request" => self.resubmit_request(&msg, &content, now, out),
+            "shutdown_request" => {
+                info!("hub shutdown requested by a client");
+                self.reply(&msg, "shutdown_reply", json!({"status": "ok"}), vec![], out);
+                let note = self.builder.build(
+                    &self.signer,
+                    vec![],
+                    "shutdown_notification",
+                    &msg.header,
+                    &json!({}),
+                    &json!({"status": "ok"}),
+                    vec![],
+                );
+                out.push(Effect::Send(Sock::Notification, note.into_frames()));
+                self.exit_at = Some(now + Duration::from_millis(200));
+            }
+            other => {
+                let t = other.to_string();
+                self.reply_error(
+                    &msg,
+                    "hub_error",
+                    "KeyError",
+                    &format!("Bad Message Type: '{t}'"),
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Registered engines in id order.
+    pub fn registered(&self) -> impl Iterator<Item = &Engine> {
+        self.ids
+            .values()
+            .filter_map(|u| self.engines.get(u))
+            .filter(|e| e.registered)
+    }
+
+    fn register(
+        &mut self,
+        msg: &WireMessage,
+        content: &Value,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(uuid) = content.get("uuid").and_then(Value::as_str) else {
+            self.reply_error(
+                msg,
+                "registration_reply",
+                "KeyError",
+                "registration_request without uuid",
+                out,
+            );
+            return;
+        };
+        let key = uuid.as_bytes().to_vec();
+        let requested = content.get("id").and_then(Value::as_u64).map(|i| i as u32);
+        if self.engines.contains_key(&key) {
+            // a counter value is consumed, as ipyparallel does
+            self.next_id += 1;
+            warn!(uuid, "registration with a uuid already in use");
+            let c = json!({
+                "status": "error", "ename": "KeyError",
+                "evalue": format!("'Engine uuid {uuid} is already in use'"),
+                "traceback": [format!("KeyError: 'Engine uuid {uuid} is already in use'")],
+                "engine_info": {},
+            });
+            let r = self.builder.build(
+                &self.signer,
+                msg.idents.clone(),
+                "registration_reply",
+                b"{}",
+                &json!({}),
+                &c,
+                vec![],
+            );
+            out.push(Effect::Send(Sock::Registration, r.into_frames()));
+            return;
+        }
+        let id = match requested {
+            Some(r) if !self.ids.contains_key(&r) => {
+                self.next_id = self.next_id.max(r + 1);
+                r
+            }
+            _ => {
+                while self.ids.contains_key(&self.next_id) {
+                    self.next_id += 1;
+                }
+                let i = self.next_id;
+                self.next_id += 1;
+                if let Some(r) = requested {
+                    info!(requested = r, granted = i, "requested engine id is taken");
+                }
+                i
+            }
+        };
+        self.engines.insert(
+            key.clone(),
+            Engine {
+                id,
+                uuid: uuid.to_string(),
+                registered: false,
+                since: now,
+            },
+        );
+        self.ids.insert(id, key);
+        let mut ci = serde_json::to_value(&self.cfg.engine_info).unwrap_or(json!({}));
+        if let Some(o) = ci.as_object_mut() {
+            for k in [
+                "key",
+                "ssh",
+                "location",
+                "pack",
+                "unpack",
+                "signature_scheme",
+                "curve_serverkey",
+            ] {
+                o.remove(k);
+            }
+        }
+        let c = json!({
+            "id": id, "status": "ok",
+            "hb_period": self.cfg.hb_period.as_millis() as u64,
+            "connection_info": ci,
+        });
+        let r = self.builder.build(
+            &self.signer,
+            msg.idents.clone(),
+            "registration_reply",
+            b"{}",
+            &json!({}),
+            &c,
+            vec![],
+        );
+        out.push(Effect::Send(Sock::Registration, r.into_frames()));
+        debug!(
+            engine = id,
+            uuid, "registration pending until the first heartbeat"
+        );
+        self.update_fast_ping(now);
+    }
+
+    fn on_pong(&mut self, frames: Frames, now: Instant, out: &mut Vec<Effect>) {
+        if frames.len() != 2 {
+            self.stats.dropped += 1;
+            debug!(n = frames.len(), "bad heartbeat frame count");
+            return;
+        }
+        let (uuid, token) = (&frames[0], &frames[1]);
+        if self.heart.pong(uuid, token) != heart::Pong::Alive {
+            debug!("stale or bad heartbeat");
+            return;
+        }
+        let pending = self
+            .engines
+            .get(uuid.as_slice())
+            .is_some_and(|e| !e.registered);
+        if pending {
+            self.finish_registration(uuid.clone(), now, out);
+        }
+    }
+
+    fn finish_registration(&mut self, uuid: Vec<u8>, now: Instant, out: &mut Vec<Effect>) {
+        let Some(e) = self.engines.get_mut(&uuid) else {
+            return;
+        };
+        e.registered = true;
+        let (id, uuid_s) = (e.id, e.uuid.clone());
+        self.heart.track(&uuid);
+        info!(engine = id, uuid = %uuid_s, "engine registered");
+        let note = self.builder.build(
+            &self.signer,
+            vec![],
+            "registration_notification",
+            b"{}",
+            &json!({}),
+            &json!({"id": id, "uuid": uuid_s}),
+            vec![],
+        );
+        out.push(Effect::Send(Sock::Notification, note.into_frames()));
+        self.tasks_engine_added(&uuid, id, now, out);
+        out.push(Effect::SaveEngines(self.engine_state()));
+        self.update_fast_ping(now);
+    }
+
+    /// `{"engines": {"<id>": "<uuid>"}, "next_id": N}` as ipyparallel writes it.
+    pub fn engine_state(&self) -> Value {
+        let engines: serde_json::Map<String, Value> = self
+            .registered()
+            .map(|e| (e.id.to_string(), json!(e.uuid)))
+            .collect();
+        json!({"engines": engines, "next_id": self.next_id})
+    }
+
+    /// Re-register engines from a saved state file (`--restore`), without waiting for hearts.
+    pub fn restore(&mut self, state: &Value, now: Instant) {
+        if let Some(map) = state.get("engines").and_then(Value::as_object) {
+            for (id, uuid) in map {
+                let (Ok(id), Some(uuid)) = (id.parse::<u32>(), uuid.as_str()) else {
+                    continue;
+                };
+                let key = uuid.as_bytes().to_vec();
+                self.engines.insert(
+                    key.clone(),
+                    Engine {
+                        id,
+                        uuid: uuid.into(),
+                        registered: true,
+                        since: now,
+                    },
+                );
+                self.ids.insert(id, key.clone());
+                self.heart.track(&key);
+                let mut sink = Vec::new();
+                self.tasks_engine_added(&key, id, now, &mut sink);
+            }
+        }
+        if let Some(n) = state.get("next_id").and_then(Value::as_u64) {
+            self.next_id = self.next_id.max(n as u32);
+        }
+    }
+
+    /// Remove engine `id` (unregistration request, lost heartbeat, or shutdown).
+    pub fn unregister(&mut self, id: u32, now: Instant, out: &mut Vec<Effect>) {
+        let Some(uuid) = self.ids.get(&id).cloned() else {
+            debug!(engine = id, "unregistration of an unknown engine ignored");
+            return;
+        };
+        let Some(e) = self.engines.remove(&uuid) else {
+            return;
+        };
+        self.ids.remove(&id);
+        self.heart.forget(&uuid);
+        if !e.registered {
+            return;
+        }
+        info!(engine = id, uuid = %e.uuid, "engine unregistered");
+        let note = self.builder.build(
+            &self.signer,
+            vec![],
+            "unregistration_notification",
+            b"{}",
+            &json!({}),
+            &json!({"id": id, "uuid": e.uuid}),
+            vec![],
+        );
+        out.push(Effect::Send(Sock::Notification, note.into_frames()));
+        self.tasks_engine_removed(&uuid, now, out);
+        if let Some(left) = self.mux_pending.remove(&id) {
+            if !left.is_empty() {
+                self.stranded.push((
+                    now + self.cfg.registration_timeout.min(Duration::from_secs(5)),
+                    e.uuid.clone(),
+                    id,
+                    left.into_iter().collect(),
+                ));
+            }
+        }
+        out.push(Effect::SaveEngines(self.engine_state()));
+    }
+
+    fn fail_stranded(&mut self, now: Instant) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stranded)
+            .into_iter()
+            .partition(|s| now >= s.0);
+        self.stranded = keep;
+        for (_, uuid, id, ids) in due {
+            for m in ids {
+                self.pending.remove(&m);
+                self.all_completed.insert(m.clone());
+                let content = crate::errors::wrap(
+                    "EngineError",
+                    &format!("Engine {id} died while running task '{m}'"),
+                );
+                self.records.engine_died(&m, &uuid, content);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ replies
+
+    /// Reply to a hub query with `parent = request header`.
+    fn reply(
+        &self,
+        req: &WireMessage,
+        msg_type: &str,
+        content: Value,
+        buffers: Vec<Vec<u8>>,
+        out: &mut Vec<Effect>,
+    ) {
+        let r = self.builder.build(
+            &self.signer,
+            req.idents.clone(),
+            msg_type,
+            &req.header,
+            &json!({}),
+            &content,
+            buffers,
+        );
+        out.push(Effect::Send(Sock::Registration, r.into_frames()));
+    }
+
+    fn reply_error(
+        &self,
+        req: &WireMessage,
+        msg_type: &str,
+        ename: &str,
+        evalue: &str,
+        out: &mut Vec<Effect>,
+    ) {
+        self.reply(
+            req,
+            msg_type,
+            crate::errors::wrap(ename, evalue),
+            vec![],
+            out,
+        );
+    }
+
+    /// Relay that swaps the first two identity frames (ROUTER↔ROUTER).
+    fn swap_relay(mut msg: WireMessage, to: Sock, out: &mut Vec<Effect>) {
+        if msg.idents.len() < 2 {
+            debug!(?to, "relay message without a target identity dropped");
+            return;
+        }
+        msg.idents.swap(0, 1);
+        out.push(Effect::Send(to, msg.into_frames()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

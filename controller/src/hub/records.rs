@@ -1,0 +1,233 @@
+//! What the hub writes into the task database as messages pass (reference §7.2), and the
+//! database backend it was configured with. Database errors are logged, never fatal: a task's
+//! routing does not depend on its record.
+
+use rpar_core::ids::parse_iso;
+use rpar_core::wire::WireMessage;
+use rpar_core::Header;
+use rpar_taskdb::{Stream, TaskDb, TaskRecord};
+use serde_json::Value;
+use tracing::debug;
+
+/// The configured backend.
+pub type Db = Box<dyn TaskDb + Send>;
+
+pub struct Records {
+    pub db: Db,
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+impl Records {
+    pub fn new(db: Db) -> Records {
+        Records { db }
+    }
+
+    /// A request seen on its way to an engine (`in` / `intask`).
+    pub fn request(
+        &mut self,
+        h: &Header,
+        msg: &WireMessage,
+        queue: &str,
+        engine_uuid: Option<&str>,
+    ) {
+        let metadata = msg.metadata_value().ok();
+        let label = metadata
+            .as_ref()
+            .and_then(|m| m.get("label"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let rec = TaskRecord {
+            msg_id: Some(h.msg_id.clone()),
+            header: msg.header_value().ok(),
+            metadata,
+            content: msg.content_value().ok(),
+            buffers: Some(msg.buffers.clone()),
+            submitted: parse_iso(&h.date).or_else(|| Some(now())),
+            client_uuid: Some(h.session.clone()),
+            engine_uuid: engine_uuid.map(str::to_string),
+            queue: Some(queue.to_string()),
+            label,
+            ..Default::default()
+        };
+        if let Err(e) = self.db.add_record(rec) {
+            debug!(msg_id = %h.msg_id, error = %e, "recording request");
+        }
+    }
+
+    /// A task was placed on an engine (`tracktask`).
+    pub fn assigned(&mut self, msg_id: &str, engine_uuid: &str) {
+        let upd = TaskRecord {
+            engine_uuid: Some(engine_uuid.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.db.update_record(msg_id, upd) {
+            debug!(msg_id, error = %e, "recording assignment");
+        }
+    }
+
+    /// A final reply (`out` / `outtask`). Returns true when the task was aborted.
+    pub fn result(&mut self, msg_id: &str, reply: &WireMessage, engine_uuid: Option<&str>) -> bool {
+        let result_header = reply.header_value().ok();
+        let result_metadata = reply.metadata_value().ok();
+        let result_content = reply.content_value().ok();
+        let aborted = result_content
+            .as_ref()
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+            == Some("aborted");
+        let started = result_metadata
+            .as_ref()
+            .and_then(|m| m.get("started"))
+            .and_then(Value::as_str)
+            .and_then(parse_iso);
+        let completed = result_header
+            .as_ref()
+            .and_then(|h| h.get("date"))
+            .and_then(Value::as_str)
+            .and_then(parse_iso);
+        let engine = engine_uuid.map(str::to_string).or_else(|| {
+            result_metadata
+                .as_ref()
+                .and_then(|m| m.get("engine"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        let upd = TaskRecord {
+            result_header,
+            result_metadata,
+            result_content,
+            result_buffers: Some(reply.buffers.clone()),
+            received: Some(now()),
+            started,
+            completed: completed.or_else(|| Some(now())),
+            engine_uuid: engine,
+            ..Default::default()
+        };
+        if let Err(e) = self.db.update_record(msg_id, upd) {
+            debug!(msg_id, error = %e, "recording result");
+        }
+        aborted
+    }
+
+    /// Output of a task, from IOPub.
+    pub fn iopub(&mut self, msg_id: &str, msg_type: &str, content: &Value) {
+        let res = match msg_type {
+            "stream" => {
+                let name = content
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("stdout");
+                let text = content.get("text").and_then(Value::as_str).unwrap_or("");
+                match Stream::from_name(name) {
+                    Some(s) => self.db.append_stream(msg_id, s, text),
+                    None => Ok(()),
+                }
+            }
+            "error" => self.db.update_record(
+                msg_id,
+                TaskRecord {
+                    error: Some(content.clone()),
+                    ..Default::default()
+                },
+            ),
+            "execute_input" => self.db.update_record(
+                msg_id,
+                TaskRecord {
+                    execute_input: content
+                        .get("code")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    ..Default::default()
+                },
+            ),
+            "execute_result" | "display_data" => self.db.update_record(
+                msg_id,
+                TaskRecord {
+                    execute_result: Some(content.clone()),
+                    ..Default::default()
+                },
+            ),
+            _ => Ok(()),
+        };
+        if let Err(e) = res {
+            debug!(msg_id, error = %e, "recording output");
+        }
+    }
+
+    /// A direct request stranded on an engine that died: completed with an EngineError.
+    pub fn engine_died(&mut self, msg_id: &str, engine_uuid: &str, content: Value) {
+        let upd = TaskRecord {
+            result_content: Some(content),
+            result_header: Some(
+                serde_json::json!({"engine": engine_uuid, "date": rpar_core::ids::now_iso()}),
+            ),
+            result_buffers: Some(Vec::new()),
+            completed: Some(now()),
+            received: Some(now()),
+            engine_uuid: Some(engine_uuid.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.db.update_record(msg_id, upd) {
+            debug!(msg_id, error = %e, "recording stranded request");
+        }
+    }
+}
+
+/// Open the backend named by `IPController.db_class` with its `DictDB.*`, `SQLiteDB.*` or
+/// `MongoDB.*` settings. `session` is the hub session (the default SQLite table name).
+pub fn open(
+    settings: &crate::settings::Settings,
+    profile: &rpar_core::profile::ProfileDir,
+    session: &str,
+) -> anyhow::Result<Db> {
+    use anyhow::Context;
+    use rpar_taskdb::{Backend, DbConfig};
+    let cfg = &settings.config;
+    let backend: Backend = settings
+        .db_class
+        .parse()
+        .with_context(|| format!("IPController.db_class = {:?}", settings.db_class))?;
+    let mut c = DbConfig {
+        backend,
+        session: session.to_string(),
+        profile_dir: Some(profile.path.clone()),
+        ..Default::default()
+    };
+    if let Some(n) = cfg.i64("DictDB", "record_limit")? {
+        c.limits.record_limit = n.max(1) as usize;
+    }
+    if let Some(n) = cfg.i64("DictDB", "size_limit")? {
+        c.limits.size_limit = n.max(0) as u64;
+    }
+    if let Some(f) = cfg.f64("DictDB", "cull_fraction")? {
+        c.limits.cull_fraction = f;
+    }
+    if let Some(l) = cfg.str("SQLiteDB", "location")? {
+        c.sqlite.location = Some(rpar_core::profile::expand_tilde(std::path::Path::new(&l)));
+    }
+    if let Some(f) = cfg.str("SQLiteDB", "filename")? {
+        c.sqlite.filename = f;
+    }
+    if let Some(t) = cfg.str("SQLiteDB", "table")? {
+        c.sqlite.table = Some(t);
+    }
+    if let Some(d) = cfg.str("MongoDB", "database")? {
+        c.mongo.database = d;
+    }
+    if let Some(s) = cfg.get("MongoDB", "connection_args") {
+        if let Value::Array(a) = &s.value {
+            c.mongo.connection_args = a.clone();
+        }
+    }
+    if let Some(s) = cfg.get("MongoDB", "connection_kwargs") {
+        if let Value::Object(o) = &s.value {
+            c.mongo.connection_kwargs = o.clone();
+        }
+    }
+    let db = rpar_taskdb::open(&c)
+        .with_context(|| format!("opening the {} task database", settings.db_class))?;
+    Ok(db)
+}

@@ -1,0 +1,264 @@
+//! Message routing through the hub: the direct (MUX) relay, the load-balanced task scheduler,
+//! the broadcast scheduler and the IOPub relay, with the bookkeeping `queue_status` and the
+//! task database need. The schedulers' decisions live in crate `rpar-sched`; this module only
+//! moves their actions onto sockets and into records.
+
+use super::{Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
+use rpar_core::wire::WireMessage;
+use rpar_core::Header;
+use serde_json::Value;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+impl Hub {
+    pub(super) fn engine_id_of(&self, uuid: &[u8]) -> Option<u32> {
+        self.engines
+            .get(uuid)
+            .filter(|e| e.registered)
+            .map(|e| e.id)
+    }
+
+    // ------------------------------------------------------------------ MUX
+
+    /// Client → engine: `[client_id, engine_uuid, DELIM, …]` arrives on the client side.
+    pub(super) fn on_mux_request(&mut self, mut msg: WireMessage, out: &mut Vec<Effect>) {
+        if msg.idents.len() < 2 {
+            debug!("direct request without a target engine dropped");
+            return;
+        }
+        let client_ident = msg.idents[0].clone();
+        let target = msg.idents[1].clone();
+        let _ = client_ident;
+        match (Header::parse(&msg.header), self.engine_id_of(&target)) {
+            (Ok(h), Some(eid)) => {
+                let engine_uuid = String::from_utf8_lossy(&target).into_owned();
+                self.mux_pending
+                    .entry(eid)
+                    .or_default()
+                    .insert(h.msg_id.clone());
+                self.pending.insert(h.msg_id.clone());
+                self.records.request(&h, &msg, "mux", Some(&engine_uuid));
+            }
+            (Err(e), _) => {
+                warn!(error = %e, "direct request with a bad header: relayed unrecorded")
+            }
+            (_, None) => debug!("direct request for an engine that is not registered"),
+        }
+        msg.idents.swap(0, 1);
+        out.push(Effect::Send(Sock::MuxEngine, msg.into_frames()));
+    }
+
+    /// Engine → client: `[engine_uuid, client_id, DELIM, …]` arrives on the engine side.
+    pub(super) fn on_mux_reply(&mut self, mut msg: WireMessage, out: &mut Vec<Effect>) {
+        if msg.idents.len() < 2 {
+            debug!("direct reply without a client identity dropped");
+            return;
+        }
+        let engine = msg.idents[0].clone();
+        if let Some(eid) = self.engine_id_of(&engine) {
+            match msg.parent_value() {
+                Ok(parent) => {
+                    if let Some(mid) = parent.get("msg_id").and_then(Value::as_str) {
+                        if let Some(q) = self.mux_pending.get_mut(&eid) {
+                            q.remove(mid);
+                        }
+                        self.pending.remove(mid);
+                        self.all_completed.insert(mid.to_string());
+                        let aborted = self.records.result(mid, &msg, None);
+                        if !aborted {
+                            self.completed_on
+                                .entry(eid)
+                                .or_default()
+                                .push(mid.to_string());
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "direct reply with a bad parent header"),
+            }
+        }
+        msg.idents.swap(0, 1);
+        out.push(Effect::Send(Sock::MuxClient, msg.into_frames()));
+    }
+
+    // ------------------------------------------------------------------ IOPub
+
+    pub(super) fn on_iopub(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
+        // Relay verbatim first: clients must see output as early as possible.
+        let topic_is_status = msg.idents.first().is_some_and(|t| t.ends_with(b".status"));
+        let frames = msg.frames_with_idents(msg.idents.clone());
+        out.push(Effect::Send(Sock::IopubClient, frames));
+        if topic_is_status {
+            return;
+        }
+        let header = match Header::parse(&msg.header) {
+            Ok(h) => h,
+            Err(_) => return,
+        };
+        match header.msg_type.as_str() {
+            "stream" | "error" | "execute_input" | "execute_result" | "display_data" => {
+                let Ok(parent) = msg.parent_value() else {
+                    return;
+                };
+                let Some(mid) = parent.get("msg_id").and_then(Value::as_str) else {
+                    return;
+                };
+                let Ok(content) = msg.content_value() else {
+                    return;
+                };
+                self.records.iopub(mid, &header.msg_type, &content);
+            }
+            "shutdown_reply" => {
+                if let Some(id) = self.engine_id_of(header.session.as_bytes()) {
+                    self.unregister(id, now, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ tasks
+
+    pub(super) fn on_task_request(
+        &mut self,
+        msg: WireMessage,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        match Header::parse(&msg.header) {
+            Ok(h) => {
+                if msg.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
+                    self.records.request(&h, &msg, "task", None);
+                }
+                self.pending.insert(h.msg_id.clone());
+                self.unassigned.insert(h.msg_id);
+            }
+            Err(e) => warn!(error = %e, "task with a bad header"),
+        }
+        let actions = self.tasks.task.submit(msg, now);
+        self.apply_task_actions(actions, out);
+    }
+
+    pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
+        let actions = self.tasks.task.on_engine_reply(msg, now);
+        self.apply_task_actions(actions, out);
+    }
+
+    pub(super) fn tick_tasks(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let a = self.tasks.task.tick(now);
+        self.apply_task_actions(a, out);
+    }
+
+    pub(super) fn tasks_engine_added(
+        &mut self,
+        uuid: &[u8],
+        id: u32,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let a = self.tasks.task.add_engine(uuid, id, now);
+        self.apply_task_actions(a, out);
+    }
+
+    pub(super) fn tasks_engine_removed(
+        &mut self,
+        uuid: &[u8],
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let a = self.tasks.task.remove_engine(uuid, now);
+        self.apply_task_actions(a, out);
+    }
+
+    fn apply_task_actions(&mut self, actions: Vec<rpar_sched::TaskAction>, out: &mut Vec<Effect>) {
+        use rpar_sched::TaskAction as A;
+        for a in actions {
+            match a {
+                A::ToEngine(frames) => out.push(Effect::Send(Sock::TaskEngine, frames)),
+                A::Assigned {
+                    msg_id,
+                    engine_uuid,
+                } => {
+                    self.unassigned.remove(&msg_id);
+                    if let Some(prev) = self.task_engine.remove(&msg_id) {
+                        if let Some(s) = self.tasks_on.get_mut(&prev) {
+                            s.remove(&msg_id);
+                        }
+                    }
+                    if let Some(eid) = self.engine_id_of(&engine_uuid) {
+                        self.tasks_on.entry(eid).or_default().insert(msg_id.clone());
+                        self.task_engine.insert(msg_id.clone(), eid);
+                    }
+                    self.records
+                        .assigned(&msg_id, &String::from_utf8_lossy(&engine_uuid));
+                }
+                A::Finished {
+                    msg_id,
+                    engine_uuid,
+                    reply,
+                } => {
+                    self.unassigned.remove(&msg_id);
+                    self.pending.remove(&msg_id);
+                    self.all_completed.insert(msg_id.clone());
+                    let eid = engine_uuid
+                        .as_deref()
+                        .and_then(|u| self.engines.get(u).map(|e| e.id));
+                    if let Some(prev) = self.task_engine.remove(&msg_id) {
+                        if let Some(s) = self.tasks_on.get_mut(&prev) {
+                            s.remove(&msg_id);
+                        }
+                    }
+                    let eu = engine_uuid
+                        .as_deref()
+                        .map(|u| String::from_utf8_lossy(u).into_owned());
+                    let aborted = self.records.result(&msg_id, &reply, eu.as_deref());
+                    if let (Some(eid), false) = (eid, aborted) {
+                        self.completed_on.entry(eid).or_default().push(msg_id);
+                    }
+                    if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
+                        out.push(Effect::Send(Sock::TaskClient, reply.into_frames()));
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ broadcast
+
+    pub(super) fn on_bcast_request(
+        &mut self,
+        _msg: WireMessage,
+        _now: Instant,
+        _out: &mut [Effect],
+    ) {
+    }
+    pub(super) fn on_bcast_reply(&mut self, _msg: WireMessage, _now: Instant, _out: &mut [Effect]) {
+    }
+}
+
+/// The two schedulers, built from the hub's configuration.
+pub struct TaskRouting {
+    pub task: rpar_sched::TaskScheduler,
+}
+
+impl TaskRouting {
+    pub fn new(cfg: &HubConfig, key: &[u8], _now: Instant) -> TaskRouting {
+        let scheme = cfg.scheme.parse::<rpar_sched::Scheme>().unwrap_or_default();
+        let tc = rpar_sched::TaskConfig {
+            scheme,
+            hwm: cfg.hwm.min(u32::MAX as u64) as u32,
+            engine_death_grace: cfg.engine_death_grace,
+            ..Default::default()
+        };
+        TaskRouting {
+            task: rpar_sched::TaskScheduler::new(
+                tc,
+                rpar_core::MessageBuilder::new(),
+                rpar_core::Signer::new(key),
+            ),
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.task.next_deadline()
+    }
+}

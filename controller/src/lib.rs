@@ -1,0 +1,14 @@
+//! rpar-controller: an ipyparallel 9.x compatible controller.
+//!
+//! * [`hub`]: the sans-I/O core — registration, heartbeats, hub queries, routing and records.
+//! * [`server`]: sockets, connection files and the poll loop around the core.
+//! * [`cli`] and [`settings`]: ipcontroller's command line and configuration, resolved.
+//! * [`errors`]: error contents in ipyparallel's shape.
+//!
+//! Schedulers are in crate `rpar-sched`, the task database in crate `rpar-taskdb`.
+
+pub mod cli;
+pub mod errors;
+pub mod hub;
+pub mod server;
+pub mod settings;
