@@ -627,7 +627,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
         eprintln!(
             "rpar: cluster {:?} running ({} engines, {} controller); connect with ipyparallel.Client({:?}); stop with `rpar cluster stop --profile-dir={}{}`",
             r.cluster_id,
-            r.n,
+            cf.cluster.n,
             r.controller_kind,
             client.display().to_string(),
             r.profile.path.display(),

@@ -254,9 +254,9 @@ impl SshLauncher {
 }
 
 fn remote_env(spec: &LaunchSpec, rprof: &str) -> Vec<(String, String)> {
+    // the launcher environment (c.BaseLauncher.environment) and IPP_*, with the remote profile
     spec.env
         .iter()
-        .filter(|(k, _)| k.starts_with("IPP_") || k.starts_with("RPAR_"))
         .map(|(k, v)| {
             if k == "IPP_PROFILE_DIR" {
                 (k.clone(), rprof.to_string())
