@@ -58,10 +58,6 @@ impl Broker {
         }
     }
 
-    pub fn size(&self) -> u32 {
-        self.size
-    }
-
     fn deliver(rank: Rank, channel: Channel, frames: Vec<Vec<u8>>) -> Route {
         let p = Packet::new(channel, rank, frames);
         if rank.0 == 0 {
@@ -72,7 +68,7 @@ impl Broker {
     }
 
     /// A message arrived on engine `rank`'s shell or control socket.
-    pub fn from_socket(&self, rank: Rank, channel: Channel, frames: Vec<Vec<u8>>) -> Route {
+    pub fn on_socket(&self, rank: Rank, channel: Channel, frames: Vec<Vec<u8>>) -> Route {
         if rank.0 >= self.size {
             return Route::Drop("message for a rank outside the job");
         }
@@ -101,7 +97,7 @@ impl Broker {
     /// A packet from an engine (over MPI, or rank 0's own): where it goes.
     /// `from` is the MPI source (the engine's own rank must match the header: a rank only
     /// speaks for itself).
-    pub fn from_engine(&mut self, from: Rank, p: Packet) -> (Route, Option<JobEvent>) {
+    pub fn on_engine(&mut self, from: Rank, p: Packet) -> (Route, Option<JobEvent>) {
         let rank = p.header.rank;
         if rank != from {
             return (Route::Drop("rank speaks for another rank"), None);
@@ -158,10 +154,6 @@ impl Broker {
         self.exiting = true;
         Some(JobEvent::ExitAll(code))
     }
-
-    pub fn is_done(&self, rank: Rank) -> bool {
-        self.done.contains(&rank)
-    }
 }
 
 #[cfg(test)]
@@ -175,11 +167,11 @@ mod tests {
     #[test]
     fn requests_go_to_their_rank() {
         let b = Broker::new(4);
-        match b.from_socket(Rank(0), Channel::Shell, f("x")) {
+        match b.on_socket(Rank(0), Channel::Shell, f("x")) {
             Route::Local(p) => assert_eq!(p.header.channel, Channel::Shell),
             r => panic!("{r:?}"),
         }
-        match b.from_socket(Rank(3), Channel::Control, f("x")) {
+        match b.on_socket(Rank(3), Channel::Control, f("x")) {
             Route::Remote(r, p) => {
                 assert_eq!(r, Rank(3));
                 assert_eq!(p.header.rank, Rank(3));
@@ -189,11 +181,11 @@ mod tests {
             r => panic!("{r:?}"),
         }
         assert!(matches!(
-            b.from_socket(Rank(4), Channel::Shell, f("x")),
+            b.on_socket(Rank(4), Channel::Shell, f("x")),
             Route::Drop(_)
         ));
         assert!(matches!(
-            b.from_socket(Rank(1), Channel::IoPub, f("x")),
+            b.on_socket(Rank(1), Channel::IoPub, f("x")),
             Route::Drop(_)
         ));
     }
@@ -208,12 +200,12 @@ mod tests {
             (Channel::Heartbeat, Socket::Heart(Rank(1))),
         ];
         for (ch, sock) in cases {
-            let (r, ev) = b.from_engine(Rank(1), Packet::new(ch, Rank(1), f("y")));
+            let (r, ev) = b.on_engine(Rank(1), Packet::new(ch, Rank(1), f("y")));
             assert_eq!(r, Route::Zmq(sock, f("y")));
             assert!(ev.is_none());
         }
         // a rank may not speak for another
-        let (r, _) = b.from_engine(Rank(1), Packet::new(Channel::Shell, Rank(0), f("y")));
+        let (r, _) = b.on_engine(Rank(1), Packet::new(Channel::Shell, Rank(0), f("y")));
         assert!(matches!(r, Route::Drop(_)));
     }
 
@@ -227,7 +219,7 @@ mod tests {
         assert!(matches!(&routes[0], Route::Local(_)));
         assert!(matches!(&routes[1], Route::Remote(Rank(2), _)));
         // a finished engine's late echo is not forwarded
-        let (r, _) = b.from_engine(Rank(1), Packet::new(Channel::Heartbeat, Rank(1), f("2.0")));
+        let (r, _) = b.on_engine(Rank(1), Packet::new(Channel::Heartbeat, Rank(1), f("2.0")));
         assert!(matches!(r, Route::Drop(_)));
     }
 
@@ -236,14 +228,14 @@ mod tests {
         let mut b = Broker::new(3);
         assert_eq!(b.on_life(Rank(0), Life::Done), None);
         assert_eq!(b.on_life(Rank(0), Life::Done), None); // repeated: still 1 of 3
-        let (_, ev) = b.from_engine(Rank(2), Packet::life(Rank(2), &Life::Done));
+        let (_, ev) = b.on_engine(Rank(2), Packet::life(Rank(2), &Life::Done));
         assert_eq!(ev, None);
-        let (_, ev) = b.from_engine(Rank(1), Packet::life(Rank(1), &Life::Done));
+        let (_, ev) = b.on_engine(Rank(1), Packet::life(Rank(1), &Life::Done));
         assert_eq!(ev, Some(JobEvent::ExitAll(0)));
         // nothing routed once exiting
         assert!(b.ping(&f("p")).is_empty());
         assert!(matches!(
-            b.from_socket(Rank(0), Channel::Shell, f("x")),
+            b.on_socket(Rank(0), Channel::Shell, f("x")),
             Route::Drop(_)
         ));
         assert_eq!(b.abort(143), None);

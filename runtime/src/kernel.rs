@@ -228,10 +228,6 @@ impl EngineCore {
         }
     }
 
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
     /// A packet from rank 0's sockets for this engine. Returns `Life::Done` once the engine has
     /// been shut down.
     pub fn on_packet(&mut self, p: Packet) -> Option<Life> {

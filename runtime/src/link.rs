@@ -76,10 +76,6 @@ impl Link {
         self.pending = still;
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
-    }
-
     /// A received message, if one is waiting.
     pub fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
         let matched = self

@@ -11,7 +11,6 @@
 //!
 //! Registration asks for id = rank and waits `timeout` for every reply.
 
-use crate::relay::Rank;
 use anyhow::{anyhow, bail, Context, Result};
 use rpar_core::connection::{disambiguate_interface, url, EngineInfo};
 use rpar_core::wire::{Limits, Signer, WireMessage};
@@ -59,7 +58,6 @@ pub struct Registered {
 
 /// The sockets of all engines of the job.
 pub struct Sockets {
-    pub ctx: zmq::Context,
     pub reg: Vec<zmq::Socket>,
     pub shell: Vec<zmq::Socket>,
     pub control: Vec<zmq::Socket>,
@@ -207,7 +205,6 @@ impl Sockets {
         iopub.set_sndhwm(0)?;
         iopub.connect(&addrs.iopub)?;
         Ok(Sockets {
-            ctx,
             reg,
             shell,
             control,
@@ -237,9 +234,4 @@ impl Sockets {
         }
         info!("sent unregistration_request for engines {ids:?}");
     }
-}
-
-/// The engine socket `rank` uses for `Rank`.
-pub fn index(rank: Rank) -> usize {
-    rank.0 as usize
 }

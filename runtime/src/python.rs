@@ -12,7 +12,7 @@
 //! KeyboardInterrupt from `signal_request`, works); the runtime thread never takes the GIL.
 
 use crate::capture::Capture;
-use crate::kernel::{EngineCore, Job, JobQueue};
+use crate::kernel::{Job, JobQueue};
 use crate::session::{Outbox, Request, Session};
 use anyhow::{anyhow, Context, Result};
 use pyo3::prelude::*;
@@ -336,10 +336,5 @@ impl Executor {
             let v: Value = serde_json::from_str(&text)?;
             Ok((v, bufs))
         })
-    }
-
-    /// The aborted reply for a request that was aborted before it started (runtime helper).
-    pub fn aborted(&self, req: &Request) {
-        EngineCore::aborted_reply(&self.session, &self.outbox, req);
     }
 }

@@ -49,11 +49,18 @@ pub fn install_signal_handlers() {
     }
 }
 
-fn nap(idle: u32) -> i64 {
-    match idle {
-        0 => 0,
-        1..=20 => 1,
-        _ => 2,
+/// How long to sleep in poll, given consecutive idle iterations and time since the last
+/// activity: busy jobs keep latency low, an idle job costs almost no CPU (MPI gives no file
+/// descriptor to wait on, so ranks must poll).
+fn nap(idle: u32, since_active: Duration) -> i64 {
+    if idle == 0 {
+        0
+    } else if since_active < Duration::from_millis(50) {
+        1
+    } else if since_active < Duration::from_secs(1) {
+        2
+    } else {
+        10
     }
 }
 
@@ -115,7 +122,7 @@ impl Rank0 {
         let mut ev = None;
         while let Ok(p) = self.outbox.rx.try_recv() {
             any = true;
-            let (route, e) = broker.from_engine(Rank(0), p);
+            let (route, e) = broker.on_engine(Rank(0), p);
             if let Route::Zmq(s, frames) = route {
                 self.zmq_send(s, frames);
             }
@@ -130,6 +137,7 @@ impl Rank0 {
         let mut broker = Broker::new(size);
         let mut last_ping = Instant::now();
         let mut idle = 0u32;
+        let mut last_active = Instant::now();
         let bell = self.outbox.bell.as_raw_fd();
         let miss_limit =
             (self.hb_period + Duration::from_millis(500)) * self.max_heartbeat_misses.max(1);
@@ -152,7 +160,11 @@ impl Rank0 {
                 );
                 items.push(self.sockets.hb_sub.as_poll_item(zmq::POLLIN));
                 items.push(zmq::PollItem::from_fd(bell, zmq::POLLIN));
-                let timeout = if size == 1 { 100 } else { nap(idle) };
+                let timeout = if size == 1 {
+                    100
+                } else {
+                    nap(idle, last_active.elapsed())
+                };
                 if let Err(e) = zmq::poll(&mut items, timeout) {
                     if e != zmq::Error::EINTR {
                         warn!("poll: {e}");
@@ -181,7 +193,7 @@ impl Rank0 {
                         Err(_) => break,
                     };
                     active = true;
-                    let route = broker.from_socket(rank, ch, frames);
+                    let route = broker.on_socket(rank, ch, frames);
                     ev = ev.or(self.perform(&mut broker, route));
                 }
             }
@@ -204,7 +216,7 @@ impl Rank0 {
                 active = true;
                 match Packet::decode(&buf) {
                     Ok(p) => {
-                        let (route, e) = broker.from_engine(src, p);
+                        let (route, e) = broker.on_engine(src, p);
                         ev = ev.or(e);
                         ev = ev.or(self.perform(&mut broker, route));
                     }
@@ -227,7 +239,12 @@ impl Rank0 {
             if let Some(JobEvent::ExitAll(code)) = ev {
                 return self.exit(code);
             }
-            idle = if active { 0 } else { idle.saturating_add(1) };
+            if active {
+                idle = 0;
+                last_active = Instant::now();
+            } else {
+                idle = idle.saturating_add(1);
+            }
         }
     }
 
@@ -298,6 +315,7 @@ impl RankN {
         let me = self.link.rank();
         let bell = self.outbox.bell.as_raw_fd();
         let mut idle = 0u32;
+        let mut last_active = Instant::now();
         loop {
             let mut pfd = libc::pollfd {
                 fd: bell,
@@ -305,7 +323,7 @@ impl RankN {
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, nap(idle) as i32) };
+            unsafe { libc::poll(&mut pfd, 1, nap(idle, last_active.elapsed()) as i32) };
             self.outbox.drain_bell();
             let mut active = self.pump();
             while let Some((src, buf)) = self.link.try_recv() {
@@ -339,7 +357,12 @@ impl RankN {
                 // SAFETY: terminating the process (the job is being torn down).
                 unsafe { libc::_exit(128 + sig) };
             }
-            idle = if active { 0 } else { idle.saturating_add(1) };
+            if active {
+                idle = 0;
+                last_active = Instant::now();
+            } else {
+                idle = idle.saturating_add(1);
+            }
         }
     }
 }
