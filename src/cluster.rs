@@ -245,6 +245,12 @@ fn resolve(args: &StartArgs) -> Result<Resolved> {
     {
         bail!("--co-start runs controller and engines in ONE batch job: use it with --engines=pbs|sge|slurm|lsf (not {engine_kind})");
     }
+    // in co-start mode the controller runs in the engines' batch job
+    let controller_kind = if co_start {
+        engine_kind.clone()
+    } else {
+        controller_kind
+    };
     let environment = match cfg.get("BaseLauncher", "environment") {
         Some(s) => s
             .value
@@ -735,6 +741,9 @@ fn start_inner(r: &Resolved, cf: &mut ClusterFile, runner: &dyn Runner) -> Resul
         std::thread::sleep(Duration::from_secs_f64(r.delay));
     }
     start_engine_set(r, cf, &sid, r.n, runner)?;
+    let want = cf.engines.sets.get(&sid).map(|s| s.n).unwrap_or(r.n);
+    cf.cluster.n = want;
+    cf.save()?;
     if r.engine_timeout > 0.0 {
         let watch: Vec<Handle> = cf
             .engines
@@ -744,7 +753,7 @@ fn start_inner(r: &Resolved, cf: &mut ClusterFile, runner: &dyn Runner) -> Resul
             .unwrap_or_default();
         wait_for_engines(
             &r.profile.connection_file(&r.cluster_id, "client"),
-            r.n,
+            want,
             r.engine_timeout,
             &watch,
             &cf.controller.handles,
@@ -1060,7 +1069,7 @@ pub fn engines(args: &StartArgs) -> Result<()> {
     if r.engine_timeout > 0.0 {
         if let Err(e) = wait_for_engines(
             &client,
-            before + r.n,
+            before + cf.engines.sets.get(&sid).map(|s| s.n).unwrap_or(r.n),
             r.engine_timeout,
             &watch,
             &[],

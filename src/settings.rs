@@ -200,7 +200,13 @@ pub fn batch_settings(
     }
     // A submit command given as a path (e.g. /opt/torque/bin/qsub, when several batch systems'
     // qsub are installed) implies the delete and status commands beside it.
-    if let Some(dir) = s.submit_command.first().map(Path::new).filter(|p| p.is_absolute()).and_then(Path::parent) {
+    if let Some(dir) = s
+        .submit_command
+        .first()
+        .map(Path::new)
+        .filter(|p| p.is_absolute())
+        .and_then(Path::parent)
+    {
         for (i, field) in [(1, &mut s.delete_command), (2, &mut s.status_command)] {
             if !explicit[i] {
                 if let Some(first) = field.first_mut() {

@@ -45,7 +45,13 @@ impl BatchSettings {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (submit, delete, status, re, group) = match kind {
             "pbs" => (v(&["qsub"]), v(&["qdel"]), v(&["qstat"]), r"\d+", 0),
-            "sge" => (v(&["qsub"]), v(&["qdel"]), v(&["qstat", "-u", "*"]), r"\d+", 0),
+            "sge" => (
+                v(&["qsub"]),
+                v(&["qdel"]),
+                v(&["qstat", "-u", "*"]),
+                r"\d+",
+                0,
+            ),
             "slurm" => (
                 v(&["sbatch"]),
                 v(&["scancel"]),

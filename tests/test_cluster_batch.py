@@ -1,0 +1,128 @@
+"""`rpar cluster` with real batch systems: Slurm, SGE (qsub + parallel environment) and PBS
+(Slurm's `qsub` front end from slurm-wlm-torque). Each submits a real job whose engines register,
+the Python client runs code on all of them, and `rpar cluster stop` cancels the job."""
+
+import subprocess
+
+import pytest
+
+from util_cluster import RparEnv, handles, remote, require_service, wait_for
+
+TORQUE_QSUB = "/opt/rpar/torque/bin/qsub"
+
+
+def squeue_ids():
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def sge_ids():
+    out = subprocess.run(["qstat", "-u", "*"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
+
+
+def run_batch_cluster(tmp_path, engines, config, job_env, queue_ids, extra=()):
+    e = RparEnv(tmp_path, profile=engines)
+    try:
+        e.create_profile(config)
+        r = e.start("--n=4", f"--engines={engines}", *extra, "--Cluster.engine_timeout=150")
+        assert f"started {engines} job" in r.stderr or f"submitted {engines} job" in r.stderr, r.stderr
+        data = e.cluster_data()
+        jobs = [h for h in handles(data) if h["kind"] == "job"]
+        assert len(jobs) == 1 and jobs[0]["system"] == engines
+        job_id = jobs[0]["job_id"]
+        assert job_id in queue_ids()
+        script = open(jobs[0]["script"]).read()
+        rc = e.client(n=4)
+        env = rc[:].apply_sync(remote(lambda name: __import__("os").environ.get(name)), job_env)
+        assert env == [job_id] * 4, (env, job_id)
+        assert sorted(rc[:].apply_sync(remote(lambda: __import__("mpi4py.MPI", fromlist=["x"]).COMM_WORLD.Get_rank()))) == [0, 1, 2, 3]
+        assert rc[:].apply_sync(remote(lambda x: x ** 2), 12) == [144] * 4
+        rc.close()
+        e.stop()
+        wait_for(lambda: job_id not in queue_ids(), timeout=60, what=f"job {job_id} to leave the queue")
+        assert not e.cluster_file().exists()
+        return script
+    finally:
+        e.cleanup()
+
+
+def test_slurm(tmp_path):
+    require_service("slurm")
+    script = run_batch_cluster(tmp_path, "slurm", None, "SLURM_JOB_ID", squeue_ids)
+    assert "#SBATCH --ntasks=4" in script and "#SBATCH --export=ALL" in script
+
+
+def test_slurm_co_start_runs_controller_and_engines_in_one_job(tmp_path):
+    require_service("slurm")
+    e = RparEnv(tmp_path, profile="co")
+    try:
+        e.create_profile()
+        e.start("--n=3", "--engines=slurm", "--co-start", "--Cluster.engine_timeout=150")
+        data = e.cluster_data()
+        (job,) = [h for h in handles(data) if h["kind"] == "job"]
+        rc = e.client(n=3)
+        assert rc[:].apply_sync(remote(lambda: __import__("os").environ["SLURM_JOB_ID"])) == [job["job_id"]] * 3
+        rc.close()
+        # the controller runs inside the job: the job's processes include rpar-controller
+        out = subprocess.run(["scontrol", "listpids", job["job_id"]], capture_output=True, text=True).stdout
+        cmds = []
+        for line in out.splitlines()[1:]:
+            pid = line.split()[0]
+            try:
+                cmds.append(open(f"/proc/{pid}/cmdline").read().replace("\0", " "))
+            except OSError:
+                pass
+        assert any("rpar-controller" in c for c in cmds), cmds
+        e.stop()
+        wait_for(lambda: job["job_id"] not in squeue_ids(), timeout=60, what="the job to leave the queue")
+    finally:
+        e.cleanup()
+
+
+def test_sge_with_parallel_environment(tmp_path):
+    require_service("sge")
+    script = run_batch_cluster(tmp_path, "sge", None, "JOB_ID", sge_ids)
+    assert "#$ -pe smp 4" in script and "#$ -V" in script
+
+
+def test_pbs_through_torque_qsub(tmp_path):
+    require_service("slurm")
+    config = f"c = get_config()\nc.PBSLauncher.submit_command = ['{TORQUE_QSUB}']\nc.PBSLauncher.queue = 'debug'\n"
+    script = run_batch_cluster(tmp_path, "pbs", config, "SLURM_JOB_ID", squeue_ids)
+    assert "#PBS -l nodes=1:ppn=4" in script and "#PBS -q debug" in script and "#PBS -V" in script
+
+
+def test_seed_pbs_template_file_in_ipyparallel_syntax(tmp_path):
+    """The seed's own PBS template ({n}, {queue}, {profile_dir}) through batch_template_file."""
+    require_service("slurm")
+    e = RparEnv(tmp_path, profile="pbs")
+    e.create_profile()
+    import shutil
+    rpar_engine = shutil.which("rpar-engine") or str(__import__("util_cluster").BIN / "rpar-engine")
+    (e.profile_dir / "pbs.engine.template").write_text(
+        "#!/bin/sh\n#PBS -N ipython\n#PBS -j oe\n#PBS -V\n#PBS -l nodes=1:ppn={n}\n#PBS -q {queue}\n\n"
+        "cd $PBS_O_WORKDIR\n"
+        f"mpiexec -n {{n}} {rpar_engine} --profile-dir={{profile_dir}}\n"
+    )
+    (e.profile_dir / "ipcluster_config.py").write_text(
+        "c = get_config()\n"
+        "c.IPClusterEngines.engine_launcher = \\\n    'IPython.parallel.apps.launcher.PBSEngineSetLauncher'\n"
+        "c.PBSEngineSetLauncher.batch_template_file = 'pbs.engine.template'\n"
+        f"c.PBSLauncher.submit_command = ['{TORQUE_QSUB}']\n"
+        "c.PBSLauncher.queue = 'debug'\n"
+        "c.IPClusterEngines.n = 2\n"
+    )
+    try:
+        e.start("--Cluster.engine_timeout=150")
+        (job,) = [h for h in handles(e.cluster_data()) if h["kind"] == "job"]
+        text = open(job["script"]).read()
+        assert "#PBS -l nodes=1:ppn=2\n#PBS -q debug\n" in text
+        assert f"--profile-dir={e.profile_dir}\n" in text
+        rc = e.client(n=2)
+        assert rc[:].apply_sync(remote(lambda: 1 + 1)) == [2, 2]
+        rc.close()
+        e.stop()
+        wait_for(lambda: job["job_id"] not in squeue_ids(), timeout=60, what="the job to leave the queue")
+    finally:
+        e.cleanup()
