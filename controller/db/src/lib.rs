@@ -66,6 +66,7 @@ pub mod record;
 pub mod reply;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+mod trim;
 
 #[cfg(test)]
 #[allow(clippy::field_reassign_with_default)]

@@ -76,6 +76,7 @@ pub struct MemoryDb {
     /// Set when a cull could not get under the limits (everything pending); cleared when a
     /// record completes or is dropped, so we don't rescan on every write meanwhile.
     cull_blocked: bool,
+    trimmer: crate::trim::Trimmer,
 }
 
 impl Default for MemoryDb {
@@ -98,6 +99,7 @@ impl MemoryDb {
                 ..Default::default()
             },
             cull_blocked: false,
+            trimmer: crate::trim::Trimmer::new(),
         }
     }
 
@@ -144,14 +146,19 @@ impl MemoryDb {
         self.maybe_cull();
     }
 
-    fn remove_seq(&mut self, seq: u64) -> Option<TaskRecord> {
-        let rec = self.records.remove(&seq)?;
-        if let Some(id) = rec.msg_id.as_deref() {
+    /// Remove a record, returning its msg_id; its buffers are freed here.
+    fn remove_seq(&mut self, seq: u64) -> Option<String> {
+        let mut rec = self.records.remove(&seq)?;
+        let id = rec.msg_id.take();
+        if let Some(id) = id.as_deref() {
             self.index.remove(id);
         }
-        self.buffer_bytes -= rec.buffer_bytes() as u64;
+        let bytes = rec.buffer_bytes() as u64;
+        self.buffer_bytes -= bytes;
         self.cull_blocked = false;
-        Some(rec)
+        drop(rec);
+        self.trimmer.freed(bytes);
+        Some(id.unwrap_or_default())
     }
 
     fn maybe_cull(&mut self) {
@@ -185,11 +192,9 @@ impl MemoryDb {
             if culled >= count_goal && self.buffer_bytes <= size_goal {
                 break;
             }
-            if let Some(rec) = self.remove_seq(seq) {
-                if let Some(id) = rec.msg_id {
-                    tracing::debug!(msg_id = %id, "culling task record");
-                    self.culled.insert(id);
-                }
+            if let Some(id) = self.remove_seq(seq) {
+                tracing::debug!(msg_id = %id, "culled task record");
+                self.culled.insert(id);
                 culled += 1;
             }
         }

@@ -109,6 +109,7 @@ pub fn run(mut conn: Connection, table: String, shared: Arc<Shared>, rx: Receive
     let span = tracing::info_span!("taskdb-writer", table = %table);
     let _g = span.enter();
     let mut open = true;
+    let mut trimmer = crate::trim::Trimmer::new();
     while open {
         let Ok(first) = rx.recv() else { break };
         let mut batch: Vec<Arc<Op>> = Vec::new();
@@ -167,6 +168,12 @@ pub fn run(mut conn: Connection, table: String, shared: Arc<Shared>, rx: Receive
         }
         for f in flushes {
             let _ = f.send(result.clone());
+        }
+        if result.is_ok() {
+            let freed: u64 = batch.iter().map(|o| o.weight()).sum();
+            // The overlay no longer holds these ops: dropping the batch frees their buffers.
+            drop(batch);
+            trimmer.freed(freed);
         }
     }
     tracing::debug!("task database writer stopped");
