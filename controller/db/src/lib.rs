@@ -49,10 +49,16 @@
 //!   records (pending ones are never culled), and remembers culled ids.
 //! * [`NoDb`] (`NoDB`): stores nothing; reads fail with [`DbError::NoData`].
 //! * `SqliteDb` (`SQLiteDB`, cargo feature `sqlite`, on by default): a file in the profile dir,
-//!   writes batched on a writer thread with an in-memory overlay so reads see every write.
+//!   writes batched on a writer thread with an in-memory overlay so reads see every write; a
+//!   record's writes within one batch are folded into one row write. Writes wait for the disk
+//!   only when more than `SqliteDb::set_max_backlog` (1 GiB) of buffers are uncommitted.
 //! * `MongoDb` (`MongoDB`, cargo feature `mongodb`, off by default): collection
 //!   `task_records`. Its tests need a server: they run against `RPAR_TEST_MONGODB_URL` when set
-//!   and are skipped otherwise.
+//!   and are skipped otherwise (`cargo test -p rpar-taskdb --features mongodb`).
+//!
+//! Memory: records own their buffers (no copies are kept); after large frees (culls, purges,
+//! SQLite commits) glibc is asked to return free pages to the OS. The memory DB holds up to
+//! `size_limit` of buffers by design.
 
 pub mod config;
 pub mod error;

@@ -6,7 +6,7 @@
 //! same name with another schema (e.g. written by Python's SQLiteDB, whose buffers are pickles)
 //! is left alone and `<table>_1`, `<table>_2`, … are tried.
 //!
-//! Writes go to a writer thread ([`writer`]) and are committed in batched transactions, so the
+//! Writes go to a writer thread (module `writer`) and are committed in batched transactions, so the
 //! hub's thread never waits on the disk; reads combine the committed rows with the overlay of
 //! pending writes and always see every write made through this handle. The file is in WAL mode
 //! so reads and the writer's commits do not block each other.
