@@ -192,3 +192,36 @@ def test_signal_interrupts_running_code(controller, job_factory):
         assert rc[0].apply_sync(lambda: 5) == 5
     finally:
         rc.close()
+
+
+def test_single_rank_without_mpiexec(make_controller, tmp_path):
+    import subprocess
+
+    from util_engine import engine_binary
+
+    controller = make_controller("--ip=127.0.0.1", "--ping=500", kind="python")
+    _, binary = engine_binary("openmpi")
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith(("OMPI_COMM_WORLD", "PMIX_", "PMI_")):
+            env.pop(k)
+    env["PYTHONPATH"] = os.path.dirname(os.path.abspath(__file__))
+    log = open(tmp_path / "single.log", "w")
+    p = subprocess.Popen(
+        [binary, f"--file={controller.file('engine')}", "--IPEngine.startup_command=preset = 11"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    try:
+        rc = controller.client(timeout=20)
+        rc.wait_for_engines(1, timeout=60)
+        assert rc.ids == [0]
+        assert rc[0].pull("preset", block=True) == 11  # set by --IPEngine.startup_command
+        assert rc[0].apply_sync(lambda x: x * 2, 21) == 42
+        rc.shutdown(block=True)
+        assert p.wait(30) == 0
+        rc.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
