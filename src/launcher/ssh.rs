@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(&ssh[..4], &["ssh", "-p", "2222", "me@h1"]);
         assert_eq!(
             ssh[4],
-            "IPP_PROFILE_DIR=/p IPP_CLUSTER_ID=c setsid nohup mpiexec -n 2 rpar-engine --timeout=9 > /p/log/ipengine-c-1-h1.log 2>&1 < /dev/null & echo $!"
+            "IPP_PROFILE_DIR=/p IPP_CLUSTER_ID=c PATH=/x setsid nohup mpiexec -n 2 rpar-engine --timeout=9 > /p/log/ipengine-c-1-h1.log 2>&1 < /dev/null & echo $!"
         );
         assert_eq!(out, "/p/log/ipengine-c-1-h1.log");
         let (ssh, _) = l.engine_command(
