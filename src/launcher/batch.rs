@@ -321,11 +321,8 @@ pub fn parse_status(system: &str, job_id: &str, out: &CmdOutput) -> Liveness {
                 return Liveness::Finished;
             };
             let cols: Vec<&str> = line.split_whitespace().collect();
-            let state = if system == "sge" {
-                cols.get(4).copied().unwrap_or("")
-            } else {
-                cols.get(4).copied().unwrap_or("")
-            };
+            // the state is the 5th column of both tables (SGE: qw, r, Eqw...; PBS: Q, R, C...)
+            let state = cols.get(4).copied().unwrap_or("");
             match state {
                 s if s.contains('q') || s == "Q" || s == "H" || s == "W" => {
                     Liveness::Pending(s.to_string())
