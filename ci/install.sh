@@ -6,11 +6,22 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 pkgs=(build-essential pkg-config libclang-dev openmpi-bin libopenmpi-dev mpich libmpich-dev
       iproute2 procps psmisc sqlite3)
+# batch systems and ssh for the launcher tests (ci/services/*.sh); slurm-wlm-torque's qsub is
+# unpacked beside gridengine's by ci/services/slurm.sh
+pkgs+=(munge slurm-wlm slurmctld slurmd slurm-client libslurm-perl libslurmdb-perl libswitch-perl
+       gridengine-master gridengine-exec gridengine-client openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "ci/install.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # gridengine asks for its master and cell; the cluster itself is set up by ci/services/sge.sh
+  debconf-set-selections <<'SEL'
+gridengine-common shared/gridenginemaster string localhost
+gridengine-common shared/gridenginecell string default
+gridengine-common shared/gridengineconfig boolean false
+postfix postfix/main_mailer_type select No configuration
+SEL
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
