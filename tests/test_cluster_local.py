@@ -169,3 +169,21 @@ def test_list_json_and_clean(rpar_env):
     assert list((rpar_env.profile_dir / "log").iterdir())
     rpar_env.rpar("cluster", "clean", "--profile=default")
     assert list((rpar_env.profile_dir / "log").iterdir()) == []
+
+
+def test_jobscript_dry_run(rpar_env):
+    rpar_env.create_profile()
+    out = rpar_env.rpar("jobscript", "--batch=pbs", "--n=128", "--queue=short", "--profile=default").stdout
+    lines = out.splitlines()
+    assert "#PBS -l nodes=1:ppn=128" in lines and "#PBS -q short" in lines and "#PBS -V" in lines
+    assert f"IPP_PROFILE_DIR={rpar_env.profile_dir}" in lines
+    assert not list((rpar_env.profile_dir / "log").glob("*.pbs"))  # nothing written, nothing submitted
+    out = rpar_env.rpar("jobscript", "--batch=slurm", "--role=cluster", "--n=4", "--profile=default").stdout
+    assert "#SBATCH --ntasks=4" in out.splitlines() and "rpar-controller" in out
+    out = rpar_env.rpar("jobscript", "--batch=sge", "--role=controller", "--profile=default").stdout
+    assert "#$ -N rpar-controller" in out and "-pe" not in out
+    # a user template in ipyparallel syntax from ipcluster_config.py
+    (rpar_env.profile_dir / "ipcluster_config.py").write_text(
+        "c = get_config()\nc.SlurmEngineSetLauncher.batch_template = '#SBATCH -N {n//4}\\nsrun {program_and_args}\\n'\n")
+    out = rpar_env.rpar("jobscript", "--batch=slurm", "--n=16", "--profile=default").stdout
+    assert out.startswith("#SBATCH -N 4\nsrun ") and "rpar-engine" in out

@@ -57,3 +57,34 @@ c.BaseLauncher.environment = {{'OMPI_ALLOW_RUN_AS_ROOT': '1', 'OMPI_ALLOW_RUN_AS
         wait_for(lambda: ns_pids() - before == set(), timeout=30, what="the remote engines to exit")
     finally:
         e.cleanup()
+
+
+def test_ssh_controller_on_a_namespace_host(tmp_path):
+    """The seed's remote controller: SSHControllerLauncher with hostname/user; rpar fetches its
+    connection files with scp; local engines and the client reach it across the veth."""
+    require_service("sshd")
+    e = RparEnv(tmp_path, profile="sshc")
+    config = f"""c = get_config()
+c.IPClusterStart.controller_launcher = \\
+    'IPython.parallel.apps.launcher.SSHControllerLauncher'
+c.SSHControllerLauncher.hostname = '{REMOTE}'
+c.SSHControllerLauncher.user = 'root'
+c.SSHControllerLauncher.ssh_args = {KEY!r}
+c.SSHControllerLauncher.scp_args = {KEY!r}
+c.SSHControllerLauncher.remote_profile_dir = '{tmp_path / "remote-ctl"}'
+"""
+    before = ns_pids()
+    try:
+        e.create_profile(config)
+        e.start("--n=2", "--ip=*", f"--location={REMOTE}")
+        info = __import__("json").loads((e.profile_dir / "security" / "ipcontroller-client.json").read_text())
+        assert info["location"] == REMOTE
+        (ctl,) = [h for h in handles(e.cluster_data()) if h["kind"] == "remote"]
+        assert str(ctl["pid"]) in ns_pids() - before  # the controller runs in the namespace
+        rc = e.client(n=2)
+        assert rc[:].apply_sync(remote(lambda: 3 * 5)) == [15, 15]
+        rc.close()
+        e.stop()
+        wait_for(lambda: ns_pids() - before == set(), timeout=30, what="the remote controller to exit")
+    finally:
+        e.cleanup()
