@@ -126,3 +126,32 @@ def test_seed_pbs_template_file_in_ipyparallel_syntax(tmp_path):
         wait_for(lambda: job["job_id"] not in squeue_ids(), timeout=60, what="the job to leave the queue")
     finally:
         e.cleanup()
+
+
+def test_seed_pbs_mode_controller_and_engines_as_jobs(tmp_path):
+    """The seed's PBS mode: controller AND engines as PBS jobs (here through Slurm's qsub)."""
+    require_service("slurm")
+    e = RparEnv(tmp_path, profile="pbs")
+    config = f"""c = get_config()
+c.IPClusterStart.controller_launcher = \\
+    'IPython.parallel.apps.launcher.PBSControllerLauncher'
+c.IPClusterEngines.engine_launcher = \\
+    'IPython.parallel.apps.launcher.PBSEngineSetLauncher'
+c.PBSLauncher.queue = 'debug'
+c.IPClusterEngines.n = 3
+c.PBSLauncher.submit_command = ['{TORQUE_QSUB}']
+"""
+    try:
+        e.create_profile(config)
+        e.start("--Cluster.engine_timeout=150")
+        jobs = [h for h in handles(e.cluster_data()) if h["kind"] == "job"]
+        assert [j["system"] for j in jobs] == ["pbs", "pbs"]
+        ids = {j["job_id"] for j in jobs}
+        assert ids <= squeue_ids()
+        rc = e.client(n=3)
+        assert len(set(rc[:].apply_sync(remote(lambda: __import__("os").environ["SLURM_JOB_ID"])))) == 1
+        rc.close()
+        e.stop()
+        wait_for(lambda: not (ids & squeue_ids()), timeout=60, what="both jobs to leave the queue")
+    finally:
+        e.cleanup()
