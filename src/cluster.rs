@@ -588,7 +588,12 @@ pub fn start(args: &StartArgs) -> Result<()> {
             }
         }
     }
-    crate::init_file_log(&r.profile, &format!("ipcluster-{}", r.cluster_id));
+    let stem = if r.cluster_id.is_empty() {
+        "ipcluster".to_string()
+    } else {
+        format!("ipcluster-{}", r.cluster_id)
+    };
+    crate::init_file_log(&r.profile, &stem);
     tracing::info!(profile = %r.profile.path.display(), cluster_id = %r.cluster_id, n = r.n, engines = %r.engine_kind, controller = %r.controller_kind, "starting cluster");
 
     let mut cf = ClusterFile {

@@ -301,6 +301,17 @@ pub fn make_launcher(
                 .map_err(e2s)?
                 .filter(|x| !x.is_empty());
             s.mpi = mpi_command(cfg)?;
+            s.program = cfg
+                .str_list(&class, "program")
+                .map_err(e2s)?
+                .filter(|p| !p.is_empty());
+            s.program_args = cfg.str_list(&class, "program_args").map_err(e2s)?;
+            if role == Role::Controller {
+                s.reuse_files = cfg
+                    .bool(&class, "reuse_files")
+                    .map_err(e2s)?
+                    .unwrap_or(true);
+            }
             if let Some(t) = cfg.f64(&class, "connection_info_timeout").map_err(e2s)? {
                 s.connection_info_timeout = t;
             }

@@ -85,6 +85,12 @@ pub struct SshSettings {
     pub mpi: MpiCommand,
     /// Seconds to wait for a remote controller's connection files.
     pub connection_info_timeout: f64,
+    /// The remote program instead of controller_cmd / engine_cmd.
+    pub program: Option<Vec<String>>,
+    /// Its arguments instead of controller_args / engine_args.
+    pub program_args: Option<Vec<String>>,
+    /// Start a remote controller with --reuse (its connection files stay valid across restarts).
+    pub reuse_files: bool,
 }
 
 impl Default for SshSettings {
@@ -100,6 +106,9 @@ impl Default for SshSettings {
             engines: Vec::new(),
             mpi: MpiCommand::default(),
             connection_info_timeout: 60.0,
+            program: None,
+            program_args: None,
+            reuse_files: false,
         }
     }
 }
@@ -153,11 +162,20 @@ impl SshLauncher {
     /// The command lines for one engine host (pure): (ssh argv, remote output file).
     pub fn engine_command(&self, spec: &LaunchSpec, he: &HostEngines) -> (Vec<String>, String) {
         let rprof = self.remote_profile(spec);
-        let args = he.args.clone().unwrap_or_else(|| spec.engine_args.clone());
+        let args = he
+            .args
+            .clone()
+            .or_else(|| self.settings.program_args.clone())
+            .unwrap_or_else(|| spec.engine_args.clone());
+        let program = self
+            .settings
+            .program
+            .clone()
+            .unwrap_or_else(|| spec.engine_cmd.clone());
         let argv = if he.n > 1 {
-            self.settings.mpi.argv(he.n, &spec.engine_cmd, &args)
+            self.settings.mpi.argv(he.n, &program, &args)
         } else {
-            [spec.engine_cmd.clone(), args].concat()
+            [program, args].concat()
         };
         let output = format!(
             "{rprof}/log/{}-{}.log",
@@ -312,7 +330,20 @@ impl Launcher for SshLauncher {
                 }
                 self.prepare_host(runner, host, &rprof)?;
                 let output = format!("{rprof}/log/{}.log", spec.stem(Role::Controller));
-                let argv = [spec.controller_cmd.clone(), spec.controller_args.clone()].concat();
+                let program = self
+                    .settings
+                    .program
+                    .clone()
+                    .unwrap_or_else(|| spec.controller_cmd.clone());
+                let mut args = self
+                    .settings
+                    .program_args
+                    .clone()
+                    .unwrap_or_else(|| spec.controller_args.clone());
+                if self.settings.reuse_files && !args.iter().any(|a| a == "--reuse") {
+                    args.push("--reuse".into());
+                }
+                let argv = [program, args].concat();
                 let mut ssh = self.ssh_prefix();
                 ssh.push(self.target(host));
                 ssh.push(Self::remote_start_command(
