@@ -648,6 +648,13 @@ pub fn start(args: &StartArgs) -> Result<()> {
     }
     eprintln!("rpar: cluster running; Ctrl-C (or `rpar cluster stop`) stops it");
     // foreground: stop on a signal, when the controller dies, or when someone else stopped it
+    // (batch jobs are asked about every 5 s, local processes every half second)
+    let slow = cf
+        .controller
+        .handles
+        .iter()
+        .any(|h| !matches!(h, Handle::Process { .. }));
+    let mut last_check = Instant::now();
     loop {
         if signalled() {
             eprintln!("rpar: stopping the cluster");
@@ -657,7 +664,12 @@ pub fn start(args: &StartArgs) -> Result<()> {
             tracing::info!("cluster file removed: stopped from elsewhere");
             break;
         }
-        if !cf.controller.handles.is_empty()
+        let due = !slow || last_check.elapsed() >= Duration::from_secs(5);
+        if due {
+            last_check = Instant::now();
+        }
+        if due
+            && !cf.controller.handles.is_empty()
             && cf
                 .controller
                 .handles
