@@ -155,3 +155,38 @@ c.PBSLauncher.submit_command = ['{TORQUE_QSUB}']
         wait_for(lambda: not (ids & squeue_ids()), timeout=60, what="both jobs to leave the queue")
     finally:
         e.cleanup()
+
+
+@pytest.mark.parametrize("system", ["slurm", "pbs", "sge"])
+def test_jobscripts_submitted_by_hand(tmp_path, system):
+    """`sbatch --ntasks=2 jobscripts/slurm.engine` (and qsub for PBS and SGE) as the files stand:
+    the engines join a running cluster, sized by the submit command line."""
+    require_service("sge" if system == "sge" else "slurm")
+    from util_cluster import BIN, ROOT
+
+    e = RparEnv(tmp_path, profile="hand")
+    try:
+        e.create_profile()
+        e.start("--n=1")
+        env = dict(e.env, IPP_PROFILE_DIR=str(e.profile_dir), RPAR_ENGINE=str(BIN / "rpar-engine"))
+        script = str(ROOT / "jobscripts" / f"{system}.engine")
+        submit = {
+            "slurm": ["sbatch", "--ntasks=2", script],
+            "pbs": [TORQUE_QSUB, "-l", "nodes=1:ppn=2", script],
+            "sge": ["qsub", "-pe", "smp", "2", script],
+        }[system]
+        out = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        job_id = __import__("re").search(r"\d+", out).group(0)
+        try:
+            rc = e.client(n=3, timeout=120)
+            var = "JOB_ID" if system == "sge" else "SLURM_JOB_ID"
+            ids = rc[:].apply_sync(remote(lambda v: __import__("os").environ.get(v)), var)
+            assert sorted(ids, key=str).count(job_id) == 2, (ids, job_id)
+            rc.close()
+        finally:
+            cancel = {"slurm": ["scancel"], "pbs": ["scancel"], "sge": ["qdel"]}[system]
+            subprocess.run(cancel + [job_id], capture_output=True)
+        ids_now = sge_ids if system == "sge" else squeue_ids
+        wait_for(lambda: job_id not in ids_now(), timeout=60, what="the hand-submitted job to end")
+    finally:
+        e.cleanup()
