@@ -110,7 +110,7 @@ start() {
 stop() {
   if command -v scancel >/dev/null && up; then scancel --user=root >/dev/null 2>&1 || true; fi
   local pids=()
-  for f in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid; do
+  for f in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid /run/munge/munged.pid; do
     [ -s "$f" ] && pids+=("$(cat "$f")")
   done
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
