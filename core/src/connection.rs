@@ -199,15 +199,27 @@ mod tests {
         let c: ClientInfo = parse(CLIENT).unwrap();
         write_private(&p, &c).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let back: ClientInfo = read(&p).unwrap();
         assert_eq!(back, c);
     }
 
     #[test]
     fn wildcard_interfaces() {
-        assert_eq!(disambiguate_interface("tcp://*", "localhost"), "tcp://127.0.0.1");
-        assert_eq!(disambiguate_interface("tcp://0.0.0.0", "10.0.1.5"), "tcp://10.0.1.5");
-        assert_eq!(disambiguate_interface("tcp://10.1.1.1", "x"), "tcp://10.1.1.1");
+        assert_eq!(
+            disambiguate_interface("tcp://*", "localhost"),
+            "tcp://127.0.0.1"
+        );
+        assert_eq!(
+            disambiguate_interface("tcp://0.0.0.0", "10.0.1.5"),
+            "tcp://10.0.1.5"
+        );
+        assert_eq!(
+            disambiguate_interface("tcp://10.1.1.1", "x"),
+            "tcp://10.1.1.1"
+        );
     }
 }

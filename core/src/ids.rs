@@ -71,7 +71,11 @@ pub fn parse_iso(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(n.and_utc());
         }
@@ -98,7 +102,10 @@ mod tests {
         let id = new_id();
         assert_eq!(id.len(), 33);
         assert_eq!(&id[8..9], "-");
-        assert!(id.chars().filter(|c| *c != '-').all(|c| c.is_ascii_hexdigit()));
+        assert!(id
+            .chars()
+            .filter(|c| *c != '-')
+            .all(|c| c.is_ascii_hexdigit()));
         assert_ne!(new_id(), id);
     }
 

@@ -70,7 +70,9 @@ impl ProfileDir {
         }
         if let Some(name) = &opts.profile {
             return ProfileDir {
-                path: absolute(&ipython_dir(opts.ipython_dir.as_deref()).join(format!("profile_{name}"))),
+                path: absolute(
+                    &ipython_dir(opts.ipython_dir.as_deref()).join(format!("profile_{name}")),
+                ),
             };
         }
         if let Some(d) = std::env::var_os("IPP_PROFILE_DIR").filter(|d| !d.is_empty()) {
@@ -166,7 +168,10 @@ mod tests {
             ipython_dir: Some("/tmp/ipy".into()),
             ..Default::default()
         };
-        assert_eq!(ProfileDir::resolve(&o).path, PathBuf::from("/tmp/ipy/profile_mpi"));
+        assert_eq!(
+            ProfileDir::resolve(&o).path,
+            PathBuf::from("/tmp/ipy/profile_mpi")
+        );
         let o = ProfileOpts {
             profile: Some("mpi".into()),
             profile_dir: Some("/x/y".into()),
@@ -177,8 +182,14 @@ mod tests {
 
     #[test]
     fn file_names() {
-        assert_eq!(connection_file_name("", "client"), "ipcontroller-client.json");
-        assert_eq!(connection_file_name("abc", "engine"), "ipcontroller-abc-engine.json");
+        assert_eq!(
+            connection_file_name("", "client"),
+            "ipcontroller-client.json"
+        );
+        assert_eq!(
+            connection_file_name("abc", "engine"),
+            "ipcontroller-abc-engine.json"
+        );
     }
 
     #[test]

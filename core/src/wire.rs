@@ -286,7 +286,8 @@ impl Signer {
         for p in [&msg.header, &msg.parent, &msg.metadata, &msg.content] {
             mac.update(p);
         }
-        mac.verify_slice(&got).map_err(|_| WireError::BadSignature)?;
+        mac.verify_slice(&got)
+            .map_err(|_| WireError::BadSignature)?;
         if self.seen.contains(&got) {
             return Err(WireError::Replayed);
         }
@@ -391,7 +392,12 @@ mod tests {
             WireMessage::split(vec![b"a".to_vec(), b"b".to_vec()], &l),
             Err(WireError::NoDelimiter(2))
         );
-        let f = vec![b"id".to_vec(), DELIM.to_vec(), b"sig".to_vec(), b"{}".to_vec()];
+        let f = vec![
+            b"id".to_vec(),
+            DELIM.to_vec(),
+            b"sig".to_vec(),
+            b"{}".to_vec(),
+        ];
         assert_eq!(WireMessage::split(f, &l), Err(WireError::Truncated(2)));
         // wrong delimiter spelling is not a delimiter
         let f = vec![b"<IDS|MSG".to_vec(), vec![], vec![], vec![], vec![], vec![]];
@@ -401,7 +407,14 @@ mod tests {
             max_total: 1000,
             max_frames: 10,
         };
-        let f = vec![DELIM.to_vec(), vec![], b"{\"a\":1}".to_vec(), vec![], vec![], vec![]];
+        let f = vec![
+            DELIM.to_vec(),
+            vec![],
+            b"{\"a\":1}".to_vec(),
+            vec![],
+            vec![],
+            vec![],
+        ];
         assert!(matches!(
             WireMessage::split(f, &small),
             Err(WireError::Oversized { what: "header", .. })
@@ -409,10 +422,16 @@ mod tests {
         let f = vec![vec![0u8; 2000], DELIM.to_vec()];
         assert!(matches!(
             WireMessage::split(f, &small),
-            Err(WireError::Oversized { what: "message", .. })
+            Err(WireError::Oversized {
+                what: "message",
+                ..
+            })
         ));
         let f = vec![vec![]; 11];
-        assert_eq!(WireMessage::split(f, &small), Err(WireError::TooManyFrames(11)));
+        assert_eq!(
+            WireMessage::split(f, &small),
+            Err(WireError::TooManyFrames(11))
+        );
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct Engine {
     pub id: u32,
     pub uuid: String,
     pub registered: bool,
+    /// A pending engine whose heart has answered (it waits only for lower ids, briefly).
+    pub heart_seen: bool,
     pub since: Instant,
 }
 
@@ -264,6 +266,7 @@ impl Hub {
                 self.ids.remove(&e.id);
             }
         }
+        self.finish_ready_registrations(now, &mut out);
         self.update_fast_ping(now);
         self.tick_tasks(now, &mut out);
         self.fail_stranded(now);
@@ -432,6 +435,7 @@ impl Hub {
                 id,
                 uuid: uuid.to_string(),
                 registered: false,
+                heart_seen: false,
                 since: now,
             },
         );
@@ -483,12 +487,35 @@ impl Hub {
             debug!("stale or bad heartbeat");
             return;
         }
-        let pending = self
+        if let Some(e) = self
             .engines
-            .get(uuid.as_slice())
-            .is_some_and(|e| !e.registered);
-        if pending {
-            self.finish_registration(uuid.clone(), now, out);
+            .get_mut(uuid.as_slice())
+            .filter(|e| !e.registered)
+        {
+            e.heart_seen = true;
+            self.finish_ready_registrations(now, out);
+        }
+    }
+
+    /// Register every pending engine whose heart has answered, in id order. An engine waits
+    /// (at most `min(period, 1 s)` after the lower id's registration request) for a lower id
+    /// still pending, so clients see ids appear in order: the Python client stops task
+    /// farming under the `pure` scheme when the ids it knows are not 0..n-1.
+    fn finish_ready_registrations(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let hold = self.cfg.hb_period.min(Duration::from_secs(1));
+        let mut pending: Vec<(u32, Vec<u8>, bool, Instant)> = self
+            .engines
+            .iter()
+            .filter(|(_, e)| !e.registered)
+            .map(|(u, e)| (e.id, u.clone(), e.heart_seen, e.since))
+            .collect();
+        pending.sort();
+        for (_, uuid, seen, since) in pending {
+            if seen {
+                self.finish_registration(uuid, now, out);
+            } else if now < since + hold {
+                break;
+            }
         }
     }
 
@@ -538,6 +565,7 @@ impl Hub {
                         id,
                         uuid: uuid.into(),
                         registered: true,
+                        heart_seen: true,
                         since: now,
                     },
                 );

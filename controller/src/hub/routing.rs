@@ -146,6 +146,8 @@ impl Hub {
     pub(super) fn tick_tasks(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let a = self.tasks.task.tick(now);
         self.apply_task_actions(a, out);
+        let b = self.tasks.bcast.tick(now);
+        self.apply_bcast_actions(b, out);
     }
 
     pub(super) fn tasks_engine_added(
@@ -157,6 +159,8 @@ impl Hub {
     ) {
         let a = self.tasks.task.add_engine(uuid, id, now);
         self.apply_task_actions(a, out);
+        let b = self.tasks.bcast.add_engine(uuid, id, now);
+        self.apply_bcast_actions(b, out);
     }
 
     pub(super) fn tasks_engine_removed(
@@ -167,6 +171,8 @@ impl Hub {
     ) {
         let a = self.tasks.task.remove_engine(uuid, now);
         self.apply_task_actions(a, out);
+        let b = self.tasks.bcast.remove_engine(uuid, now);
+        self.apply_bcast_actions(b, out);
     }
 
     fn apply_task_actions(&mut self, actions: Vec<rpar_sched::TaskAction>, out: &mut Vec<Effect>) {
@@ -226,18 +232,38 @@ impl Hub {
 
     pub(super) fn on_bcast_request(
         &mut self,
-        _msg: WireMessage,
-        _now: Instant,
-        _out: &mut [Effect],
+        msg: WireMessage,
+        now: Instant,
+        out: &mut Vec<Effect>,
     ) {
+        let actions = self.tasks.bcast.submit(msg, now);
+        self.apply_bcast_actions(actions, out);
     }
-    pub(super) fn on_bcast_reply(&mut self, _msg: WireMessage, _now: Instant, _out: &mut [Effect]) {
+
+    pub(super) fn on_bcast_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
+        let actions = self.tasks.bcast.on_engine_reply(msg, now);
+        self.apply_bcast_actions(actions, out);
+    }
+
+    fn apply_bcast_actions(
+        &mut self,
+        actions: Vec<rpar_sched::BroadcastAction>,
+        out: &mut Vec<Effect>,
+    ) {
+        use rpar_sched::BroadcastAction as B;
+        for a in actions {
+            match a {
+                B::ToEngine(frames) => out.push(Effect::Send(Sock::BcastEngine, frames)),
+                B::ToClient(frames) => out.push(Effect::Send(Sock::BcastClient, frames)),
+            }
+        }
     }
 }
 
 /// The two schedulers, built from the hub's configuration.
 pub struct TaskRouting {
     pub task: rpar_sched::TaskScheduler,
+    pub bcast: rpar_sched::BroadcastScheduler,
 }
 
 impl TaskRouting {
@@ -249,9 +275,17 @@ impl TaskRouting {
             engine_death_grace: cfg.engine_death_grace,
             ..Default::default()
         };
+        let bc = rpar_sched::BroadcastConfig {
+            engine_death_grace: Some(cfg.engine_death_grace),
+        };
         TaskRouting {
             task: rpar_sched::TaskScheduler::new(
                 tc,
+                rpar_core::MessageBuilder::new(),
+                rpar_core::Signer::new(key),
+            ),
+            bcast: rpar_sched::BroadcastScheduler::new(
+                bc,
                 rpar_core::MessageBuilder::new(),
                 rpar_core::Signer::new(key),
             ),
@@ -259,6 +293,9 @@ impl TaskRouting {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.task.next_deadline()
+        match (self.task.next_deadline(), self.bcast.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
