@@ -103,7 +103,7 @@ def test_seed_pbs_template_file_in_ipyparallel_syntax(tmp_path):
     (e.profile_dir / "pbs.engine.template").write_text(
         "#!/bin/sh\n#PBS -N ipython\n#PBS -j oe\n#PBS -V\n#PBS -l nodes=1:ppn={n}\n#PBS -q {queue}\n\n"
         "cd $PBS_O_WORKDIR\n"
-        f"mpiexec -n {{n}} {rpar_engine} --profile-dir={{profile_dir}}\n"
+        f"mpiexec -n {{n}} {rpar_engine} --profile_dir={{profile_dir}}\n"
     )
     (e.profile_dir / "ipcluster_config.py").write_text(
         "c = get_config()\n"
@@ -118,7 +118,7 @@ def test_seed_pbs_template_file_in_ipyparallel_syntax(tmp_path):
         (job,) = [h for h in handles(e.cluster_data()) if h["kind"] == "job"]
         text = open(job["script"]).read()
         assert "#PBS -l nodes=1:ppn=2\n#PBS -q debug\n" in text
-        assert f"--profile-dir={e.profile_dir}\n" in text
+        assert f"--profile_dir={e.profile_dir}\n" in text
         rc = e.client(n=2)
         assert rc[:].apply_sync(remote(lambda: 1 + 1)) == [2, 2]
         rc.close()

@@ -1,7 +1,8 @@
 //! Command line, configuration and the boot message rank 0 broadcasts to every rank.
 //!
 //! The flags are ipengine's (`--file`, `--profile`, `--profile-dir`, `--ipython-dir`,
-//! `--cluster-id`, `--timeout`, `--log-level`, `--mpi`) plus `--Class.trait=value`. Only rank 0
+//! `--cluster-id`, `--timeout`, `--log-level`, `--mpi`; each may be spelled with `_` as traitlets
+//! allows, e.g. `--profile_dir=...`) plus `--Class.trait=value`. Only rank 0
 //! reads files (profile config `ipengine_config.py`/`.json` via `rpar_core::config`, the
 //! connection file, waiting for it to appear as batch-started engines must); the other ranks get
 //! the result in one broadcast, so N ranks do not run N config interpreters nor poll the
@@ -78,8 +79,35 @@ pub struct Opts {
     pub nanny: bool,
 }
 
+/// `--foo_bar[=v]` → `--foo-bar[=v]` (traitlets accepts either spelling of a flag; the seed's
+/// manual writes `--profile_dir=...`). Only the flag name changes, never its value; positional
+/// arguments and `--Class.trait=value` settings (already split off) are left alone.
+fn normalize_flag(arg: String) -> String {
+    let Some(body) = arg.strip_prefix("--") else {
+        return arg;
+    };
+    let (name, val) = match body.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (body, None),
+    };
+    if !name.contains('_') || name.contains('.') {
+        return arg;
+    }
+    let name = name.replace('_', "-");
+    match val {
+        Some(v) => format!("--{name}={v}"),
+        None => format!("--{name}"),
+    }
+}
+
 pub fn parse(argv: &[String]) -> Result<Opts> {
     let (config_args, rest) = split_cli(argv.iter().cloned());
+    let mut rest = rest.into_iter();
+    let rest: Vec<String> = rest
+        .next()
+        .into_iter()
+        .chain(rest.map(normalize_flag))
+        .collect();
     let args = match Args::try_parse_from(rest) {
         Ok(a) => a,
         Err(e) => e.exit(),
@@ -421,6 +449,39 @@ mod tests {
             vec!["--IPEngine.startup_command=a=1".to_string()]
         );
         assert!(o.nanny);
+    }
+
+    #[test]
+    fn underscore_flag_spellings() {
+        let argv: Vec<String> = [
+            "rpar-engine",
+            "--profile_dir=/p/profile_ssh",
+            "--cluster_id",
+            "my_cluster",
+            "--log_level=DEBUG",
+            "--wait_for_url_file=3",
+            "--IPEngine.startup_command=a_b=1",
+            "--no_nanny",
+            "--python_venv",
+            "/v/my_env",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = parse(&argv).unwrap();
+        assert_eq!(o.args.profile_dir, Some(PathBuf::from("/p/profile_ssh")));
+        assert_eq!(o.args.cluster_id.as_deref(), Some("my_cluster"));
+        assert_eq!(o.args.log_level.as_deref(), Some("DEBUG"));
+        assert_eq!(o.args.wait_for_url_file, Some(3.0));
+        assert_eq!(o.args.python_venv, Some(PathBuf::from("/v/my_env")));
+        assert!(!o.nanny);
+        assert_eq!(
+            o.config_args,
+            vec!["--IPEngine.startup_command=a_b=1".to_string()]
+        );
+        assert_eq!(normalize_flag("--a_b=c_d".into()), "--a-b=c_d");
+        assert_eq!(normalize_flag("x_y".into()), "x_y");
+        assert_eq!(normalize_flag("--IPEngine.x_y".into()), "--IPEngine.x_y");
     }
 
     #[test]
