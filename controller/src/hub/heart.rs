@@ -52,6 +52,11 @@ impl Heart {
         }
     }
 
+    /// The token of the current beat.
+    pub fn token(&self) -> &[u8] {
+        &self.token
+    }
+
     /// Start watching a heart (a registered engine).
     pub fn track(&mut self, uuid: &[u8]) {
         self.misses.insert(uuid.to_vec(), 0);

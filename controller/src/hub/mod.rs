@@ -167,6 +167,11 @@ impl Hub {
         }
     }
 
+    /// The current heartbeat token (what an engine's heart echoes).
+    pub fn heart_token(&self) -> Vec<u8> {
+        self.heart.token().to_vec()
+    }
+
     pub fn session(&self) -> &str {
         self.builder.session()
     }
