@@ -6,6 +6,7 @@ shutdown, a killed rank, a GIL-holding task, signal_request."""
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,11 +115,15 @@ def test_ranks_register_and_compute(flavour, controller, job_factory):
 
 def test_mpi4py_allreduce(flavour, controller, job_factory):
     if flavour == "mpich":
-        mpi4py_lib = os.popen(
-            "ldd $(python -c 'import mpi4py.MPI as m; print(m.__file__)') 2>/dev/null"
-        ).read()
-        if "libmpi.so.40" in mpi4py_lib:
-            pytest.skip("the installed mpi4py is built against OpenMPI only (libmpi.so.40)")
+        # mpi4py >= 4.1 wheels pick their MPICH-ABI module when MPICH is loaded (EngineJob puts
+        # libmpi.so.12 on the loader path); an older mpi4py built from source links one MPI only
+        import mpi4py
+
+        pkg = Path(mpi4py.__file__).parent
+        if not list(pkg.glob("MPI.mpich.*.so")) and "libmpi.so.12" not in os.popen(
+            f"ldd {pkg}/MPI.*.so 2>/dev/null"
+        ).read():
+            pytest.skip(f"mpi4py {mpi4py.__version__} has no MPICH build (needs >= 4.1 wheels)")
     job = job_factory(flavour, controller)
     rc = connect(controller, job)
     try:

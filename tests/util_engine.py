@@ -82,6 +82,38 @@ def rank_of(pid):
     return None
 
 
+def _ldd(binary):
+    try:
+        return subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+
+
+def mpich_abi_dir(binary, where):
+    """A directory to put on LD_LIBRARY_PATH so that `libmpi.so.12` resolves to the MPICH library
+    `binary` runs with, or None when the loader already finds it.
+
+    mpi4py >= 4.1 wheels carry an MPICH-ABI module that needs `libmpi.so.12` (MPICH's upstream
+    soname); Debian 12's libmpich12 ships only `libmpich.so.12` (newer Debian adds the
+    `libmpi.so.12` link). The link makes the loader map the library rpar-engine already has, so
+    mpi4py and the relay share one MPI."""
+    if "libmpi.so.12 " in subprocess.run(
+        ["/sbin/ldconfig", "-p"], capture_output=True, text=True
+    ).stdout:
+        return None
+    for line in _ldd(binary).splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        if name.startswith("libmpich.so.12") and rest:
+            target = rest.split(" (")[0].strip()
+            d = Path(where) / "mpich-abi"
+            d.mkdir(parents=True, exist_ok=True)
+            link = d / "libmpi.so.12"
+            if not link.is_symlink():
+                link.symlink_to(target)
+            return d
+    return None
+
+
 class EngineJob:
     """`mpiexec -n N rpar-engine --profile-dir=...` in its own session."""
 
@@ -95,6 +127,12 @@ class EngineJob:
         e["PYTHONPATH"] = str(Path(__file__).resolve().parent) + (
             os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else ""
         )
+        if flavour == "mpich":
+            abi = mpich_abi_dir(binary, Path(profile_dir).parent)
+            if abi is not None:
+                e["LD_LIBRARY_PATH"] = str(abi) + (
+                    os.pathsep + e["LD_LIBRARY_PATH"] if e.get("LD_LIBRARY_PATH") else ""
+                )
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT, env=e, start_new_session=True

@@ -14,6 +14,15 @@
 //! 6. each rank creates its shell/namespace and runs the startup script; barrier;
 //! 7. rank 0 opens the engine sockets (hearts start beating); runtime thread per rank; the
 //!    main thread serves Python requests until the job exits; `MPI_Finalize` on a clean exit.
+//!
+//! mpi4py in engine code uses the MPI this process already initialized (mpi4py.rc.initialize is
+//! irrelevant: `MPI_Initialized` is true). mpi4py >= 4.1 wheels choose their module by the MPI
+//! loaded in the process (OpenMPI: `libmpi.so.40`; MPICH ABI: `libmpi.so.12`). Debian 12's MPICH
+//! names its library `libmpich.so.12` only, so for the MPICH build put a directory holding a link
+//! `libmpi.so.12 -> /usr/lib/x86_64-linux-gnu/libmpich.so.12` on `LD_LIBRARY_PATH` (mpiexec.mpich
+//! passes it on; the loader then maps the same library, not a second MPI), as
+//! `tests/util_engine.py::mpich_abi_dir` does. Without it `from mpi4py import MPI` raises
+//! `ImportError: libmpi.so.12: cannot open shared object file`.
 
 mod broker;
 mod capture;
