@@ -96,6 +96,8 @@ impl MessageBuilder {
     }
 
     /// Build and sign a message. `parent` is the raw parent header (`b"{}"` for none).
+    /// The arguments are exactly the parts of a message (as jupyter_client's `Session.send`).
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         &self,
         signer: &Signer,
