@@ -36,8 +36,8 @@ def controller(request, make_controller):
 def job_factory():
     made = []
 
-    def make(flavour, controller, n=N, args=()):
-        j = EngineJob(flavour, n, controller.profile_dir, args)
+    def make(flavour, controller, n=N, args=(), env=None):
+        j = EngineJob(flavour, n, controller.profile_dir, args, env=env)
         made.append(j)
         return j
 
@@ -109,6 +109,26 @@ def test_ranks_register_and_compute(flavour, controller, job_factory):
         # magics work (IPython shell)
         ar = rc[0].execute("%time z = 5", block=True)
         assert rc[0]["z"] == 5
+    finally:
+        rc.close()
+
+
+@pytest.mark.parametrize("doorbell", ["1", "0"])
+def test_large_messages_with_and_without_doorbells(controller, job_factory, doorbell):
+    """Relay traffic wakes ranks through their doorbells; with RPAR_ENGINE_DOORBELL=0 (as for
+    ranks on another host) it is probed on a timer. Both must carry multi-megabyte messages (MPI
+    rendezvous: the sender's loop has to keep progressing the send) both ways."""
+    job = job_factory("openmpi", controller, env={"RPAR_ENGINE_DOORBELL": doorbell})
+    rc = connect(controller, job)
+    try:
+        dv = rc[:]
+        blob = bytes(range(256)) * (32 * 1024)  # 8 MiB
+        dv.push({"blob": blob}, block=True)
+        assert dv.apply_sync(lambda: len(blob)) == [len(blob)] * N
+        back = dv.apply_sync(lambda: blob[::-1])
+        assert back == [blob[::-1]] * N
+        # many small round trips in a row
+        assert dv.map_sync(lambda x: x + 1, range(64)) == list(range(1, 65))
     finally:
         rc.close()
 

@@ -5,7 +5,11 @@
 //! sending large messages to each other cannot deadlock in rendezvous); completed sends are
 //! reaped on every poll. Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in
 //! MPI and can also watch ZeroMQ sockets, the outbox and signals.
+//!
+//! With a [`Doorbell`] every send also rings the receiver, and the link counts rings against
+//! received messages, so the runtime loop knows when it may sleep until the next ring.
 
+use crate::doorbell::Doorbell;
 use crate::relay::{Rank, TAG};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::request::{Request, StaticScope};
@@ -22,7 +26,16 @@ struct Pending {
 pub struct Link {
     comm: SimpleCommunicator,
     pending: Vec<Pending>,
+    bell: Option<Doorbell>,
+    /// Every peer this rank hears from rings its doorbell.
+    rung_by_all: bool,
+    /// Rings not yet matched by a received message.
+    owed: u64,
+    last_ring: Instant,
 }
+
+/// How long a ring whose message has not shown up keeps the loop probing MPI.
+const RING_GRACE: Duration = Duration::from_millis(200);
 
 // SAFETY: the communicator handle and in-flight buffers are used by exactly one thread at a time
 // (moved once from the main thread into the runtime thread). MPI is initialized with
@@ -34,7 +47,49 @@ impl Link {
         Link {
             comm,
             pending: Vec::new(),
+            bell: None,
+            rung_by_all: false,
+            owed: 0,
+            last_ring: Instant::now(),
         }
+    }
+
+    /// Use `bell` (bound, peers probed): `rung_by_all` says whether every peer this rank
+    /// receives from can ring it.
+    pub fn with_doorbell(mut self, bell: Doorbell, rung_by_all: bool) -> Link {
+        self.bell = Some(bell);
+        self.rung_by_all = rung_by_all;
+        self
+    }
+
+    /// The doorbell's descriptor, to poll on.
+    pub fn bell_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.bell.as_ref().map(Doorbell::fd)
+    }
+
+    /// Take the rings off the doorbell (call when its descriptor is readable).
+    pub fn on_bell(&mut self) {
+        if let Some(b) = &self.bell {
+            let n = b.drain();
+            if n > 0 {
+                self.owed += n;
+                self.last_ring = Instant::now();
+            }
+        }
+    }
+
+    /// May the loop sleep until a descriptor is readable? False while sends are in flight (MPI
+    /// only progresses them when called), while a ring's message is still on its way, or when
+    /// some peer cannot ring this rank.
+    pub fn can_sleep(&self) -> bool {
+        self.rung_by_all
+            && self.pending.is_empty()
+            && (self.owed == 0 || self.last_ring.elapsed() > RING_GRACE)
+    }
+
+    /// Whether every peer can ring this rank (else the loop must probe MPI on a timer).
+    pub fn rung_by_all(&self) -> bool {
+        self.rung_by_all
     }
 
     pub fn rank(&self) -> Rank {
@@ -58,6 +113,9 @@ impl Link {
             .process_at_rank(to.0 as i32)
             .immediate_send_with_tag(StaticScope, &*buf, TAG);
         self.pending.push(Pending { req, buf: ptr });
+        if let Some(b) = &self.bell {
+            b.ring(to);
+        }
         self.reap();
     }
 
@@ -83,6 +141,7 @@ impl Link {
             .any_process()
             .immediate_matched_probe_with_tag(TAG)?;
         let (data, status) = matched.matched_receive_vec::<u8>();
+        self.owed = self.owed.saturating_sub(1);
         Some((Rank(status.source_rank() as u32), data))
     }
 

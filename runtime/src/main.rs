@@ -27,6 +27,7 @@
 mod broker;
 mod capture;
 mod cli;
+mod doorbell;
 mod kernel;
 mod link;
 mod nanny;
@@ -214,10 +215,38 @@ fn run() -> Result<i32> {
         queue.clone(),
         py_short.clone(),
     );
+    // doorbells: bind, wait for every rank, then find out which peers can be rung
+    let bell = if std::env::var("RPAR_ENGINE_DOORBELL").as_deref() == Ok("0") {
+        None
+    } else {
+        let job = boot.uuids.first().cloned().unwrap_or_default();
+        match doorbell::Doorbell::bind(&job, Rank(rank), size) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                warn!("no doorbell ({e}): MPI traffic is probed on a timer");
+                None
+            }
+        }
+    };
     relay_comm.barrier();
+    let mut link = link::Link::new(relay_comm);
+    if let Some(mut b) = bell {
+        let peers: Vec<Rank> = if rank == 0 {
+            (1..size).map(Rank).collect()
+        } else {
+            vec![Rank(0)]
+        };
+        let reached = b.probe(peers.iter().copied());
+        if reached < peers.len() {
+            info!(
+                "doorbells reach {reached} of {} peer rank(s); the others are probed on a timer",
+                peers.len()
+            );
+        }
+        link = link.with_doorbell(b, reached == peers.len());
+    }
 
     // 7. runtime thread
-    let link = link::Link::new(relay_comm);
     let rt_span = span.clone();
     let handle = if rank == 0 {
         let (ctx, reg_socks) = ctx_socks.context("rank 0 has no registration sockets")?;

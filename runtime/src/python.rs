@@ -235,6 +235,18 @@ impl Executor {
 
     /// Run jobs until told to stop.
     pub fn serve(&self, queue: &JobQueue) {
+        // The engine is registered and its heart beats (runtime thread): load the serializer now
+        // so the first task does not pay for the import.
+        Python::with_gil(|py| {
+            if let Err(e) = self
+                .support
+                .bind(py)
+                .getattr("warm")
+                .and_then(|f| f.call0())
+            {
+                debug!("warm-up: {e}");
+            }
+        });
         loop {
             match queue.pop() {
                 Job::Stop => return,

@@ -6,8 +6,12 @@
 //! * Rank r ≥ 1 touches no network: it probes MPI for packets from rank 0, runs its core, and
 //!   sends its outbox to rank 0.
 //!
-//! MPI is probed, not waited on (a blocking MPI receive spins a core in most MPI libraries):
-//! after activity the loop polls again at once, then backs off to a 2 ms nap.
+//! MPI is probed, not waited on (a blocking MPI receive spins a core in OpenMPI and MPICH). Each
+//! MPI send rings the receiver's [doorbell](crate::doorbell), so a rank whose peers can all ring
+//! it sleeps in `poll` until a descriptor is readable (ZeroMQ, outbox, doorbell) or [`IDLE_MS`]
+//! passes, and probes MPI only on a ring, or every millisecond while its own sends are in flight
+//! or a ring's message has not shown up yet. Ranks on other hosts (no doorbell) fall back to
+//! probing on a timer: at once after activity, then 1, 2 and finally 10 ms naps.
 //! SIGTERM (mpiexec tearing the job down) makes rank 0 unregister every engine before exiting.
 
 use crate::broker::{Broker, JobEvent, Route, Socket};
@@ -61,6 +65,23 @@ fn nap(idle: u32, since_active: Duration) -> i64 {
         2
     } else {
         10
+    }
+}
+
+/// The longest sleep of a runtime loop that is woken by descriptors (signals, heartbeat timeouts
+/// and exit checks run at least this often).
+pub const IDLE_MS: i64 = 200;
+
+/// The poll timeout for a loop over `link`.
+fn timeout_ms(link: &Link, idle: u32, since_active: Duration) -> i64 {
+    if idle == 0 {
+        0
+    } else if link.can_sleep() {
+        IDLE_MS
+    } else if link.rung_by_all() {
+        1
+    } else {
+        nap(idle, since_active)
     }
 }
 
@@ -139,6 +160,7 @@ impl Rank0 {
         let mut idle = 0u32;
         let mut last_active = Instant::now();
         let bell = self.outbox.bell.as_raw_fd();
+        let door = self.link.bell_fd();
         let miss_limit =
             (self.hb_period + Duration::from_millis(500)) * self.max_heartbeat_misses.max(1);
         loop {
@@ -160,10 +182,13 @@ impl Rank0 {
                 );
                 items.push(self.sockets.hb_sub.as_poll_item(zmq::POLLIN));
                 items.push(zmq::PollItem::from_fd(bell, zmq::POLLIN));
+                if let Some(fd) = door {
+                    items.push(zmq::PollItem::from_fd(fd, zmq::POLLIN));
+                }
                 let timeout = if size == 1 {
-                    100
+                    IDLE_MS
                 } else {
-                    nap(idle, last_active.elapsed())
+                    timeout_ms(&self.link, idle, last_active.elapsed())
                 };
                 if let Err(e) = zmq::poll(&mut items, timeout) {
                     if e != zmq::Error::EINTR {
@@ -208,6 +233,9 @@ impl Rank0 {
             }
             if readable[2 * n + 1] {
                 self.outbox.drain_bell();
+            }
+            if readable.get(2 * n + 2).copied().unwrap_or(false) {
+                self.link.on_bell();
             }
             let (any, e) = self.pump_outbox(&mut broker);
             active |= any;
@@ -314,17 +342,25 @@ impl RankN {
     pub fn run(mut self) -> (i32, Link) {
         let me = self.link.rank();
         let bell = self.outbox.bell.as_raw_fd();
+        // without a doorbell, poll the outbox bell twice (-1 entries are ignored by poll)
+        let door = self.link.bell_fd().unwrap_or(-1);
         let mut idle = 0u32;
         let mut last_active = Instant::now();
         loop {
-            let mut pfd = libc::pollfd {
-                fd: bell,
+            let mut pfds = [bell, door].map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, nap(idle, last_active.elapsed()) as i32) };
-            self.outbox.drain_bell();
+            });
+            let timeout = timeout_ms(&self.link, idle, last_active.elapsed());
+            // SAFETY: a valid array of two pollfds.
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout as i32) };
+            if pfds[0].revents != 0 {
+                self.outbox.drain_bell();
+            }
+            if pfds[1].revents != 0 {
+                self.link.on_bell();
+            }
             let mut active = self.pump();
             while let Some((src, buf)) = self.link.try_recv() {
                 active = true;

@@ -243,6 +243,15 @@ def execute(code, silent, store_history, user_expressions_json):
     return _json(content)
 
 
+def warm():
+    """Import what apply requests need (ipyparallel's serialization, ~0.1 s of CPU) once the
+    engine is up, instead of inside the first task. A missing ipyparallel is reported by apply."""
+    try:
+        import ipyparallel.serialize  # noqa: F401
+    except Exception:
+        pass
+
+
 def apply(bufs):
     """apply_request: f(*args, **kwargs) with ipyparallel's own serialization."""
     from ipyparallel.serialize import serialize_object, unpack_apply_message
