@@ -8,6 +8,7 @@ use crate::settings::Settings;
 use anyhow::{bail, Context, Result};
 use rpar_core::connection::{self, ClientInfo, EngineInfo};
 use rpar_core::profile::ProfileDir;
+use rpar_core::wire::Frames;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -435,21 +436,117 @@ pub fn run(
     result
 }
 
+/// Most messages taken from one socket before the others get a turn.
+const BATCH: usize = 256;
+
+/// The sockets the loop reads, with their ZeroMQ notification descriptors.
+///
+/// `zmq_poll` asks every socket for `ZMQ_EVENTS` (a system call each) on every pass, twice per
+/// wake-up; with a dozen sockets that was most of the loop's cost. Instead the loop polls the
+/// sockets' `ZMQ_FD` descriptors itself and asks `ZMQ_EVENTS` only of sockets whose descriptor
+/// fired or that the loop used since it last asked (a send or receive may consume the
+/// edge-triggered notification while leaving messages queued, so a used socket must be asked).
+struct Readers<'a> {
+    socks: Vec<(Sock, &'a zmq::Socket)>,
+    fds: Vec<libc::pollfd>,
+    /// Sockets to ask for `ZMQ_EVENTS` before the next blocking poll.
+    touched: Vec<bool>,
+    /// Sockets known to have input.
+    ready: Vec<bool>,
+}
+
+impl<'a> Readers<'a> {
+    fn new(socks: Vec<(Sock, &'a zmq::Socket)>) -> Result<Readers<'a>> {
+        let mut fds = Vec::with_capacity(socks.len());
+        for (k, s) in &socks {
+            let fd = s
+                .get_fd()
+                .with_context(|| format!("ZMQ_FD of the {k:?} socket"))?;
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let n = socks.len();
+        Ok(Readers {
+            socks,
+            fds,
+            touched: vec![true; n],
+            ready: vec![false; n],
+        })
+    }
+
+    /// A socket of this role was used (a send on it may have consumed its notification).
+    fn touch(&mut self, kind: Sock) {
+        for (i, (k, _)) in self.socks.iter().enumerate() {
+            if *k == kind {
+                self.touched[i] = true;
+            }
+        }
+    }
+
+    /// Ask the touched sockets whether they have input; true if any has.
+    fn check_touched(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.socks.len() {
+            if std::mem::take(&mut self.touched[i]) {
+                self.ready[i] |= self.socks[i]
+                    .1
+                    .get_events()
+                    .map(|e| e.contains(zmq::POLLIN))
+                    .unwrap_or(true);
+            }
+            any |= self.ready[i];
+        }
+        any
+    }
+
+    /// Block until a descriptor fires or `timeout_ms` passes; the sockets whose descriptor
+    /// fired become touched. Ok(false) on EINTR.
+    fn wait(&mut self, timeout_ms: i32) -> Result<bool> {
+        // SAFETY: `fds` is a live, correctly sized array of pollfd for the duration of the call.
+        let rc = unsafe {
+            libc::poll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            bail!("poll failed: {err}");
+        }
+        for (i, p) in self.fds.iter_mut().enumerate() {
+            if p.revents != 0 {
+                self.touched[i] = true;
+                p.revents = 0;
+            }
+        }
+        Ok(true)
+    }
+}
+
 fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
     // Sockets to poll, with the hub role each reads as.
-    let mut readers: Vec<(Sock, &zmq::Socket)> = socks
+    let mut list: Vec<(Sock, &zmq::Socket)> = socks
         .list
         .iter()
         .filter(|(k, _)| !matches!(k, Sock::HbPing | Sock::IopubClient | Sock::Notification))
         .map(|(k, s)| (*k, s))
         .collect();
     if let Some(r2) = &socks.extra_registration {
-        readers.push((Sock::Registration, r2));
+        list.push((Sock::Registration, r2));
     }
+    let mut readers = Readers::new(list)?;
+    let mut part = zmq::Message::new();
     let mut effects = hub.tick(Instant::now());
     loop {
         for e in effects.drain(..) {
-            run_effect(e, socks, files);
+            run_effect(e, socks, files, &mut readers);
         }
         if STOP.load(Ordering::SeqCst) {
             info!("signal received: stopping");
@@ -460,32 +557,34 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
             info!("hub shut down by request");
             return Ok(());
         }
-        let wait = hub.next_deadline().saturating_duration_since(now);
-        let timeout = wait.as_millis().min(1000) as i64;
-        let mut items: Vec<zmq::PollItem> = readers
-            .iter()
-            .map(|(_, s)| s.as_poll_item(zmq::POLLIN))
-            .collect();
-        match zmq::poll(&mut items, timeout) {
-            Ok(_) => {}
-            Err(zmq::Error::EINTR) => continue,
-            Err(e) => bail!("poll failed: {e}"),
-        }
-        let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
-        drop(items);
-        for (i, r) in ready.into_iter().enumerate() {
-            if !r {
+        if !readers.check_touched() {
+            let wait = hub.next_deadline().saturating_duration_since(now);
+            // round up, so a deadline less than 1 ms away is not a busy loop
+            let timeout = (wait.as_micros().div_ceil(1000)).min(1000) as i32;
+            if !readers.wait(timeout)? {
                 continue;
             }
-            let (kind, sock) = readers[i];
-            // drain a bounded batch so no socket starves the others
-            for _ in 0..256 {
-                match sock.recv_multipart(zmq::DONTWAIT) {
+            readers.check_touched();
+        }
+        for i in 0..readers.socks.len() {
+            if !std::mem::take(&mut readers.ready[i]) {
+                continue;
+            }
+            let (kind, sock) = readers.socks[i];
+            // Drain a bounded batch so no socket starves the others. A receive that ends in
+            // EAGAIN leaves the socket consistent (its notification descriptor fires for the
+            // next message); anything else must be asked again.
+            readers.touched[i] = true;
+            for _ in 0..BATCH {
+                match recv_frames(sock, &mut part) {
                     Ok(frames) => {
                         let now = Instant::now();
-                        effects.extend(hub.on_message(kind, frames, now));
+                        hub.on_message_into(kind, frames, now, &mut effects);
                     }
-                    Err(zmq::Error::EAGAIN) => break,
+                    Err(zmq::Error::EAGAIN) => {
+                        readers.touched[i] = false;
+                        break;
+                    }
                     Err(zmq::Error::EINTR) => break,
                     Err(e) => {
                         warn!(?kind, error = %e, "receive failed");
@@ -495,7 +594,7 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
             }
             if effects.len() > 4096 {
                 for e in effects.drain(..) {
-                    run_effect(e, socks, files);
+                    run_effect(e, socks, files, &mut readers);
                 }
             }
         }
@@ -506,10 +605,47 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
     }
 }
 
-fn run_effect(e: Effect, socks: &Sockets, files: &Files) {
+/// One multipart message, without waiting: like `recv_multipart`, but with one reusable
+/// `zmq_msg_t` and `zmq_msg_more` instead of a `ZMQ_RCVMORE` query per frame.
+fn recv_frames(sock: &zmq::Socket, part: &mut zmq::Message) -> zmq::Result<Frames> {
+    let mut frames = Vec::with_capacity(8);
+    loop {
+        sock.recv(part, zmq::DONTWAIT)?;
+        frames.push(part.to_vec());
+        if !part.get_more() {
+            return Ok(frames);
+        }
+    }
+}
+
+/// Frames up to this size are copied into the ZeroMQ message (no allocation for the smallest,
+/// one copy of a few bytes) rather than handed over, which costs a reference-count block.
+const COPY_BELOW: usize = 256;
+
+/// Send a multipart message without waiting; frames are moved into ZeroMQ where that is
+/// cheaper than copying.
+fn send_frames(sock: &zmq::Socket, frames: Frames) -> zmq::Result<()> {
+    let last = frames.len().saturating_sub(1);
+    for (i, f) in frames.into_iter().enumerate() {
+        let flags = if i < last {
+            zmq::DONTWAIT | zmq::SNDMORE
+        } else {
+            zmq::DONTWAIT
+        };
+        if f.len() < COPY_BELOW {
+            sock.send(&f[..], flags)?;
+        } else {
+            sock.send(f, flags)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_effect(e: Effect, socks: &Sockets, files: &Files, readers: &mut Readers) {
     match e {
         Effect::Send(kind, frames) => {
             let Some(s) = socks.get(kind) else { return };
+            readers.touch(kind);
             let res = if kind == Sock::Registration && socks.extra_registration.is_some() {
                 // the peer is on one of the two registration sockets; ROUTERs drop what they
                 // cannot route, so sending on both reaches it exactly once
@@ -517,12 +653,13 @@ fn run_effect(e: Effect, socks: &Sockets, files: &Files) {
                     .extra_registration
                     .as_ref()
                     .map(|r| r.send_multipart(frames.iter(), zmq::DONTWAIT));
+                // (the copy above is for this rare case only)
                 if let Some(Err(err)) = r2 {
                     warn!(error = %err, "send failed");
                 }
-                s.send_multipart(frames, zmq::DONTWAIT)
+                send_frames(s, frames)
             } else {
-                s.send_multipart(frames, zmq::DONTWAIT)
+                send_frames(s, frames)
             };
             if let Err(err) = res {
                 if err != zmq::Error::EHOSTUNREACH {

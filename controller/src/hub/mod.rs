@@ -221,27 +221,38 @@ impl Hub {
     /// Handle one message that arrived on `sock`.
     pub fn on_message(&mut self, sock: Sock, frames: Frames, now: Instant) -> Vec<Effect> {
         let mut out = Vec::new();
+        self.on_message_into(sock, frames, now, &mut out);
+        out
+    }
+
+    /// [`Hub::on_message`], appending the effects to `out` (the server's loop reuses one vector).
+    pub fn on_message_into(
+        &mut self,
+        sock: Sock,
+        frames: Frames,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
         if sock == Sock::HbPong {
-            self.on_pong(frames, now, &mut out);
-            return out;
+            self.on_pong(frames, now, out);
+            return;
         }
         let Some(msg) = self.accept(sock, frames) else {
-            return out;
+            return;
         };
         match sock {
-            Sock::Registration => self.on_registration_socket(msg, now, &mut out),
-            Sock::MuxClient => self.on_mux_request(msg, &mut out),
-            Sock::MuxEngine => self.on_mux_reply(msg, &mut out),
-            Sock::ControlClient => Self::swap_relay(msg, Sock::ControlEngine, &mut out),
-            Sock::ControlEngine => Self::swap_relay(msg, Sock::ControlClient, &mut out),
-            Sock::TaskClient => self.on_task_request(msg, now, &mut out),
-            Sock::TaskEngine => self.on_task_reply(msg, now, &mut out),
-            Sock::BcastClient => self.on_bcast_request(msg, now, &mut out),
-            Sock::BcastEngine => self.on_bcast_reply(msg, now, &mut out),
-            Sock::IopubEngine => self.on_iopub(msg, now, &mut out),
+            Sock::Registration => self.on_registration_socket(msg, now, out),
+            Sock::MuxClient => self.on_mux_request(msg, out),
+            Sock::MuxEngine => self.on_mux_reply(msg, out),
+            Sock::ControlClient => Self::swap_relay(msg, Sock::ControlEngine, out),
+            Sock::ControlEngine => Self::swap_relay(msg, Sock::ControlClient, out),
+            Sock::TaskClient => self.on_task_request(msg, now, out),
+            Sock::TaskEngine => self.on_task_reply(msg, now, out),
+            Sock::BcastClient => self.on_bcast_request(msg, now, out),
+            Sock::BcastEngine => self.on_bcast_reply(msg, now, out),
+            Sock::IopubEngine => self.on_iopub(msg, now, out),
             Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong => {}
         }
-        out
     }
 
     /// Clock events: heartbeats, registration stalls, scheduler timers, stranded requests.
