@@ -41,6 +41,40 @@ impl Header {
     }
 }
 
+/// `msg_id` of a raw header (or parent header) frame: a non-empty string, or `None` (no such
+/// field, not a string, empty, or the frame is not a JSON object).
+///
+/// Cheaper than parsing the whole frame: other fields are skipped, not built.
+pub fn msg_id_of(raw: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Only<'a> {
+        #[serde(borrow, default)]
+        msg_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let id = match serde_json::from_slice::<Only>(raw) {
+        Ok(o) => o.msg_id.map(|c| c.into_owned()),
+        // a non-string msg_id, a duplicate key, not an object: let the general parser decide
+        Err(_) => match serde_json::from_slice::<Value>(raw).ok()?.get("msg_id")? {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        },
+    }?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// Parse a JSON frame into `T` (a struct listing the few fields a caller reads), skipping the
+/// rest of the frame without building it. `None` when `T` does not fit; callers then fall back
+/// to a full [`Value`] parse so that odd frames (duplicate keys, wrong types) behave as before.
+pub fn parse_fields<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Option<T> {
+    serde_json::from_slice(raw).ok()
+}
+
+/// Deserialize a field as `Some(value)`, keeping an explicit JSON `null` as `Some(Value::Null)`
+/// (serde's default maps `null` to `None`). For `#[serde(default, deserialize_with = ...)]`.
+pub fn keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 /// Builds signed messages on behalf of one session.
 #[derive(Debug)]
 pub struct MessageBuilder {
@@ -158,6 +192,24 @@ mod tests {
         assert!(h.date.ends_with('Z'));
         signer.verify(&m).unwrap();
         assert_ne!(b.next_msg_id(), b.next_msg_id());
+    }
+
+    #[test]
+    fn msg_id_of_reads_only_a_string_id() {
+        assert_eq!(
+            msg_id_of(br#"{"a":{"b":[1,2]},"msg_id":"x1","c":null}"#).as_deref(),
+            Some("x1")
+        );
+        assert_eq!(msg_id_of(br#"{"msg_id":"a\u0041"}"#).as_deref(), Some("aA"));
+        assert_eq!(msg_id_of(br#"{"msg_id":""}"#), None);
+        assert_eq!(msg_id_of(br#"{"msg_id":3}"#), None);
+        assert_eq!(
+            msg_id_of(br#"{"msg_id":"a","msg_id":"b"}"#).as_deref(),
+            Some("b")
+        );
+        assert_eq!(msg_id_of(b"[]"), None);
+        assert_eq!(msg_id_of(b"{nope"), None);
+        assert_eq!(msg_id_of(b""), None);
     }
 
     #[test]

@@ -421,18 +421,27 @@ impl TaskScheduler {
 
     /// Read targets/after/follow/timeout/retries; validate dependencies against known ids.
     fn read_metadata(&self, seq: TaskSeq, job: &mut Job) -> Result<(), SchedFailure> {
-        let md = WireMessage::parse_part("metadata", &job.request.metadata).map_err(|e| {
-            SchedFailure::BadMetadata(MetadataError::Invalid {
-                key: "metadata",
-                why: e.to_string(),
-            })
-        })?;
-        let Value::Object(md) = md else {
-            return Err(SchedFailure::BadMetadata(MetadataError::WrongType {
-                key: "metadata",
-                expected: "a dict",
-                got: crate::deps::type_name(&md),
-            }));
+        // Only five keys matter here; the client's metadata carries more. Read just those,
+        // and fall back to the general parse for anything odd (so errors read as before).
+        let md = match rpar_core::msg::parse_fields::<TaskMetadata>(&job.request.metadata) {
+            Some(m) if !job.request.metadata.is_empty() => m.into_map(),
+            _ => {
+                let md =
+                    WireMessage::parse_part("metadata", &job.request.metadata).map_err(|e| {
+                        SchedFailure::BadMetadata(MetadataError::Invalid {
+                            key: "metadata",
+                            why: e.to_string(),
+                        })
+                    })?;
+                let Value::Object(md) = md else {
+                    return Err(SchedFailure::BadMetadata(MetadataError::WrongType {
+                        key: "metadata",
+                        expected: "a dict",
+                        got: crate::deps::type_name(&md),
+                    }));
+                };
+                md
+            }
         };
         let bad = SchedFailure::BadMetadata;
         // targets
@@ -572,12 +581,22 @@ impl TaskScheduler {
             warn!("task reply without a readable parent_header.msg_id; dropped");
             return;
         };
-        let md = WireMessage::parse_part("metadata", &msg.metadata).unwrap_or(Value::Null);
+        let md = match rpar_core::msg::parse_fields::<ReplyMetadata>(&msg.metadata) {
+            Some(m) => m,
+            None => {
+                let v = WireMessage::parse_part("metadata", &msg.metadata).unwrap_or(Value::Null);
+                ReplyMetadata {
+                    dependencies_met: v.get("dependencies_met").cloned(),
+                    status: v.get("status").cloned(),
+                }
+            }
+        };
         let deps_met = md
-            .get("dependencies_met")
+            .dependencies_met
+            .as_ref()
             .and_then(Value::as_bool)
             .unwrap_or(true);
-        let status = match md.get("status").and_then(Value::as_str) {
+        let status = match md.status.as_ref().and_then(Value::as_str) {
             Some(s) => s.to_string(),
             None => {
                 // Python drops such a reply (KeyError); delivering it is kinder to the client.
@@ -1096,11 +1115,49 @@ impl TaskScheduler {
     }
 }
 
+/// The request metadata keys the scheduler reads (`null` kept as `Some(Null)`).
+#[derive(serde::Deserialize)]
+struct TaskMetadata {
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    targets: Option<Value>,
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    retries: Option<Value>,
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    timeout: Option<Value>,
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    after: Option<Value>,
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    follow: Option<Value>,
+}
+
+impl TaskMetadata {
+    fn into_map(self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [
+            ("targets", self.targets),
+            ("retries", self.retries),
+            ("timeout", self.timeout),
+            ("after", self.after),
+            ("follow", self.follow),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        }
+        m
+    }
+}
+
+/// The reply metadata keys the scheduler reads.
+#[derive(serde::Deserialize)]
+struct ReplyMetadata {
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    dependencies_met: Option<Value>,
+    #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+    status: Option<Value>,
+}
+
 /// `msg_id` of a raw header (or parent header) frame.
 fn header_msg_id(raw: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(raw).ok()?;
-    match v.get("msg_id")? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    }
+    rpar_core::msg::msg_id_of(raw)
 }

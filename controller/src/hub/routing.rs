@@ -3,10 +3,9 @@
 //! task database need. The schedulers' decisions live in crate `rpar-sched`; this module only
 //! moves their actions onto sockets and into records.
 
+use super::records::RequestHeader;
 use super::{Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::WireMessage;
-use rpar_core::Header;
-use serde_json::Value;
 use std::time::Instant;
 use tracing::{debug, warn};
 
@@ -26,18 +25,16 @@ impl Hub {
             debug!("direct request without a target engine dropped");
             return;
         }
-        let client_ident = msg.idents[0].clone();
-        let target = msg.idents[1].clone();
-        let _ = client_ident;
-        match (Header::parse(&msg.header), self.engine_id_of(&target)) {
+        let target = &msg.idents[1];
+        match (RequestHeader::parse(&msg.header), self.engine_id_of(target)) {
             (Ok(h), Some(eid)) => {
-                let engine_uuid = String::from_utf8_lossy(&target).into_owned();
+                let engine_uuid = String::from_utf8_lossy(target).into_owned();
                 self.mux_pending
                     .entry(eid)
                     .or_default()
                     .insert(h.msg_id.clone());
                 self.pending.insert(h.msg_id.clone());
-                self.records.request(&h, &msg, "mux", Some(&engine_uuid));
+                self.records.request(h, &msg, "mux", Some(&engine_uuid));
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -54,26 +51,24 @@ impl Hub {
             debug!("direct reply without a client identity dropped");
             return;
         }
-        let engine = msg.idents[0].clone();
-        if let Some(eid) = self.engine_id_of(&engine) {
-            match msg.parent_value() {
-                Ok(parent) => {
-                    if let Some(mid) = parent.get("msg_id").and_then(Value::as_str) {
-                        if let Some(q) = self.mux_pending.get_mut(&eid) {
-                            q.remove(mid);
-                        }
-                        self.pending.remove(mid);
-                        self.all_completed.insert(mid.to_string());
-                        let aborted = self.records.result(mid, &msg, None);
-                        if !aborted {
-                            self.completed_on
-                                .entry(eid)
-                                .or_default()
-                                .push(mid.to_string());
-                        }
+        if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
+            match rpar_core::msg::msg_id_of(&msg.parent) {
+                Some(mid) => {
+                    if let Some(q) = self.mux_pending.get_mut(&eid) {
+                        q.remove(&mid);
+                    }
+                    self.pending.remove(&mid);
+                    self.all_completed.insert(mid.clone());
+                    let aborted = self.records.result(&mid, &msg, None);
+                    if !aborted {
+                        self.completed_on.entry(eid).or_default().push(mid);
                     }
                 }
-                Err(e) => warn!(error = %e, "direct reply with a bad parent header"),
+                None => {
+                    if let Err(e) = msg.parent_value() {
+                        warn!(error = %e, "direct reply with a bad parent header")
+                    }
+                }
             }
         }
         msg.idents.swap(0, 1);
@@ -83,36 +78,31 @@ impl Hub {
     // ------------------------------------------------------------------ IOPub
 
     pub(super) fn on_iopub(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
-        // Relay verbatim first: clients must see output as early as possible.
+        // `status` (two per request, the bulk of IOPub) is only relayed: moved, not copied.
         let topic_is_status = msg.idents.first().is_some_and(|t| t.ends_with(b".status"));
-        let frames = msg.frames_with_idents(msg.idents.clone());
-        out.push(Effect::Send(Sock::IopubClient, frames));
         if topic_is_status {
+            out.push(Effect::Send(Sock::IopubClient, msg.into_frames()));
             return;
         }
-        let header = match Header::parse(&msg.header) {
-            Ok(h) => h,
-            Err(_) => return,
+        // Read what the records need, then relay verbatim.
+        let header = RequestHeader::parse(&msg.header).ok();
+        let record = match header.as_ref().map(|h| h.msg_type.as_str()) {
+            Some("stream" | "error" | "execute_input" | "execute_result" | "display_data") => {
+                rpar_core::msg::msg_id_of(&msg.parent)
+                    .and_then(|mid| msg.content_value().ok().map(|c| (mid, c)))
+            }
+            _ => None,
         };
-        match header.msg_type.as_str() {
-            "stream" | "error" | "execute_input" | "execute_result" | "display_data" => {
-                let Ok(parent) = msg.parent_value() else {
-                    return;
-                };
-                let Some(mid) = parent.get("msg_id").and_then(Value::as_str) else {
-                    return;
-                };
-                let Ok(content) = msg.content_value() else {
-                    return;
-                };
-                self.records.iopub(mid, &header.msg_type, &content);
+        out.push(Effect::Send(Sock::IopubClient, msg.into_frames()));
+        let Some(header) = header else {
+            return;
+        };
+        if let Some((mid, content)) = record {
+            self.records.iopub(&mid, &header.msg_type, &content);
+        } else if header.msg_type == "shutdown_reply" {
+            if let Some(id) = self.engine_id_of(header.session.as_bytes()) {
+                self.unregister(id, now, out);
             }
-            "shutdown_reply" => {
-                if let Some(id) = self.engine_id_of(header.session.as_bytes()) {
-                    self.unregister(id, now, out);
-                }
-            }
-            _ => {}
         }
     }
 
@@ -124,13 +114,14 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
-        match Header::parse(&msg.header) {
+        match RequestHeader::parse(&msg.header) {
             Ok(h) => {
+                let msg_id = h.msg_id.clone();
                 if msg.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
-                    self.records.request(&h, &msg, "task", None);
+                    self.records.request(h, &msg, "task", None);
                 }
-                self.pending.insert(h.msg_id.clone());
-                self.unassigned.insert(h.msg_id);
+                self.pending.insert(msg_id.clone());
+                self.unassigned.insert(msg_id);
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
