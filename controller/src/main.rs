@@ -23,7 +23,20 @@ fn level(cmd: &cli::CommandLine) -> tracing::Level {
     }
 }
 
+/// glibc: serve blocks of 128 KiB and more with their own mappings, returned to the OS when
+/// freed. Task buffers are typically megabytes; by default glibc raises its mmap threshold after
+/// the first such free and then keeps freed buffers in the heap, so a controller that held (and
+/// culled) a gigabyte of task records would keep that much resident.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() {
+    tune_allocator();
     let cmd = match cli::parse_args(std::env::args()) {
         Ok(c) => c,
         Err(e) => e.exit(),

@@ -136,7 +136,9 @@ impl MemoryDb {
             let was_done = rec.completed.is_some();
             f(rec);
             // The record is keyed by msg_id: keep its field consistent whatever the patch said.
-            rec.msg_id = Some(msg_id.to_string());
+            if rec.msg_id.as_deref() != Some(msg_id) {
+                rec.msg_id = Some(msg_id.to_string());
+            }
             let after = rec.buffer_bytes() as u64;
             self.buffer_bytes = self.buffer_bytes - before + after;
             if !was_done && rec.completed.is_some() {
