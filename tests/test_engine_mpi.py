@@ -133,6 +133,43 @@ def test_large_messages_with_and_without_doorbells(controller, job_factory, door
         rc.close()
 
 
+class _OldPythonFunction:
+    """Pickles like a function from a Python 3.8-3.10 client: ipyparallel's code_ctor with the
+    16 code-object fields those versions have (this Python's CodeType takes 18)."""
+
+    def __call__(self):
+        return 1
+
+    def __reduce__(self):
+        from ipyparallel.serialize.codeutil import code_ctor
+
+        c = (lambda: 1).__code__
+        fields = (c.co_argcount, c.co_posonlyargcount, c.co_kwonlyargcount, c.co_nlocals,
+                  c.co_stacksize, c.co_flags, c.co_code, c.co_consts, c.co_names, c.co_varnames,
+                  c.co_filename, c.co_name, c.co_firstlineno, c.co_linetable, c.co_freevars,
+                  c.co_cellvars)
+        return (code_ctor, fields)
+
+
+def test_client_python_version_mismatch_is_named(controller, job_factory):
+    import sys
+
+    job = job_factory("openmpi", controller, n=2)
+    rc = connect(controller, job, n=2)
+    try:
+        with pytest.raises(Exception) as ei:
+            rc[1].apply_sync(_OldPythonFunction())
+        err = ei.value
+        assert getattr(err, "ename", None) == "PythonVersionMismatch", repr(err)
+        here = sys.version.split()[0]  # the engine embeds this Python (same venv)
+        assert "Python 3.8 to 3.10 (16 code fields)" in err.evalue
+        assert f"this engine runs Python {here}" in err.evalue
+        # the engine keeps working
+        assert rc[1].apply_sync(lambda: 6 * 7) == 42
+    finally:
+        rc.close()
+
+
 def test_mpi4py_allreduce(flavour, controller, job_factory):
     if flavour == "mpich":
         # mpi4py >= 4.1 wheels pick their MPICH-ABI module when MPICH is loaded (EngineJob puts

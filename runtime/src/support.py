@@ -252,6 +252,35 @@ def warm():
         pass
 
 
+class PythonVersionMismatch(RuntimeError):
+    """The client pickled code objects with another Python minor version than the engine's."""
+
+
+# number of types.CodeType constructor fields -> the Python versions that pickle that many
+_CODE_FIELDS = {15: "3.7 or earlier", 16: "3.8 to 3.10", 18: "3.11 or later"}
+
+
+def _foreign_code(e):
+    """If `e` was raised while rebuilding a pickled code object, a PythonVersionMismatch that
+    names both Pythons; else None."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "code_ctor":
+            n = len(tb.tb_frame.f_locals.get("args", ()))
+            here = sys.version.split()[0]
+            theirs = _CODE_FIELDS.get(n, "unknown")
+            return PythonVersionMismatch(
+                f"the client's function cannot be rebuilt on this engine: its code object was "
+                f"pickled by Python {theirs} ({n} code fields), this engine runs Python {here} "
+                f"({sys.executable}); code objects only load in the Python minor version that "
+                f"pickled them ({type(e).__name__}: {e}). Run the client with Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}, or rebuild rpar-engine with the "
+                f"client's Python first on PATH."
+            )
+        tb = tb.tb_next
+    return None
+
+
 def apply(bufs):
     """apply_request: f(*args, **kwargs) with ipyparallel's own serialization."""
     from ipyparallel.serialize import serialize_object, unpack_apply_message
@@ -259,7 +288,13 @@ def apply(bufs):
     shell = _shell
     shell._last_traceback = None
     try:
-        f, args, kwargs = unpack_apply_message(bufs, shell.user_ns, copy=False)
+        try:
+            f, args, kwargs = unpack_apply_message(bufs, shell.user_ns, copy=False)
+        except Exception as e:
+            mismatch = _foreign_code(e)
+            if mismatch is not None:
+                raise mismatch from None
+            raise
         result = f(*args, **kwargs)
         out = serialize_object(result, buffer_threshold=1024, item_threshold=64)
         out = [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in out]
