@@ -1,6 +1,7 @@
 """rpar-controller with the real Python client and two real Python ipengines: direct views,
 output capture, errors, queries and the task database."""
 
+import json
 import os
 import time
 
@@ -142,9 +143,27 @@ def test_purge_and_resubmit(rpar_cluster):
 
 
 def test_bad_query_type_gets_hub_error(rpar_cluster):
-    _, _, rc = rpar_cluster
-    msg = rc.session.send(rc._query_socket, "bogus_request", content={})
-    idents, reply = rc.session.recv(rc._query_socket, mode=0)
-    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
-    assert reply["content"]["status"] == "error"
-    assert "bogus_request" in reply["content"]["evalue"]
+    import zmq
+    from jupyter_client.session import Session
+
+    ctl, _, _ = rpar_cluster
+    info = json.loads(ctl.file("client").read_text())
+    session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"{info['interface']}:{info['registration']}")
+    try:
+        sent = session.send(sock, "bogus_request", content={})
+        assert sock.poll(10000), "no reply from the hub"
+        _, reply = session.recv(sock, mode=0)
+        assert reply["parent_header"]["msg_id"] == sent["header"]["msg_id"]
+        assert reply["msg_type"] == "hub_error"
+        assert reply["content"]["status"] == "error"
+        assert "bogus_request" in reply["content"]["evalue"]
+        # a message signed with the wrong key gets nothing at all
+        bad = Session(key=b"wrong-key")
+        bad.send(sock, "connection_request", content={})
+        assert not sock.poll(1000)
+    finally:
+        sock.close()

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 #[command(
     name = "rpar-controller",
     version,
+    args_override_self = true,
     about = "rpar-controller: the ipyparallel controller (hub, schedulers, heartbeats, iopub, task DB)",
     after_help = "Any configurable setting can also be given as --Class.trait=value, e.g. --IPController.ip=0.0.0.0"
 )]

@@ -1,0 +1,163 @@
+"""rpar-controller's files, flags and configuration: connection files (names, fields, 0600,
+removal), --reuse, IPP_* environment, and the seed manual's ipcontroller_config.py lines."""
+
+import json
+import os
+import stat
+import subprocess
+
+import ipyparallel as ipp
+import pytest
+
+from conftest import Controller, connect, rpar_bin, read_json, wait_for
+
+
+def test_connection_files_fields_mode_and_removal(make_controller):
+    ctl = make_controller(cluster_id="abc")
+    for kind in ("client", "engine"):
+        p = ctl.file(kind)
+        assert p.name == f"ipcontroller-abc-{kind}.json"
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    c = read_json(ctl.file("client"))
+    e = read_json(ctl.file("engine"))
+    assert set(c) >= {"ssh", "interface", "registration", "control", "mux", "task", "task_scheme",
+                      "iopub", "notification", "broadcast", "key", "location", "pack", "unpack",
+                      "signature_scheme"}
+    assert set(e) >= {"interface", "registration", "control", "mux", "task", "iopub", "hb_ping",
+                      "hb_pong", "broadcast", "key", "signature_scheme"}
+    assert c["key"] == e["key"] and c["registration"] == e["registration"]
+    assert isinstance(e["broadcast"], list) and isinstance(c["broadcast"], int)
+    assert c["interface"] == "tcp://127.0.0.1", "loopback by default"
+    assert ctl.stop() == 0
+    assert not ctl.file("client").exists() and not ctl.file("engine").exists()
+
+
+def test_reuse_keeps_key_and_ports(make_controller, make_engines):
+    ctl = make_controller("--reuse", "--ping=300")
+    first = read_json(ctl.file("client"))
+    ctl.stop()
+    assert ctl.file("client").exists(), "--reuse keeps the files"
+    ctl2 = make_controller("--reuse", "--ping=300")
+    assert read_json(ctl2.file("client")) == first
+    eng = make_engines(ctl2, 1)
+    rc = connect(ctl2, 1, eng)
+    try:
+        assert rc[0].apply_sync(lambda: "again") == "again"
+    finally:
+        rc.close()
+
+
+def test_environment_names_profile_and_cluster(ipython_dir, tmp_path):
+    prof = tmp_path / "envprofile"
+    env = dict(os.environ, IPP_PROFILE_DIR=str(prof), IPP_CLUSTER_ID="envid")
+    p = subprocess.Popen([rpar_bin("rpar-controller")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (prof / "security" / "ipcontroller-envid-client.json").exists(), what="files from IPP_* env")
+        assert (prof / "log").is_dir() and (prof / "pid").is_dir() and (prof / "startup").is_dir()
+        assert stat.S_IMODE((prof / "security").stat().st_mode) == 0o700
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_seed_config_lines(ipython_dir, make_engines):
+    prof = ipython_dir / "profile_seed"
+    prof.mkdir()
+    # The seed manual's controller lines, old class names and all.
+    (prof / "ipcontroller_config.py").write_text(
+        "import socket\n"
+        "c.HubFactory.ip = '*'\n"
+        "c.HubFactory.location = '127.0.0.1'\n"
+        "c.HubFactory.db_class = 'IPython.parallel.controller.sqlitedb.SQLiteDB'\n"
+        "c.SQLiteDB.table = 'tasks'\n"
+        "c.HeartMonitor.period = 400\n"
+    )
+    ctl = Controller(prof, [])
+    try:
+        c = read_json(ctl.file("client"))
+        assert c["interface"] == "tcp://0.0.0.0"
+        assert c["location"] == "127.0.0.1"
+        eng = make_engines(ctl, 1)
+        rc = ipp.Client(profile="seed")
+        try:
+            rc.wait_for_engines(1, timeout=60)
+            ar = rc[0].apply_async(lambda: 7)
+            assert ar.get(timeout=30) == 7
+            assert (prof / "tasks.db").exists(), "SQLiteDB selected by the seed's class path"
+            assert rc.db_query({"msg_id": ar.msg_ids[0]}, keys=["msg_id"])[0]["msg_id"] == ar.msg_ids[0]
+        finally:
+            rc.close()
+    finally:
+        ctl.stop()
+
+
+def test_json_config_and_command_line_precedence(ipython_dir):
+    prof = ipython_dir / "profile_js"
+    prof.mkdir()
+    (prof / "ipcontroller_config.json").write_text(json.dumps({"IPController": {"location": "from-json"},
+                                                               "TaskScheduler": {"scheme_name": "lru"}}))
+    ctl = Controller(prof, ["--scheme=twobin"])
+    try:
+        c = read_json(ctl.file("client"))
+        assert c["location"] == "from-json"
+        assert c["task_scheme"] == "twobin", "command line over file"
+    finally:
+        ctl.stop()
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ("c.Bogus.thing = 1", "Bogus"),
+        ("c.HeartMonitor.period = 'often'", "HeartMonitor.period"),
+        ("c.IPEngine.timeout = 3", "IPEngine"),
+    ],
+)
+def test_bad_config_line_names_file_and_line(ipython_dir, line, needle):
+    prof = ipython_dir / "profile_bad"
+    prof.mkdir()
+    cfg = prof / "ipcontroller_config.py"
+    cfg.write_text("# a comment\nc.HubFactory.ip = '127.0.0.1'\n" + line + "\n")
+    r = subprocess.run([rpar_bin("rpar-controller"), f"--profile-dir={prof}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    err = r.stderr
+    assert str(cfg) in err and ":3" in err, err
+    assert needle in err, err
+    assert not (prof / "security" / "ipcontroller-client.json").exists()
+
+
+def test_bad_flag_is_a_clear_error():
+    r = subprocess.run([rpar_bin("rpar-controller"), "--bogus-flag"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "--bogus-flag" in r.stderr
+
+
+def test_ports_ssh_and_enginessh_flags(make_controller):
+    ctl = make_controller("--ports=23100-23130", "--ssh=me@login.example", "--enginessh=me@gw.example")
+    c = read_json(ctl.file("client"))
+    e = read_json(ctl.file("engine"))
+    ports = [c[k] for k in ("registration", "control", "mux", "task", "iopub", "notification", "broadcast")]
+    ports += [e[k] for k in ("control", "mux", "task", "iopub", "hb_ping", "hb_pong")] + e["broadcast"]
+    assert all(23100 <= p <= 23130 for p in ports), ports
+    assert len(set(ports)) == len(ports)
+    assert c["ssh"] == "me@login.example" and e["ssh"] == "me@gw.example"
+
+
+def test_restore_after_a_controller_crash(make_controller, make_engines):
+    import signal
+
+    ctl = make_controller("--reuse", "--ping=300")
+    eng = make_engines(ctl, 2)
+    rc = connect(ctl, 2, eng)
+    rc.close()
+    state = read_json(ctl.profile_dir / "log" / "engines.json")
+    assert sorted(state["engines"]) == ["0", "1"]
+    ctl.proc.send_signal(signal.SIGKILL)
+    ctl.proc.wait(10)
+    # same ports and key; engines reconnect by themselves and are known at once
+    ctl2 = make_controller("--restore", "--ping=300")
+    rc = ctl2.client()
+    try:
+        assert sorted(rc.ids) == [0, 1]
+        assert rc[:].apply_sync(lambda: "back") == ["back", "back"]
+    finally:
+        rc.close()
