@@ -32,8 +32,8 @@ from util_db import nbytes, tree_memory  # noqa: E402
 RUNS = {  # name: (controller kind, arguments)
     "rpar-memory": ("rpar", ["--dictdb"]),
     "rpar-sqlite": ("rpar", ["--sqlitedb", "--SQLiteDB.table=bench"]),
-    # The memory DB keeps up to DictDB.size_limit (1 GiB) of buffers by design; a smaller limit:
-    "rpar-memory-256m": ("rpar", ["--dictdb", "--DictDB.size_limit=268435456"]),
+    # The memory DB keeps up to DictDB.size_limit (192 MiB by default) of buffers; a larger limit:
+    "rpar-memory-1g": ("rpar", ["--dictdb", "--DictDB.size_limit=1073741824"]),
     "python-memory": ("python", ["--dictdb"]),
     "python-sqlite": ("python", ["--sqlitedb", "--SQLiteDB.table=bench"]),
 }
@@ -139,7 +139,7 @@ def main():
     ap.add_argument("--only", action="append", choices=sorted(RUNS), help="run only these")
     ap.add_argument("--workdir", help="keep profiles here (default: a temp dir, removed)")
     a = ap.parse_args()
-    names = a.only or [n for n in RUNS if n != "rpar-memory-256m"]
+    names = a.only or [n for n in RUNS if n != "rpar-memory-1g"]
     with tempfile.TemporaryDirectory(prefix="db_bench_", dir=a.workdir) as wd:
         rows = []
         for name in names:

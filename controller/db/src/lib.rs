@@ -45,13 +45,13 @@
 //! # Backends
 //!
 //! * [`MemoryDb`] (`DictDB`, the default): bounded by `record_limit` (1024) and `size_limit`
-//!   (1 GiB of buffers); past either it culls `cull_fraction` (0.1) of the oldest *completed*
+//!   (192 MiB of buffers; ipyparallel: 1 GiB); past either it culls `cull_fraction` (0.1) of the oldest *completed*
 //!   records (pending ones are never culled), and remembers culled ids.
 //! * [`NoDb`] (`NoDB`): stores nothing; reads fail with [`DbError::NoData`].
 //! * `SqliteDb` (`SQLiteDB`, cargo feature `sqlite`, on by default): a file in the profile dir,
 //!   writes batched on a writer thread with an in-memory overlay so reads see every write; a
 //!   record's writes within one batch are folded into one row write. Writes wait for the disk
-//!   only when more than `SqliteDb::set_max_backlog` (1 GiB) of buffers are uncommitted.
+//!   only when more than `SqliteDb::set_max_backlog` (128 MiB) of buffers are uncommitted.
 //! * `MongoDb` (`MongoDB`, cargo feature `mongodb`, off by default): collection
 //!   `task_records`. Its tests need a server: they run against `RPAR_TEST_MONGODB_URL` when set
 //!   and are skipped otherwise (`cargo test -p rpar-taskdb --features mongodb`).

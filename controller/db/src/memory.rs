@@ -16,12 +16,17 @@ use crate::query::{Cond, Operand, Query};
 use crate::record::{Field, Stream, TaskRecord};
 use crate::TaskDb;
 
+/// Default `DictDB.size_limit`: 192 MiB of buffers.
+pub const DEFAULT_SIZE_LIMIT: u64 = 192 << 20;
+
 /// Size limits of the memory DB.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Most records kept (default 1024).
     pub record_limit: usize,
-    /// Most bytes of `buffers` + `result_buffers` kept (default 1 GiB).
+    /// Most bytes of `buffers` + `result_buffers` kept (default 192 MiB; ipyparallel keeps
+    /// 1 GiB, but a controller on a login node should stay small: raise `DictDB.size_limit`, or
+    /// use SQLite, to keep more).
     pub size_limit: u64,
     /// Fraction culled when a limit is passed (default 0.1).
     pub cull_fraction: f64,
@@ -31,7 +36,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             record_limit: 1024,
-            size_limit: 1 << 30,
+            size_limit: DEFAULT_SIZE_LIMIT,
             cull_fraction: 0.1,
         }
     }
@@ -424,7 +429,7 @@ mod tests {
             done.completed = Some(chrono::Utc::now());
             done.result_buffers = Some(vec![vec![2u8; 16]]);
             db.update_record(&format!("t{i}"), done).unwrap();
-            assert!(db.buffer_bytes() <= 1 << 30);
+            assert!(db.buffer_bytes() <= DEFAULT_SIZE_LIMIT);
             assert!(db.len() <= 1024);
         }
         assert!(db.get_record("t1999").is_ok());

@@ -301,7 +301,7 @@ pub static CLASSES: &[ClassDef] = &[
         help: "The in-memory task database.",
         traits: &[
             t("record_limit", Int, "1024", "Maximum number of task records kept."),
-            t("size_limit", Int, "1073741824", "Maximum total size of buffers kept, in bytes."),
+            t("size_limit", Int, "201326592", "Maximum total size of buffers kept, in bytes (192 MiB; ipyparallel: 1 GiB)."),
             t("cull_fraction", Float, "0.1", "Fraction of records removed when a limit is reached."),
         ],
     },

@@ -42,8 +42,10 @@ pub struct SqliteDb {
     max_backlog: u64,
 }
 
-/// Default most bytes of uncommitted buffers before writes wait for the disk.
-pub const DEFAULT_MAX_BACKLOG: u64 = 1 << 30;
+/// Default most bytes of uncommitted buffers before writes wait for the disk. Below it the
+/// routing thread never waits; above it, memory stays bounded (buffers live on disk) at the
+/// price of waiting for the writer.
+pub const DEFAULT_MAX_BACKLOG: u64 = 128 << 20;
 
 impl std::fmt::Debug for SqliteDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
