@@ -31,9 +31,5 @@ if [ ! -x "$RPAR_VENV/bin/python" ]; then
   mkdir -p "$(dirname "$RPAR_VENV")"
   python3 -m venv "$RPAR_VENV"
 fi
-stamp="$RPAR_VENV/.rpar-requirements"
-if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
-  "$RPAR_VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$RPAR_VENV/bin/pip" install -q -r "$here/requirements.txt"
-  cp "$here/requirements.txt" "$stamp"
-fi
+# pip checks the pins itself: a no-op (about a second) when the venv already matches them.
+"$RPAR_VENV/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
