@@ -157,7 +157,9 @@ def test_restore_after_a_controller_crash(make_controller, make_engines):
     ctl2 = make_controller("--restore", "--ping=300")
     rc = ctl2.client()
     try:
-        assert sorted(rc.ids) == [0, 1]
-        assert rc[:].apply_sync(lambda: "back") == ["back", "back"]
+        rc.wait_for_engines(2, timeout=30)
+        # the same engines (uuids) under the same ids: restored, not registered anew
+        assert {str(k): v for k, v in rc._engines.items()} == state["engines"]
+        assert rc[:].apply_async(lambda: "back").get(timeout=60) == ["back", "back"]
     finally:
         rc.close()

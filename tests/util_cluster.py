@@ -4,10 +4,11 @@ binary, the real ipyparallel client, and the CI services (ci/services/*.sh)."""
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_for  # noqa: F401  (re-exported for the cluster tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(os.environ.get("RPAR_BIN_DIR", ROOT / "target" / "debug"))
@@ -30,14 +31,6 @@ def require_service(name):
                     f"({(r.stderr or r.stdout).strip()[:200]})")
 
 
-def wait_for(pred, timeout=30.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pid_alive(pid):

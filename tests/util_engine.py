@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # flavour -> (mpiexec, rpar-engine binary)
@@ -185,10 +187,4 @@ class EngineJob:
 
 
 def wait_until(pred, timeout, what, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_for(pred, timeout=timeout, interval=interval, what=what)

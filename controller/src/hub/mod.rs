@@ -354,16 +354,12 @@ impl Hub {
             "shutdown_request" => {
                 info!("hub shutdown requested by a client");
                 self.reply(&msg, "shutdown_reply", json!({"status": "ok"}), vec![], out);
-                let note = self.builder.build(
-                    &self.signer,
-                    vec![],
+                self.notify(
                     "shutdown_notification",
                     &msg.header,
-                    &json!({}),
-                    &json!({"status": "ok"}),
-                    vec![],
+                    json!({"status": "ok"}),
+                    out,
                 );
-                out.push(Effect::Send(Sock::Notification, note.into_frames()));
                 self.exit_at = Some(now + Duration::from_millis(200));
             }
             other => {
@@ -416,16 +412,7 @@ impl Hub {
                 "traceback": [format!("KeyError: 'Engine uuid {uuid} is already in use'")],
                 "engine_info": {},
             });
-            let r = self.builder.build(
-                &self.signer,
-                msg.idents.clone(),
-                "registration_reply",
-                b"{}",
-                &json!({}),
-                &c,
-                vec![],
-            );
-            out.push(Effect::Send(Sock::Registration, r.into_frames()));
+            self.registration_reply(msg, &c, out);
             return;
         }
         let id = match requested {
@@ -475,16 +462,7 @@ impl Hub {
             "hb_period": self.cfg.hb_period.as_millis() as u64,
             "connection_info": ci,
         });
-        let r = self.builder.build(
-            &self.signer,
-            msg.idents.clone(),
-            "registration_reply",
-            b"{}",
-            &json!({}),
-            &c,
-            vec![],
-        );
-        out.push(Effect::Send(Sock::Registration, r.into_frames()));
+        self.registration_reply(msg, &c, out);
         debug!(
             engine = id,
             uuid, "registration pending until the first heartbeat"
@@ -543,16 +521,12 @@ impl Hub {
         let (id, uuid_s) = (e.id, e.uuid.clone());
         self.heart.track(&uuid);
         info!(engine = id, uuid = %uuid_s, "engine registered");
-        let note = self.builder.build(
-            &self.signer,
-            vec![],
+        self.notify(
             "registration_notification",
             b"{}",
-            &json!({}),
-            &json!({"id": id, "uuid": uuid_s}),
-            vec![],
+            json!({"id": id, "uuid": uuid_s}),
+            out,
         );
-        out.push(Effect::Send(Sock::Notification, note.into_frames()));
         self.tasks_engine_added(&uuid, id, now, out);
         out.push(Effect::SaveEngines(self.engine_state()));
         self.update_fast_ping(now);
@@ -567,7 +541,10 @@ impl Hub {
         json!({"engines": engines, "next_id": self.next_id})
     }
 
-    /// Re-register engines from a saved state file (`--restore`), without waiting for hearts.
+    /// Take back the engines of a saved state file (`--restore`, after a controller crash):
+    /// their ids and uuids are reserved at once, and each is registered again as soon as its
+    /// heart answers, which is also when its sockets have reconnected to the restarted
+    /// controller (a message routed to an engine before that would be dropped by ZeroMQ).
     pub fn restore(&mut self, state: &Value, now: Instant) {
         if let Some(map) = state.get("engines").and_then(Value::as_object) {
             for (id, uuid) in map {
@@ -575,25 +552,21 @@ impl Hub {
                     continue;
                 };
                 let key = uuid.as_bytes().to_vec();
-                self.engines.insert(
-                    key.clone(),
-                    Engine {
-                        id,
-                        uuid: uuid.into(),
-                        registered: true,
-                        heart_seen: true,
-                        since: now,
-                    },
-                );
-                self.ids.insert(id, key.clone());
-                self.heart.track(&key);
-                let mut sink = Vec::new();
-                self.tasks_engine_added(&key, id, now, &mut sink);
+                let e = Engine {
+                    id,
+                    uuid: uuid.into(),
+                    registered: false,
+                    heart_seen: false,
+                    since: now,
+                };
+                self.engines.insert(key.clone(), e);
+                self.ids.insert(id, key);
             }
         }
         if let Some(n) = state.get("next_id").and_then(Value::as_u64) {
             self.next_id = self.next_id.max(n as u32);
         }
+        self.update_fast_ping(now);
     }
 
     /// Remove engine `id` (unregistration request, lost heartbeat, or shutdown).
@@ -611,16 +584,12 @@ impl Hub {
             return;
         }
         info!(engine = id, uuid = %e.uuid, "engine unregistered");
-        let note = self.builder.build(
-            &self.signer,
-            vec![],
+        self.notify(
             "unregistration_notification",
             b"{}",
-            &json!({}),
-            &json!({"id": id, "uuid": e.uuid}),
-            vec![],
+            json!({"id": id, "uuid": e.uuid}),
+            out,
         );
-        out.push(Effect::Send(Sock::Notification, note.into_frames()));
         self.tasks_engine_removed(&uuid, now, out);
         if let Some(left) = self.mux_pending.remove(&id) {
             if !left.is_empty() {
@@ -654,6 +623,34 @@ impl Hub {
     }
 
     // ------------------------------------------------------------------ replies
+
+    /// `registration_reply` goes back without a parent header, as ipyparallel sends it.
+    fn registration_reply(&self, req: &WireMessage, content: &Value, out: &mut Vec<Effect>) {
+        let r = self.builder.build(
+            &self.signer,
+            req.idents.clone(),
+            "registration_reply",
+            b"{}",
+            &json!({}),
+            content,
+            vec![],
+        );
+        out.push(Effect::Send(Sock::Registration, r.into_frames()));
+    }
+
+    /// Publish a notification (no topic frame) to clients.
+    fn notify(&self, msg_type: &str, parent: &[u8], content: Value, out: &mut Vec<Effect>) {
+        let n = self.builder.build(
+            &self.signer,
+            vec![],
+            msg_type,
+            parent,
+            &json!({}),
+            &content,
+            vec![],
+        );
+        out.push(Effect::Send(Sock::Notification, n.into_frames()));
+    }
 
     /// Reply to a hub query with `parent = request header`.
     fn reply(

@@ -11,6 +11,19 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+/// The string msg_ids of a request's `content.msg_ids` list (anything else is ignored).
+fn msg_ids(content: &Value) -> Vec<String> {
+    content
+        .get("msg_ids")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Hub {
     /// Engine ids named by `targets` (ints or uuid strings; null = all registered).
     fn validate_targets(&self, targets: &Value) -> Result<Vec<u32>, (String, String)> {
@@ -93,15 +106,7 @@ impl Hub {
         content: &Value,
         out: &mut Vec<Effect>,
     ) {
-        let ids: BTreeSet<String> = content
-            .get("msg_ids")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ids: BTreeSet<String> = msg_ids(content).into_iter().collect();
         let status_only = content
             .get("status_only")
             .and_then(Value::as_bool)
@@ -299,15 +304,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
-        let ids: Vec<String> = content
-            .get("msg_ids")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ids = msg_ids(content);
         let mut records: Vec<TaskRecord> = Vec::new();
         let mut missing = Vec::new();
         for id in &ids {
