@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install.sh
 . ci/env.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 for s in ci/build.d/*.sh; do [ -e "$s" ] && bash "$s"; done
 for s in ci/services/*.sh; do [ -e "$s" ] && bash "$s" start; done

@@ -66,7 +66,7 @@ pub enum DbError {
         value: String,
         reason: String,
     },
-    #[error("the {0} backend is not compiled into this build (cargo feature {1:?})")]
+    #[error("the {0} backend is not compiled into this build: rebuild with `cargo build --release -p rpar-controller --features {1}`")]
     NotCompiled(&'static str, &'static str),
     #[cfg(feature = "sqlite")]
     #[error("SQLite task database {path}: {source}")]

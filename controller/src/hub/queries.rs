@@ -3,7 +3,7 @@
 //! has `parent = request` (the client matches on `parent_header.msg_id`); failures are error
 //! contents in ipyparallel's shape, with the reply's usual msg_type.
 
-use super::{Effect, Hub, Sock, HUB_RESUBMIT_IDENT};
+use super::{Effect, Hub, HUB_RESUBMIT_IDENT};
 use crate::errors::wrap;
 use rpar_core::wire::WireMessage;
 use rpar_taskdb::{DbError, Query, TaskRecord};
@@ -369,9 +369,10 @@ impl Hub {
                 resubmitted: Some(new_id),
                 ..Default::default()
             };
-            let _ = self.records.db.update_record(&old_id, upd);
+            if let Err(e) = self.records.db.update_record(&old_id, upd) {
+                tracing::debug!(msg_id = %old_id, error = %e, "recording resubmission");
+            }
             self.on_task_request(m, now, out);
         }
-        let _ = Sock::TaskClient;
     }
 }
