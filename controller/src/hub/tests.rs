@@ -109,18 +109,20 @@ fn content(m: &WireMessage) -> Value {
 
 use rpar_core::Header;
 
+/// Engine `uuid` sends a `registration_request` with content `c`.
+fn request_registration(h: &mut Hub, uuid: &str, c: Value, now: Instant) -> Vec<Effect> {
+    let e = Peer::new(uuid);
+    let frames = e.frames(vec![uuid.as_bytes().to_vec()], "registration_request", c);
+    h.on_message(Sock::Registration, frames, now)
+}
+
 /// Register engine `uuid` (optionally requesting `id`) and answer one ping; returns its id.
 fn register(h: &mut Hub, uuid: &str, id: Option<u32>, now: Instant) -> u32 {
-    let e = Peer::new(uuid);
     let mut c = json!({"uuid": uuid});
     if let Some(i) = id {
         c["id"] = json!(i);
     }
-    let out = h.on_message(
-        Sock::Registration,
-        e.frames(vec![uuid.as_bytes().to_vec()], "registration_request", c),
-        now,
-    );
+    let out = request_registration(h, uuid, c, now);
     let reply = &sends(&out, Sock::Registration)[0];
     assert_eq!(reply.idents, vec![uuid.as_bytes().to_vec()]);
     let rc = content(reply);
@@ -148,16 +150,7 @@ fn registration_waits_for_the_first_heartbeat() {
     let t0 = Instant::now();
     let mut h = hub(t0);
     let _ = current_ping(&mut h, t0);
-    let e = Peer::new("e0");
-    let out = h.on_message(
-        Sock::Registration,
-        e.frames(
-            vec![b"e0".to_vec()],
-            "registration_request",
-            json!({"uuid": "e0", "id": 3}),
-        ),
-        t0,
-    );
+    let out = request_registration(&mut h, "e0", json!({"uuid": "e0", "id": 3}), t0);
     let reply = &sends(&out, Sock::Registration)[0];
     assert_eq!(msg_type(reply), "registration_reply");
     let c = content(reply);
@@ -214,16 +207,7 @@ fn requested_ids_duplicates_and_the_counter() {
     // a free low id is still granted when requested (MPI ranks after a restart)
     assert_eq!(register(&mut h, "d", Some(0), t0), 0);
     // duplicate uuid: an error reply, nothing registered
-    let e = Peer::new("a");
-    let out = h.on_message(
-        Sock::Registration,
-        e.frames(
-            vec![b"a".to_vec()],
-            "registration_request",
-            json!({"uuid": "a"}),
-        ),
-        t0,
-    );
+    let out = request_registration(&mut h, "a", json!({"uuid": "a"}), t0);
     let c = content(&sends(&out, Sock::Registration)[0]);
     assert_eq!(c["status"], "error");
     assert_eq!(c["ename"], "KeyError");
@@ -236,16 +220,7 @@ fn registrations_finish_in_id_order() {
     let mut h = hub(t0);
     let _ = current_ping(&mut h, t0);
     for u in ["r0", "r1"] {
-        let p = Peer::new(u);
-        h.on_message(
-            Sock::Registration,
-            p.frames(
-                vec![u.as_bytes().to_vec()],
-                "registration_request",
-                json!({"uuid": u}),
-            ),
-            t0,
-        );
+        request_registration(&mut h, u, json!({"uuid": u}), t0);
     }
     // r1's heart answers first: held back while r0 is young
     let out = pong(&mut h, "r1", t0 + Duration::from_millis(5));
@@ -265,16 +240,7 @@ fn a_silent_lower_id_holds_others_only_briefly() {
     let mut h = hub(t0);
     let _ = current_ping(&mut h, t0);
     for u in ["s0", "s1"] {
-        let p = Peer::new(u);
-        h.on_message(
-            Sock::Registration,
-            p.frames(
-                vec![u.as_bytes().to_vec()],
-                "registration_request",
-                json!({"uuid": u}),
-            ),
-            t0,
-        );
+        request_registration(&mut h, u, json!({"uuid": u}), t0);
     }
     pong(&mut h, "s1", t0);
     // after the hold (min(period, 1 s) = 100 ms) s1 registers without s0
@@ -316,16 +282,7 @@ fn stale_or_malformed_pongs_do_not_register() {
     let t0 = Instant::now();
     let mut h = hub(t0);
     let _ = current_ping(&mut h, t0);
-    let p = Peer::new("x");
-    h.on_message(
-        Sock::Registration,
-        p.frames(
-            vec![b"x".to_vec()],
-            "registration_request",
-            json!({"uuid": "x"}),
-        ),
-        t0,
-    );
+    request_registration(&mut h, "x", json!({"uuid": "x"}), t0);
     let out = h.on_message(
         Sock::HbPong,
         vec![b"x".to_vec(), b"not-a-token".to_vec()],
