@@ -129,22 +129,11 @@ impl Settings {
         let scheme = cfg
             .str("TaskScheduler", "scheme_name")?
             .unwrap_or_else(|| "leastload".into());
-        const SCHEMES: &[&str] = &[
-            "leastload",
-            "lru",
-            "plainrandom",
-            "twobin",
-            "weighted",
-            "pure",
-            "none",
-        ];
-        if !SCHEMES.contains(&scheme.as_str()) {
-            return Err(bad(
-                &cfg,
-                "TaskScheduler",
-                "scheme_name",
-                format!("choose one of {}", SCHEMES.join(", ")),
-            ));
+        // "none" (ipyparallel: no task scheduler) is accepted; rpar still runs leastload then.
+        if scheme != "none" {
+            if let Err(e) = scheme.parse::<rpar_sched::Scheme>() {
+                return Err(bad(&cfg, "TaskScheduler", "scheme_name", e.to_string()));
+            }
         }
         let key = match cfg.str("Session", "key")? {
             Some(k) => Some(k),
