@@ -9,10 +9,9 @@
 //! session with stdio on /dev/null so that mpiexec's process-group kill and output forwarding
 //! never wait on it, and it never outlives its job by more than its zmq linger (3 s).
 
+use crate::net::unregistration_request;
 use rpar_core::wire::Signer;
-use rpar_core::MessageBuilder;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
@@ -125,17 +124,7 @@ fn unregister(a: &Arm) {
     }
     let signer = Signer::new(a.key.as_bytes());
     for (uuid, id) in &a.engines {
-        let b = MessageBuilder::with_session(uuid.clone());
-        let m = b.build(
-            &signer,
-            vec![],
-            "unregistration_request",
-            b"{}",
-            &json!({}),
-            &json!({ "id": id }),
-            vec![],
-        );
-        let _ = s.send_multipart(m.into_frames(), 0);
+        let _ = s.send_multipart(unregistration_request(&signer, uuid, *id), 0);
     }
     drop(s);
     drop(ctx);

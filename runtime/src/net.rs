@@ -13,7 +13,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rpar_core::connection::{disambiguate_interface, url, EngineInfo};
-use rpar_core::wire::{Limits, Signer, WireMessage};
+use rpar_core::wire::{Frames, Limits, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -75,6 +75,19 @@ fn sock(ctx: &zmq::Context, kind: zmq::SocketType, identity: Option<&str>) -> Re
     Ok(s)
 }
 
+/// A message from an engine to the Hub's registration socket: session = the engine's uuid, no
+/// parent, empty metadata.
+fn registration_message(signer: &Signer, uuid: &str, msg_type: &str, content: &Value) -> Frames {
+    MessageBuilder::with_session(uuid.to_string())
+        .build(signer, vec![], msg_type, b"{}", &json!({}), content, vec![])
+        .into_frames()
+}
+
+/// `unregistration_request {"id"}` for engine `id` (also sent by the [nanny](crate::nanny)).
+pub fn unregistration_request(signer: &Signer, uuid: &str, id: u32) -> Frames {
+    registration_message(signer, uuid, "unregistration_request", &json!({ "id": id }))
+}
+
 /// Register every engine (uuid per rank, id = rank requested) and wait for all replies.
 pub fn register(
     ctx: &zmq::Context,
@@ -89,17 +102,13 @@ pub fn register(
         let s = sock(ctx, zmq::DEALER, Some(uuid))?;
         s.connect(&addrs.registration)
             .with_context(|| format!("connecting to {}", addrs.registration))?;
-        let b = MessageBuilder::with_session(uuid.clone());
-        let m = b.build(
+        let m = registration_message(
             &Signer::new(key),
-            vec![],
+            uuid,
             "registration_request",
-            b"{}",
-            &json!({}),
             &json!({ "uuid": uuid, "id": rank }),
-            vec![],
         );
-        s.send_multipart(m.into_frames(), 0)?;
+        s.send_multipart(m, 0)?;
         socks.push(s);
     }
     let mut ids: Vec<Option<u32>> = vec![None; uuids.len()];
@@ -218,17 +227,8 @@ impl Sockets {
     pub fn unregister_all(&self, key: &[u8], uuids: &[String], ids: &[u32]) {
         let signer = Signer::new(key);
         for (i, ((s, uuid), id)) in self.reg.iter().zip(uuids).zip(ids).enumerate() {
-            let b = MessageBuilder::with_session(uuid.clone());
-            let m = b.build(
-                &signer,
-                vec![],
-                "unregistration_request",
-                b"{}",
-                &json!({}),
-                &json!({ "id": id }),
-                vec![],
-            );
-            if let Err(e) = s.send_multipart(m.into_frames(), zmq::DONTWAIT) {
+            let m = unregistration_request(&signer, uuid, *id);
+            if let Err(e) = s.send_multipart(m, zmq::DONTWAIT) {
                 warn!("rank {i}: unregistration not sent: {e}");
             }
         }
