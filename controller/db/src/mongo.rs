@@ -319,15 +319,7 @@ impl TaskDb for MongoDb {
             }
             p
         });
-        Ok(self
-            .find_docs(filter(query), projection)?
-            .into_iter()
-            .filter(|r| query.matches(r))
-            .map(|r| match keys {
-                None => r,
-                Some(k) => r.project(Some(k)),
-            })
-            .collect())
+        Ok(query.select(self.find_docs(filter(query), projection)?, keys))
     }
 
     fn get_history(&self) -> Result<Vec<String>, DbError> {

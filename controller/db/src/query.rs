@@ -139,6 +139,18 @@ impl Query {
         })
     }
 
+    /// The records that satisfy the query, each cut down to `keys` (plus `msg_id`; `None` keeps
+    /// them whole): for backends that read the query's own fields along with `keys`.
+    pub fn select(&self, recs: Vec<TaskRecord>, keys: Option<&[Field]>) -> Vec<TaskRecord> {
+        recs.into_iter()
+            .filter(|r| self.matches(r))
+            .map(|r| match keys {
+                None => r,
+                Some(k) => r.project(Some(k)),
+            })
+            .collect()
+    }
+
     /// The top-level fields the query reads.
     pub fn fields(&self) -> Vec<Field> {
         let mut out: Vec<Field> = Vec::new();

@@ -433,15 +433,7 @@ impl TaskDb for SqliteDb {
             }
         }
         let (w, params) = where_clause(query);
-        Ok(self
-            .read_merged(&w, params, &cols)?
-            .into_iter()
-            .filter(|r| query.matches(r))
-            .map(|r| match keys {
-                None => r,
-                Some(k) => r.project(Some(k)),
-            })
-            .collect())
+        Ok(query.select(self.read_merged(&w, params, &cols)?, keys))
     }
 
     fn get_history(&self) -> Result<Vec<String>, DbError> {
