@@ -32,40 +32,15 @@ ROOT = HERE.parent
 os.environ.setdefault("RPAR_BIN_DIR", str(ROOT / "target" / "release"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from common import cpu_seconds, descendants  # noqa: E402
 from conftest import Controller, Engines  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 N_ENGINES = 2
 
 
-def descendants(pid):
-    kids = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [pid], [pid]
-    while todo:
-        p = todo.pop()
-        for k in kids.get(p, []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
-def cpu_seconds(pid):
+def tree_cpu_seconds(pid):
     """utime+stime of `pid` and every descendant (threads are included per process)."""
-    t = 0
-    for p in descendants(pid):
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            t += int(f[11]) + int(f[12])
-        except (OSError, IndexError):
-            pass
-    return t / TICK
+    return cpu_seconds([pid, *descendants(pid)])
 
 
 def noop(*a):
@@ -131,10 +106,17 @@ class Cluster:
 def measure(cluster, n, fn):
     """Run fn(); return (wall seconds, controller CPU µs per task over n tasks)."""
     pid = cluster.ctl.proc.pid
-    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    c0, t0 = tree_cpu_seconds(pid), time.perf_counter()
     fn()
     wall = time.perf_counter() - t0
-    return wall, (cpu_seconds(pid) - c0) / n * 1e6
+    return wall, (tree_cpu_seconds(pid) - c0) / n * 1e6
+
+
+def apply_async_all(lv, n):
+    """Submit n no-op tasks at once, then wait for every result."""
+    ars = [lv.apply_async(noop) for _ in range(n)]
+    for ar in ars:
+        ar.get(timeout=300)
 
 
 def run_kind(kind, a, workdir):
@@ -168,12 +150,7 @@ def run_kind(kind, a, workdir):
         wall, res["map_cpu_us"] = measure(c, a.tasks, lambda: lv.map(noop, range(a.tasks), block=True))
         res["map_tasks_s"] = a.tasks / wall
 
-        def many():
-            ars = [lv.apply_async(noop) for _ in range(a.tasks)]
-            for ar in ars:
-                ar.get(timeout=300)
-
-        wall, res["async_hwm1_cpu_us"] = measure(c, a.tasks, many)
+        wall, res["async_hwm1_cpu_us"] = measure(c, a.tasks, lambda: apply_async_all(lv, a.tasks))
         res["async_hwm1_tasks_s"] = a.tasks / wall
     finally:
         c.close()
@@ -183,13 +160,7 @@ def run_kind(kind, a, workdir):
         c.start_engines()
         lv = c.rc.load_balanced_view()
         lv.map(noop, range(50), block=True)
-
-        def many0():
-            ars = [lv.apply_async(noop) for _ in range(a.tasks)]
-            for ar in ars:
-                ar.get(timeout=300)
-
-        wall, res["async_hwm0_cpu_us"] = measure(c, a.tasks, many0)
+        wall, res["async_hwm0_cpu_us"] = measure(c, a.tasks, lambda: apply_async_all(lv, a.tasks))
         res["async_hwm0_tasks_s"] = a.tasks / wall
     finally:
         c.close()

@@ -20,49 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cpu_seconds, descendants, pss_kib
+
 ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid):
-    kids = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for k in kids.get(p, []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
-def cpu_seconds(pids):
-    t = 0
-    for p in pids:
-        try:
-            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            t += int(f[11]) + int(f[12])
-        except (OSError, IndexError):
-            pass
-    return t / TICK
-
-
-def pss_kib(pids):
-    t = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    t += int(line.split()[1])
-        except OSError:
-            pass
-    return t
 
 
 def engine_cmd(kind, n, profile_dir):
