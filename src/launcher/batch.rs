@@ -8,7 +8,7 @@
 //! [`super::Handle::stop`]). Errors carry the system, the job id and the script path.
 
 use super::{
-    ensure_dir, CmdOutput, Handle, LaunchError, LaunchSpec, Launcher, Liveness, Role, Runner,
+    write_log_file, CmdOutput, Handle, LaunchError, LaunchSpec, Launcher, Liveness, Role, Runner,
 };
 use crate::jobscript::{self, ScriptVars, System};
 use serde_json::{Map, Value};
@@ -207,11 +207,7 @@ impl Launcher for BatchLauncher {
         let s = &self.settings;
         let text = self.render(spec, role)?;
         let script = self.script_path(spec, role);
-        ensure_dir(&spec.log_dir())?;
-        std::fs::write(&script, &text).map_err(|err| LaunchError::Io {
-            what: format!("write {}", script.display()),
-            err,
-        })?;
+        write_log_file(spec, &script, &text)?;
         if s.submit_command.is_empty() {
             return Err(LaunchError::Config(format!(
                 "no submit command for the `{}` launcher: set c.BatchSystemLauncher.submit_command",

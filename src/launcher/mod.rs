@@ -306,9 +306,7 @@ impl Handle {
                 ..
             } => batch::job_liveness(system, job_id, status_command, runner),
             Handle::Remote { host, ssh, pid, .. } => {
-                let mut argv = ssh.clone();
-                argv.push(host.clone());
-                argv.push(format!("kill -0 {pid}"));
+                let argv = remote_argv(ssh, host, format!("kill -0 {pid}"));
                 match runner.run(&argv, None, &[]) {
                     Ok(o) if o.success() => Liveness::Running,
                     Ok(o) if o.code == Some(1) => Liveness::Finished,
@@ -360,9 +358,7 @@ impl Handle {
                      while kill -0 -- -{pid} 2>/dev/null && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i+1)); done; \
                      kill -KILL -- -{pid} 2>/dev/null; true"
                 );
-                let mut argv = ssh.clone();
-                argv.push(host.clone());
-                argv.push(script);
+                let argv = remote_argv(ssh, host, script);
                 runner.run(&argv, None, &[]).map_err(|e| LaunchError::Io {
                     what: format!("ssh {host}"),
                     err: e,
@@ -371,6 +367,14 @@ impl Handle {
             }
         }
     }
+}
+
+/// `ssh ... host command`: run a shell command on `host` with the ssh command line `ssh`.
+pub(crate) fn remote_argv(ssh: &[String], host: &str, command: String) -> Vec<String> {
+    let mut argv = ssh.to_vec();
+    argv.push(host.to_string());
+    argv.push(command);
+    argv
 }
 
 /// Field 22 of /proc/<pid>/stat (start time) and field 3 (state), if the process exists.
@@ -502,6 +506,19 @@ pub trait Launcher {
 pub(crate) fn ensure_dir(p: &Path) -> Result<(), LaunchError> {
     std::fs::create_dir_all(p).map_err(|err| LaunchError::Io {
         what: format!("create {}", p.display()),
+        err,
+    })
+}
+
+/// Write a job script or job description into the log directory (created if need be).
+pub(crate) fn write_log_file(
+    spec: &LaunchSpec,
+    path: &Path,
+    text: &str,
+) -> Result<(), LaunchError> {
+    ensure_dir(&spec.log_dir())?;
+    std::fs::write(path, text).map_err(|err| LaunchError::Io {
+        what: format!("write {}", path.display()),
         err,
     })
 }

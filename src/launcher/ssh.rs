@@ -10,7 +10,7 @@
 //! with scp into the local profile's `security/`.
 
 use super::local::MpiCommand;
-use super::{Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
+use super::{remote_argv, Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
 use crate::jobscript::{shell_join, shell_quote};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,30 +32,22 @@ pub fn parse_engines(v: &serde_json::Value) -> Result<Vec<HostEngines>, String> 
     let mut out = Vec::new();
     for (host, spec) in obj {
         let bad = || format!("engines[{host:?}] must be a count or (count, [args]), not {spec}");
+        let strings = |a: &serde_json::Value| {
+            a.as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|x| x.as_str().map(str::to_string).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let (n, args) = match spec {
             serde_json::Value::Number(n) => (n.as_u64().ok_or_else(bad)? as usize, None),
             serde_json::Value::Array(a) if a.len() == 2 => {
                 let n = a[0].as_u64().ok_or_else(bad)? as usize;
-                let args = a[1]
-                    .as_array()
-                    .ok_or_else(bad)?
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string).ok_or_else(bad))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (n, Some(args))
+                (n, Some(strings(&a[1])?))
             }
             serde_json::Value::Object(o) => {
                 let n = o.get("n").and_then(|x| x.as_u64()).ok_or_else(bad)? as usize;
-                let args = match o.get("engine_args") {
-                    Some(a) => Some(
-                        a.as_array()
-                            .ok_or_else(bad)?
-                            .iter()
-                            .map(|x| x.as_str().map(str::to_string).ok_or_else(bad))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    ),
-                    None => None,
-                };
+                let args = o.get("engine_args").map(strings).transpose()?;
                 (n, args)
             }
             _ => return Err(bad()),
@@ -136,6 +128,11 @@ impl SshLauncher {
         .concat()
     }
 
+    /// `ssh ... [user@]host command`.
+    fn ssh_argv(&self, host: &str, command: String) -> Vec<String> {
+        remote_argv(&self.ssh_prefix(), &self.target(host), command)
+    }
+
     fn remote_profile(&self, spec: &LaunchSpec) -> String {
         self.settings
             .remote_profile_dir
@@ -183,9 +180,7 @@ impl SshLauncher {
             he.host.replace(['@', '/'], "_")
         );
         let env = remote_env(spec, &rprof);
-        let mut ssh = self.ssh_prefix();
-        ssh.push(self.target(&he.host));
-        ssh.push(Self::remote_start_command(&env, &argv, &output));
+        let ssh = self.ssh_argv(&he.host, Self::remote_start_command(&env, &argv, &output));
         (ssh, output)
     }
 
@@ -220,13 +215,14 @@ impl SshLauncher {
         host: &str,
         rprof: &str,
     ) -> Result<(), LaunchError> {
-        let mut mk = self.ssh_prefix();
-        mk.push(self.target(host));
-        mk.push(format!(
-            "mkdir -p {}/security {}/log",
-            shell_quote(rprof),
-            shell_quote(rprof)
-        ));
+        let mk = self.ssh_argv(
+            host,
+            format!(
+                "mkdir -p {}/security {}/log",
+                shell_quote(rprof),
+                shell_quote(rprof)
+            ),
+        );
         self.run_checked(runner, &mk, &format!("create the profile on {host}"))?;
         Ok(())
     }
@@ -344,13 +340,10 @@ impl Launcher for SshLauncher {
                     args.push("--reuse".into());
                 }
                 let argv = [program, args].concat();
-                let mut ssh = self.ssh_prefix();
-                ssh.push(self.target(host));
-                ssh.push(Self::remote_start_command(
-                    &remote_env(spec, &rprof),
-                    &argv,
-                    &output,
-                ));
+                let ssh = self.ssh_argv(
+                    host,
+                    Self::remote_start_command(&remote_env(spec, &rprof), &argv, &output),
+                );
                 let handle = self.start_remote(runner, host, &ssh, output)?;
                 let deadline =
                     Instant::now() + Duration::from_secs_f64(self.settings.connection_info_timeout);

@@ -2,7 +2,7 @@
 //! `job submit /jobfile:<file> [/scheduler:<host>]` when the `job` command exists; cancelled
 //! with `job cancel <id>`.
 
-use super::{ensure_dir, Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
+use super::{write_log_file, Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
 use crate::jobscript::shell_join;
 
 /// Windows HPC settings.
@@ -103,16 +103,12 @@ impl Launcher for WinHpcLauncher {
         runner: &dyn Runner,
     ) -> Result<Vec<Handle>, LaunchError> {
         let s = &self.settings;
-        ensure_dir(&spec.log_dir())?;
         let file = spec.log_dir().join(
             s.job_file_name
                 .clone()
                 .unwrap_or_else(|| format!("{}.xml", spec.stem(role))),
         );
-        std::fs::write(&file, self.render(spec, role)).map_err(|err| LaunchError::Io {
-            what: format!("write {}", file.display()),
-            err,
-        })?;
+        write_log_file(spec, &file, &self.render(spec, role))?;
         if runner.which(&s.job_cmd).is_none() {
             return Err(LaunchError::Submit {
                 system: "winhpc".into(),
