@@ -21,26 +21,40 @@ def sge_ids():
     return {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
 
 
+def job_handles(e):
+    """The batch-job handles of the cluster file."""
+    return [h for h in handles(e.cluster_data()) if h["kind"] == "job"]
+
+
+def engine_env(rc, name):
+    """Environment variable `name` on every engine (None where unset)."""
+    return rc[:].apply_sync(remote(lambda name: __import__("os").environ.get(name)), name)
+
+
+def wait_dequeued(job_ids, queue_ids, what):
+    """Wait until none of `job_ids` is in the batch queue any more."""
+    wait_for(lambda: not (set(job_ids) & queue_ids()), timeout=60, what=what)
+
+
 def run_batch_cluster(tmp_path, engines, config, job_env, queue_ids, extra=()):
     e = RparEnv(tmp_path, profile=engines)
     try:
         e.create_profile(config)
         r = e.start("--n=4", f"--engines={engines}", *extra, "--Cluster.engine_timeout=150")
         assert f"started {engines} job" in r.stderr or f"submitted {engines} job" in r.stderr, r.stderr
-        data = e.cluster_data()
-        jobs = [h for h in handles(data) if h["kind"] == "job"]
+        jobs = job_handles(e)
         assert len(jobs) == 1 and jobs[0]["system"] == engines
         job_id = jobs[0]["job_id"]
         assert job_id in queue_ids()
         script = open(jobs[0]["script"]).read()
         rc = e.client(n=4)
-        env = rc[:].apply_sync(remote(lambda name: __import__("os").environ.get(name)), job_env)
+        env = engine_env(rc, job_env)
         assert env == [job_id] * 4, (env, job_id)
         assert sorted(rc[:].apply_sync(remote(lambda: __import__("mpi4py.MPI", fromlist=["x"]).COMM_WORLD.Get_rank()))) == [0, 1, 2, 3]
         assert rc[:].apply_sync(remote(lambda x: x ** 2), 12) == [144] * 4
         rc.close()
         e.stop()
-        wait_for(lambda: job_id not in queue_ids(), timeout=60, what=f"job {job_id} to leave the queue")
+        wait_dequeued([job_id], queue_ids, f"job {job_id} to leave the queue")
         assert not e.cluster_file().exists()
         return script
     finally:
@@ -59,10 +73,9 @@ def test_slurm_co_start_runs_controller_and_engines_in_one_job(tmp_path):
     try:
         e.create_profile()
         e.start("--n=3", "--engines=slurm", "--co-start", "--Cluster.engine_timeout=150")
-        data = e.cluster_data()
-        (job,) = [h for h in handles(data) if h["kind"] == "job"]
+        (job,) = job_handles(e)
         rc = e.client(n=3)
-        assert rc[:].apply_sync(remote(lambda: __import__("os").environ["SLURM_JOB_ID"])) == [job["job_id"]] * 3
+        assert engine_env(rc, "SLURM_JOB_ID") == [job["job_id"]] * 3
         rc.close()
         # the controller runs inside the job: the job's processes include rpar-controller
         out = subprocess.run(["scontrol", "listpids", job["job_id"]], capture_output=True, text=True).stdout
@@ -75,7 +88,7 @@ def test_slurm_co_start_runs_controller_and_engines_in_one_job(tmp_path):
                 pass
         assert any("rpar-controller" in c for c in cmds), cmds
         e.stop()
-        wait_for(lambda: job["job_id"] not in squeue_ids(), timeout=60, what="the job to leave the queue")
+        wait_dequeued([job["job_id"]], squeue_ids, "the job to leave the queue")
     finally:
         e.cleanup()
 
@@ -115,7 +128,7 @@ def test_seed_pbs_template_file_in_ipyparallel_syntax(tmp_path):
     )
     try:
         e.start("--Cluster.engine_timeout=150")
-        (job,) = [h for h in handles(e.cluster_data()) if h["kind"] == "job"]
+        (job,) = job_handles(e)
         text = open(job["script"]).read()
         assert "#PBS -l nodes=1:ppn=2\n#PBS -q debug\n" in text
         assert f"--profile_dir={e.profile_dir}\n" in text
@@ -123,7 +136,7 @@ def test_seed_pbs_template_file_in_ipyparallel_syntax(tmp_path):
         assert rc[:].apply_sync(remote(lambda: 1 + 1)) == [2, 2]
         rc.close()
         e.stop()
-        wait_for(lambda: job["job_id"] not in squeue_ids(), timeout=60, what="the job to leave the queue")
+        wait_dequeued([job["job_id"]], squeue_ids, "the job to leave the queue")
     finally:
         e.cleanup()
 
@@ -144,15 +157,15 @@ c.PBSLauncher.submit_command = ['{TORQUE_QSUB}']
     try:
         e.create_profile(config)
         e.start("--Cluster.engine_timeout=150")
-        jobs = [h for h in handles(e.cluster_data()) if h["kind"] == "job"]
+        jobs = job_handles(e)
         assert [j["system"] for j in jobs] == ["pbs", "pbs"]
         ids = {j["job_id"] for j in jobs}
         assert ids <= squeue_ids()
         rc = e.client(n=3)
-        assert len(set(rc[:].apply_sync(remote(lambda: __import__("os").environ["SLURM_JOB_ID"])))) == 1
+        assert len(set(engine_env(rc, "SLURM_JOB_ID"))) == 1
         rc.close()
         e.stop()
-        wait_for(lambda: not (ids & squeue_ids()), timeout=60, what="both jobs to leave the queue")
+        wait_dequeued(ids, squeue_ids, "both jobs to leave the queue")
     finally:
         e.cleanup()
 
@@ -180,13 +193,13 @@ def test_jobscripts_submitted_by_hand(tmp_path, system):
         try:
             rc = e.client(n=3, timeout=120)
             var = "JOB_ID" if system == "sge" else "SLURM_JOB_ID"
-            ids = rc[:].apply_sync(remote(lambda v: __import__("os").environ.get(v)), var)
+            ids = engine_env(rc, var)
             assert sorted(ids, key=str).count(job_id) == 2, (ids, job_id)
             rc.close()
         finally:
             cancel = {"slurm": ["scancel"], "pbs": ["scancel"], "sge": ["qdel"]}[system]
             subprocess.run(cancel + [job_id], capture_output=True)
         ids_now = sge_ids if system == "sge" else squeue_ids
-        wait_for(lambda: job_id not in ids_now(), timeout=60, what="the hand-submitted job to end")
+        wait_dequeued([job_id], ids_now, "the hand-submitted job to end")
     finally:
         e.cleanup()
