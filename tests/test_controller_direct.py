@@ -167,3 +167,30 @@ def test_bad_query_type_gets_hub_error(rpar_cluster):
         assert not sock.poll(1000)
     finally:
         sock.close()
+
+
+def test_px_magic_in_ipython(rpar_cluster):
+    """%px and %%px in a real IPython shell (the client side of the magics is ipyparallel's)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ipyparallel as ipp\n"
+        "rc = ipp.Client(profile='default')\n"
+        "rc.wait_for_engines(2, timeout=30)\n"
+        "rc[:].activate()\n"
+        "ip = get_ipython()\n"
+        "ip.run_line_magic('px', 'px_sq = 7 * 6')\n"
+        "ar = ip.run_cell_magic('px', '--noblock', 'import os; print(\"PX-OUT\", os.getpid())')\n"
+        "ar.get(timeout=30); ar.wait_for_output(timeout=30)\n"
+        "print('STDOUT', ar.stdout)\n"
+        "print('PULLED', rc[:].pull('px_sq', block=True))\n"
+        "rc.close()\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "IPython", "--quick", "--no-banner", "--colors=NoColor", "-c", code],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PULLED [42, 42]" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.count("PX-OUT") == 2, r.stdout + r.stderr
