@@ -3,6 +3,7 @@ ipcontroller (and rpar-controller when built): registration of ranks as engines 
 apply/map/execute/push/pull/scatter/gather, mpi4py inside the engines, C-level output,
 shutdown, a killed rank, a GIL-holding task, signal_request."""
 
+import contextlib
 import os
 import signal
 import time
@@ -57,10 +58,19 @@ def connect(controller, job, n=N, timeout=60):
     return rc
 
 
+@contextlib.contextmanager
+def connected(controller, job, n=N):
+    """`connect`, closing the client on leaving."""
+    rc = connect(controller, job, n=n)
+    try:
+        yield rc
+    finally:
+        rc.close()
+
+
 def test_ranks_register_and_compute(flavour, controller, job_factory):
     job = job_factory(flavour, controller)
-    rc = connect(controller, job)
-    try:
+    with connected(controller, job) as rc:
         assert sorted(rc.ids) == [0, 1, 2, 3]
         dv = rc[:]
         # apply: every engine computes, results in engine order
@@ -109,8 +119,6 @@ def test_ranks_register_and_compute(flavour, controller, job_factory):
         # magics work (IPython shell)
         ar = rc[0].execute("%time z = 5", block=True)
         assert rc[0]["z"] == 5
-    finally:
-        rc.close()
 
 
 @pytest.mark.parametrize("doorbell", ["1", "0"])
@@ -119,8 +127,7 @@ def test_large_messages_with_and_without_doorbells(controller, job_factory, door
     ranks on another host) it is probed on a timer. Both must carry multi-megabyte messages (MPI
     rendezvous: the sender's loop has to keep progressing the send) both ways."""
     job = job_factory("openmpi", controller, env={"RPAR_ENGINE_DOORBELL": doorbell})
-    rc = connect(controller, job)
-    try:
+    with connected(controller, job) as rc:
         dv = rc[:]
         blob = bytes(range(256)) * (32 * 1024)  # 8 MiB
         dv.push({"blob": blob}, block=True)
@@ -129,8 +136,6 @@ def test_large_messages_with_and_without_doorbells(controller, job_factory, door
         assert back == [blob[::-1]] * N
         # many small round trips in a row
         assert dv.map_sync(lambda x: x + 1, range(64)) == list(range(1, 65))
-    finally:
-        rc.close()
 
 
 class _OldPythonFunction:
@@ -155,8 +160,7 @@ def test_client_python_version_mismatch_is_named(controller, job_factory):
     import sys
 
     job = job_factory("openmpi", controller, n=2)
-    rc = connect(controller, job, n=2)
-    try:
+    with connected(controller, job, n=2) as rc:
         with pytest.raises(Exception) as ei:
             rc[1].apply_sync(_OldPythonFunction())
         err = ei.value
@@ -166,8 +170,6 @@ def test_client_python_version_mismatch_is_named(controller, job_factory):
         assert f"this engine runs Python {here}" in err.evalue
         # the engine keeps working
         assert rc[1].apply_sync(lambda: 6 * 7) == 42
-    finally:
-        rc.close()
 
 
 def test_mpi4py_allreduce(flavour, controller, job_factory):
@@ -182,8 +184,7 @@ def test_mpi4py_allreduce(flavour, controller, job_factory):
         ).read():
             pytest.skip(f"mpi4py {mpi4py.__version__} has no MPICH build (needs >= 4.1 wheels)")
     job = job_factory(flavour, controller)
-    rc = connect(controller, job)
-    try:
+    with connected(controller, job) as rc:
         dv = rc[:]
         dv.execute(
             "from mpi4py import MPI; r = MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.rank)",
@@ -191,28 +192,22 @@ def test_mpi4py_allreduce(flavour, controller, job_factory):
         )
         assert dv["r"] == [6] * N
         assert dv.apply_sync(lambda: __import__("mpi4py.MPI").MPI.COMM_WORLD.size) == [N] * N
-    finally:
-        rc.close()
 
 
 def test_shutdown_exits_zero_and_leaves_nothing(flavour, controller, job_factory):
     job = job_factory(flavour, controller)
-    rc = connect(controller, job)
-    try:
+    with connected(controller, job) as rc:
         assert len(job.pids()) >= N
         rc.shutdown(block=True)
         assert job.wait(30) == 0, job.output()
         wait_until(lambda: not job.pids(), 10, "no rpar-engine process left")
         wait_until(lambda: not rc.ids, 10, "engines unregistered")
-    finally:
-        rc.close()
 
 
 @pytest.mark.parametrize("victim", [1, 0])
 def test_killed_rank_unregisters_every_engine(controller, job_factory, victim):
     job = job_factory("openmpi", controller)
-    rc = connect(controller, job)
-    try:
+    with connected(controller, job) as rc:
         pid = job.rank_pid(victim)
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -222,28 +217,22 @@ def test_killed_rank_unregisters_every_engine(controller, job_factory, victim):
         assert took < 10, took
         job.wait(30)
         wait_until(lambda: not job.pids(), 15, "no rpar-engine process left")
-    finally:
-        rc.close()
 
 
 def test_gil_holding_task_is_not_declared_dead(controller, job_factory):
     job = job_factory("openmpi", controller, n=2)
-    rc = connect(controller, job, n=2)
-    try:
+    with connected(controller, job, n=2) as rc:
         # PyDLL keeps the GIL during the C call: 7 s = 14 heartbeat periods of 500 ms
         ar = rc[1].execute("import ctypes\nctypes.PyDLL(None).sleep(7)\ndone = 1", block=False)
         ar.get(timeout=30)
 
         assert sorted(rc.ids) == [0, 1]
         assert rc[1]["done"] == 1
-    finally:
-        rc.close()
 
 
 def test_signal_interrupts_running_code(controller, job_factory):
     job = job_factory("openmpi", controller, n=2)
-    rc = connect(controller, job, n=2)
-    try:
+    with connected(controller, job, n=2) as rc:
         ar = rc[0].execute("import time\ntime.sleep(60)", block=False)
         time.sleep(1.5)
         rc.send_signal(signal.SIGINT, targets=[0], block=True)
@@ -252,8 +241,6 @@ def test_signal_interrupts_running_code(controller, job_factory):
         assert "KeyboardInterrupt" in str(ei.value)
         # the engine still works afterwards
         assert rc[0].apply_sync(lambda: 5) == 5
-    finally:
-        rc.close()
 
 
 def test_single_rank_without_mpiexec(make_controller, tmp_path):
