@@ -617,3 +617,94 @@ fn purge_refuses_pending_and_drops_completed() {
     let c = query(&mut h, "result_request", json!({"msg_ids": [id]}), t0);
     assert_eq!(c["status"], "error");
 }
+
+/// Random frames on every socket, signed and unsigned, JSON and garbage: the hub must neither
+/// panic nor answer anything it could not verify.
+#[test]
+fn random_peer_input_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    register(&mut h, "fz", None, t0);
+    let peer = Peer::new("fuzzer");
+    let socks = [
+        Sock::Registration,
+        Sock::HbPong,
+        Sock::MuxClient,
+        Sock::MuxEngine,
+        Sock::ControlClient,
+        Sock::ControlEngine,
+        Sock::TaskClient,
+        Sock::TaskEngine,
+        Sock::BcastClient,
+        Sock::BcastEngine,
+        Sock::IopubEngine,
+    ];
+    let pieces: [&[u8]; 10] = [
+        b"{}",
+        b"[]",
+        b"null",
+        b"{\"msg_id\": 5, \"msg_type\": []}",
+        b"{\"msg_type\": \"apply_request\", \"msg_id\": \"x\", \"date\": \"garbage\"}",
+        b"{\"targets\": \"nope\", \"after\": {\"dependencies\": 3}, \"retries\": -1}",
+        b"{\"msg_ids\": [1, null], \"targets\": [[\"a\", \"b\"]], \"query\": {\"x\": {\"$bogus\": 1}}}",
+        b"\xff\xfe\x00",
+        b"",
+        b"fz",
+    ];
+    for i in 0..3000u32 {
+        let sock = socks[rng.gen_range(0..socks.len())];
+        let n = rng.gen_range(0..9);
+        let mut frames: Frames = (0..n)
+            .map(|_| pieces[rng.gen_range(0..pieces.len())].to_vec())
+            .collect();
+        if rng.gen_bool(0.5) {
+            // a well-formed, correctly signed message with hostile JSON inside
+            let mut m = WireMessage {
+                idents: vec![b"fz".to_vec(), b"cid".to_vec()],
+                signature: vec![],
+                header: pieces[rng.gen_range(0..pieces.len())].to_vec(),
+                parent: pieces[rng.gen_range(0..pieces.len())].to_vec(),
+                metadata: pieces[rng.gen_range(0..pieces.len())].to_vec(),
+                content: pieces[rng.gen_range(0..pieces.len())].to_vec(),
+                buffers: vec![],
+            };
+            if rng.gen_bool(0.5) {
+                let t = [
+                    "apply_request",
+                    "db_request",
+                    "result_request",
+                    "queue_request",
+                    "purge_request",
+                    "resubmit_request",
+                    "registration_request",
+                    "unregistration_request",
+                    "stream",
+                ][rng.gen_range(0..9)];
+                m.header = peer.b.header_bytes(t);
+            }
+            m.content = format!(
+                "{{\"n\": {i}, \"pad\": {}}}",
+                String::from_utf8_lossy(&m.content).len()
+            )
+            .into_bytes();
+            peer.s.sign_message(&mut m);
+            frames = m.into_frames();
+        } else if rng.gen_bool(0.3) {
+            frames.insert(rng.gen_range(0..=frames.len()), DELIM.to_vec());
+        }
+        let _ = h.on_message(sock, frames, t0 + Duration::from_millis(u64::from(i)));
+        if i % 100 == 0 {
+            let _ = h.tick(t0 + Duration::from_millis(u64::from(i)));
+        }
+    }
+    // still serving
+    let c = query(
+        &mut h,
+        "connection_request",
+        json!({}),
+        t0 + Duration::from_secs(4),
+    );
+    assert_eq!(c["status"], "ok");
+}
