@@ -149,8 +149,11 @@ def test_restore_after_a_controller_crash(make_controller, make_engines):
     eng = make_engines(ctl, 2)
     rc = connect(ctl, 2, eng)
     rc.close()
-    state = read_json(ctl.profile_dir / "log" / "engines.json")
-    assert sorted(state["engines"]) == ["0", "1"]
+    state_file = ctl.profile_dir / "log" / "engines.json"
+    # written right after the registration notifications go out
+    wait_for(lambda: state_file.exists() and sorted(read_json(state_file)["engines"]) == ["0", "1"],
+             timeout=10, what="both engines in log/engines.json")
+    state = read_json(state_file)
     ctl.proc.send_signal(signal.SIGKILL)
     ctl.proc.wait(10)
     # same ports and key; engines reconnect by themselves and are known at once

@@ -668,10 +668,11 @@ fn run_effect(e: Effect, socks: &Sockets, files: &Files, readers: &mut Readers) 
             }
         }
         Effect::SaveEngines(v) => {
-            if let Err(err) = std::fs::write(
-                &files.state,
-                serde_json::to_vec_pretty(&v).unwrap_or_default(),
-            ) {
+            // write aside, then rename: a reader (or a crash) never sees a half-written file
+            let tmp = files.state.with_extension("json.tmp");
+            let res = std::fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap_or_default())
+                .and_then(|()| std::fs::rename(&tmp, &files.state));
+            if let Err(err) = res {
                 warn!(path = %files.state.display(), error = %err, "could not save engine state");
             }
         }
