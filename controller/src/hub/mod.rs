@@ -99,7 +99,6 @@ pub struct Engine {
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub dropped: u64,
-    pub messages: u64,
 }
 
 pub struct Hub {
@@ -112,6 +111,8 @@ pub struct Hub {
     engines: HashMap<Vec<u8>, Engine>,
     /// Registered and pending ids.
     ids: BTreeMap<u32, Vec<u8>>,
+    /// Registrations waiting for their first heartbeat, by id (a subset of `ids`).
+    pending_regs: BTreeMap<u32, Vec<u8>>,
     next_id: u32,
     /// Direct (MUX) requests outstanding per engine id.
     mux_pending: HashMap<u32, HashSet<String>>,
@@ -150,6 +151,7 @@ impl Hub {
             heart,
             engines: HashMap::new(),
             ids: BTreeMap::new(),
+            pending_regs: BTreeMap::new(),
             next_id: 0,
             mux_pending: HashMap::new(),
             tasks_on: HashMap::new(),
@@ -193,7 +195,11 @@ impl Hub {
         for (at, ..) in &self.stranded {
             t = t.min(*at);
         }
-        for e in self.engines.values().filter(|e| !e.registered) {
+        for e in self
+            .pending_regs
+            .values()
+            .filter_map(|u| self.engines.get(u))
+        {
             t = t.min(e.since + self.cfg.registration_timeout);
         }
         t
@@ -201,7 +207,6 @@ impl Hub {
 
     /// Split and verify an incoming message; log and drop on any problem.
     fn accept(&mut self, sock: Sock, frames: Frames) -> Option<WireMessage> {
-        self.stats.messages += 1;
         let msg = match WireMessage::split(frames, &self.limits) {
             Ok(m) => m,
             Err(e) => {
@@ -271,15 +276,18 @@ impl Hub {
         }
         // pending registrations that never sent a heartbeat
         let stale: Vec<Vec<u8>> = self
-            .engines
-            .iter()
-            .filter(|(_, e)| !e.registered && now >= e.since + self.cfg.registration_timeout)
-            .map(|(u, _)| u.clone())
+            .pending_regs
+            .values()
+            .filter(|u| {
+                self.engines
+                    .get(*u)
+                    .is_some_and(|e| now >= e.since + self.cfg.registration_timeout)
+            })
+            .cloned()
             .collect();
         for u in stale {
-            if let Some(e) = self.engines.remove(&u) {
+            if let Some(e) = self.drop_engine(&u) {
                 warn!(engine = e.id, uuid = %e.uuid, "registration stalled: no heartbeat, dropped");
-                self.ids.remove(&e.id);
             }
         }
         self.finish_ready_registrations(now, &mut out);
@@ -290,8 +298,7 @@ impl Hub {
     }
 
     fn update_fast_ping(&mut self, now: Instant) {
-        let pending = self.engines.values().any(|e| !e.registered);
-        self.heart.set_pending(pending, now);
+        self.heart.set_pending(!self.pending_regs.is_empty(), now);
     }
 
     // ------------------------------------------------------------------ registration
@@ -320,12 +327,12 @@ impl Hub {
                     None => {
                         // an engine that never got an id: cancel its pending registration
                         if let Some(uuid) = msg.idents.first() {
-                            if let Some(e) = self.engines.get(uuid.as_slice()) {
-                                if !e.registered {
-                                    let id = e.id;
-                                    self.engines.remove(uuid.as_slice());
-                                    self.ids.remove(&id);
-                                }
+                            if self
+                                .engines
+                                .get(uuid.as_slice())
+                                .is_some_and(|e| !e.registered)
+                            {
+                                self.drop_engine(uuid);
                             }
                         }
                     }
@@ -442,7 +449,8 @@ impl Hub {
                 since: now,
             },
         );
-        self.ids.insert(id, key);
+        self.ids.insert(id, key.clone());
+        self.pending_regs.insert(id, key);
         let mut ci = serde_json::to_value(&self.cfg.engine_info).unwrap_or(json!({}));
         if let Some(o) = ci.as_object_mut() {
             for k in [
@@ -497,14 +505,16 @@ impl Hub {
     /// farming under the `pure` scheme when the ids it knows are not 0..n-1.
     fn finish_ready_registrations(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let hold = self.cfg.hb_period.min(Duration::from_secs(1));
-        let mut pending: Vec<(u32, Vec<u8>, bool, Instant)> = self
-            .engines
-            .iter()
-            .filter(|(_, e)| !e.registered)
-            .map(|(u, e)| (e.id, u.clone(), e.heart_seen, e.since))
+        let pending: Vec<(Vec<u8>, bool, Instant)> = self
+            .pending_regs
+            .values()
+            .filter_map(|u| {
+                self.engines
+                    .get(u)
+                    .map(|e| (u.clone(), e.heart_seen, e.since))
+            })
             .collect();
-        pending.sort();
-        for (_, uuid, seen, since) in pending {
+        for (uuid, seen, since) in pending {
             if seen {
                 self.finish_registration(uuid, now, out);
             } else if now < since + hold {
@@ -519,6 +529,7 @@ impl Hub {
         };
         e.registered = true;
         let (id, uuid_s) = (e.id, e.uuid.clone());
+        self.pending_regs.remove(&id);
         self.heart.track(&uuid);
         info!(engine = id, uuid = %uuid_s, "engine registered");
         self.notify(
@@ -560,7 +571,8 @@ impl Hub {
                     since: now,
                 };
                 self.engines.insert(key.clone(), e);
-                self.ids.insert(id, key);
+                self.ids.insert(id, key.clone());
+                self.pending_regs.insert(id, key);
             }
         }
         if let Some(n) = state.get("next_id").and_then(Value::as_u64) {
@@ -569,16 +581,23 @@ impl Hub {
         self.update_fast_ping(now);
     }
 
+    /// Forget an engine (pending or registered) in every table that names it.
+    fn drop_engine(&mut self, uuid: &[u8]) -> Option<Engine> {
+        let e = self.engines.remove(uuid)?;
+        self.ids.remove(&e.id);
+        self.pending_regs.remove(&e.id);
+        Some(e)
+    }
+
     /// Remove engine `id` (unregistration request, lost heartbeat, or shutdown).
     pub fn unregister(&mut self, id: u32, now: Instant, out: &mut Vec<Effect>) {
         let Some(uuid) = self.ids.get(&id).cloned() else {
             debug!(engine = id, "unregistration of an unknown engine ignored");
             return;
         };
-        let Some(e) = self.engines.remove(&uuid) else {
+        let Some(e) = self.drop_engine(&uuid) else {
             return;
         };
-        self.ids.remove(&id);
         self.heart.forget(&uuid);
         if !e.registered {
             return;
