@@ -33,6 +33,18 @@ pub struct Header {
 }
 
 impl Header {
+    /// Parse a header frame once into the typed header and its JSON value (a task record keeps
+    /// the value as the client sent it).
+    pub fn parse_with_value(bytes: &[u8]) -> Result<(Header, Value), crate::WireError> {
+        let bad = |e: serde_json::Error| crate::WireError::BadJson {
+            part: "header",
+            err: e.to_string(),
+        };
+        let value: Value = serde_json::from_slice(bytes).map_err(bad)?;
+        let header = Header::deserialize(&value).map_err(bad)?;
+        Ok((header, value))
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Header, crate::WireError> {
         serde_json::from_slice(bytes).map_err(|e| crate::WireError::BadJson {
             part: "header",
@@ -210,6 +222,16 @@ mod tests {
         assert_eq!(msg_id_of(b"[]"), None);
         assert_eq!(msg_id_of(b"{nope"), None);
         assert_eq!(msg_id_of(b""), None);
+    }
+
+    #[test]
+    fn parse_with_value_gives_both_views() {
+        let raw = br#"{"msg_id":"m","msg_type":"apply_request","session":"s","date":"d","x":1}"#;
+        let (h, v) = Header::parse_with_value(raw).unwrap();
+        assert_eq!((h.msg_id.as_str(), h.session.as_str()), ("m", "s"));
+        assert_eq!(v["x"], 1);
+        assert!(Header::parse_with_value(br#"{"msg_id": 5}"#).is_err());
+        assert!(Header::parse_with_value(b"[1]").is_err());
     }
 
     #[test]

@@ -351,8 +351,8 @@ impl Hub {
             };
             self.signer.sign_message(&mut m);
             // the new record keeps the original client's session, submitted from the old header
-            if let Ok(h) = super::records::RequestHeader::parse(&m.header) {
-                self.records.request(h, &m, "task", None);
+            if let Ok((h, value)) = rpar_core::Header::parse_with_value(&m.header) {
+                self.records.request(h, value, &m, "task", None);
             }
             resubmitted.insert(old_id.clone(), json!(new_id));
             to_submit.push((old_id, new_id, m));

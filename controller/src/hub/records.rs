@@ -3,61 +3,14 @@
 //! routing does not depend on its record.
 
 use rpar_core::ids::parse_iso;
-use rpar_core::wire::{WireError, WireMessage};
+use rpar_core::wire::WireMessage;
+use rpar_core::Header;
 use rpar_taskdb::{Stream, TaskDb, TaskRecord};
 use serde_json::Value;
 use tracing::debug;
 
 /// The configured backend.
 pub type Db = Box<dyn TaskDb + Send>;
-
-/// The header fields the hub reads from a request, with the whole header as a JSON value (for
-/// the task record), from one parse of the frame.
-#[derive(Debug, Clone)]
-pub struct RequestHeader {
-    pub msg_id: String,
-    pub msg_type: String,
-    pub session: String,
-    pub date: String,
-    pub value: Value,
-}
-
-impl RequestHeader {
-    /// Parse a header frame: a JSON object whose standard fields, where present, are strings
-    /// (what [`rpar_core::Header::parse`] accepts); absent ones read as "".
-    pub fn parse(raw: &[u8]) -> Result<RequestHeader, WireError> {
-        let value: Value = serde_json::from_slice(raw).map_err(|e| WireError::BadJson {
-            part: "header",
-            err: e.to_string(),
-        })?;
-        let Value::Object(o) = &value else {
-            return Err(WireError::BadJson {
-                part: "header",
-                err: "not an object".into(),
-            });
-        };
-        let text = |k: &'static str| -> Result<String, WireError> {
-            match o.get(k) {
-                None => Ok(String::new()),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(_) => Err(WireError::BadJson {
-                    part: "header",
-                    err: format!("{k} is not a string"),
-                }),
-            }
-        };
-        for k in ["username", "version"] {
-            text(k)?;
-        }
-        Ok(RequestHeader {
-            msg_id: text("msg_id")?,
-            msg_type: text("msg_type")?,
-            session: text("session")?,
-            date: text("date")?,
-            value,
-        })
-    }
-}
 
 pub struct Records {
     pub db: Db,
@@ -72,11 +25,13 @@ impl Records {
         Records { db }
     }
 
-    /// A request seen on its way to an engine (`in` / `intask`). `h` is the request's header,
-    /// parsed once by the caller; its value goes into the record as it is.
+    /// A request seen on its way to an engine (`in` / `intask`). `h` is the request's header
+    /// and `value` the same header as JSON ([`Header::parse_with_value`]: parsed once by the
+    /// caller); the value goes into the record as it is.
     pub fn request(
         &mut self,
-        h: RequestHeader,
+        h: Header,
+        value: Value,
         msg: &WireMessage,
         queue: &str,
         engine_uuid: Option<&str>,
@@ -91,7 +46,7 @@ impl Records {
         let msg_id = h.msg_id;
         let rec = TaskRecord {
             msg_id: Some(msg_id.clone()),
-            header: Some(h.value),
+            header: Some(value),
             metadata,
             content: msg.content_value().ok(),
             buffers: Some(msg.buffers.clone()),

@@ -3,9 +3,9 @@
 //! task database need. The schedulers' decisions live in crate `rpar-sched`; this module only
 //! moves their actions onto sockets and into records.
 
-use super::records::RequestHeader;
 use super::{Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::WireMessage;
+use rpar_core::Header;
 use std::time::Instant;
 use tracing::{debug, warn};
 
@@ -26,15 +26,19 @@ impl Hub {
             return;
         }
         let target = &msg.idents[1];
-        match (RequestHeader::parse(&msg.header), self.engine_id_of(target)) {
-            (Ok(h), Some(eid)) => {
+        match (
+            Header::parse_with_value(&msg.header),
+            self.engine_id_of(target),
+        ) {
+            (Ok((h, value)), Some(eid)) => {
                 let engine_uuid = String::from_utf8_lossy(target).into_owned();
                 self.mux_pending
                     .entry(eid)
                     .or_default()
                     .insert(h.msg_id.clone());
                 self.pending.insert(h.msg_id.clone());
-                self.records.request(h, &msg, "mux", Some(&engine_uuid));
+                self.records
+                    .request(h, value, &msg, "mux", Some(&engine_uuid));
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -85,7 +89,7 @@ impl Hub {
             return;
         }
         // Read what the records need, then relay verbatim.
-        let header = RequestHeader::parse(&msg.header).ok();
+        let header = Header::parse(&msg.header).ok();
         let record = match header.as_ref().map(|h| h.msg_type.as_str()) {
             Some("stream" | "error" | "execute_input" | "execute_result" | "display_data") => {
                 rpar_core::msg::msg_id_of(&msg.parent)
@@ -114,11 +118,11 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
-        match RequestHeader::parse(&msg.header) {
-            Ok(h) => {
+        match Header::parse_with_value(&msg.header) {
+            Ok((h, value)) => {
                 let msg_id = h.msg_id.clone();
                 if msg.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
-                    self.records.request(h, &msg, "task", None);
+                    self.records.request(h, value, &msg, "task", None);
                 }
                 self.pending.insert(msg_id.clone());
                 self.unassigned.insert(msg_id);
