@@ -63,6 +63,17 @@ pub struct Files {
 }
 
 impl Files {
+    /// Rewrite `log/engines<cluster_id>.json`: written aside, then renamed, so a reader (or a
+    /// crash) never sees a half-written file.
+    fn save_engines(&self, state: &serde_json::Value) {
+        let tmp = self.state.with_extension("json.tmp");
+        let res = std::fs::write(&tmp, serde_json::to_vec_pretty(state).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &self.state));
+        if let Err(err) = res {
+            warn!(path = %self.state.display(), error = %err, "could not save engine state");
+        }
+    }
+
     fn remove(&self) {
         if self.keep {
             return;
@@ -544,9 +555,14 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
     let mut readers = Readers::new(list)?;
     let mut part = zmq::Message::new();
     let mut effects = hub.tick(Instant::now());
+    let mut state_dirty = false;
     loop {
         for e in effects.drain(..) {
-            run_effect(e, socks, files, &mut readers);
+            run_effect(e, socks, &mut readers, &mut state_dirty);
+        }
+        // one write per wake-up, however many engines (un)registered in it
+        if std::mem::take(&mut state_dirty) {
+            files.save_engines(&hub.engine_state());
         }
         if STOP.load(Ordering::SeqCst) {
             info!("signal received: stopping");
@@ -594,7 +610,7 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
             }
             if effects.len() > 4096 {
                 for e in effects.drain(..) {
-                    run_effect(e, socks, files, &mut readers);
+                    run_effect(e, socks, &mut readers, &mut state_dirty);
                 }
             }
         }
@@ -641,7 +657,7 @@ fn send_frames(sock: &zmq::Socket, frames: Frames) -> zmq::Result<()> {
     Ok(())
 }
 
-fn run_effect(e: Effect, socks: &Sockets, files: &Files, readers: &mut Readers) {
+fn run_effect(e: Effect, socks: &Sockets, readers: &mut Readers, state_dirty: &mut bool) {
     match e {
         Effect::Send(kind, frames) => {
             let Some(s) = socks.get(kind) else { return };
@@ -667,14 +683,6 @@ fn run_effect(e: Effect, socks: &Sockets, files: &Files, readers: &mut Readers) 
                 }
             }
         }
-        Effect::SaveEngines(v) => {
-            // write aside, then rename: a reader (or a crash) never sees a half-written file
-            let tmp = files.state.with_extension("json.tmp");
-            let res = std::fs::write(&tmp, serde_json::to_vec_pretty(&v).unwrap_or_default())
-                .and_then(|()| std::fs::rename(&tmp, &files.state));
-            if let Err(err) = res {
-                warn!(path = %files.state.display(), error = %err, "could not save engine state");
-            }
-        }
+        Effect::SaveEngines => *state_dirty = true,
     }
 }

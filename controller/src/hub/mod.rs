@@ -66,8 +66,9 @@ pub enum Sock {
 pub enum Effect {
     /// Send these frames on that socket.
     Send(Sock, Frames),
-    /// Rewrite the engine-state file (`log/engines<cluster_id>.json`) with this content.
-    SaveEngines(Value),
+    /// The engine-state file (`log/engines<cluster_id>.json`) is out of date: rewrite it with
+    /// [`Hub::engine_state`] (once per batch of effects, not once per engine).
+    SaveEngines,
 }
 
 /// Static facts the hub needs.
@@ -539,7 +540,7 @@ impl Hub {
             out,
         );
         self.tasks_engine_added(&uuid, id, now, out);
-        out.push(Effect::SaveEngines(self.engine_state()));
+        out.push(Effect::SaveEngines);
         self.update_fast_ping(now);
     }
 
@@ -620,7 +621,7 @@ impl Hub {
                 ));
             }
         }
-        out.push(Effect::SaveEngines(self.engine_state()));
+        out.push(Effect::SaveEngines);
     }
 
     fn fail_stranded(&mut self, now: Instant) {
