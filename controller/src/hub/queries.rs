@@ -245,11 +245,8 @@ impl Hub {
                 self.all_completed.clear();
                 return Ok(());
             }
-            Some(Value::Array(ids)) => {
-                let ids: Vec<String> = ids
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect();
+            Some(Value::Array(_)) => {
+                let ids = msg_ids(content);
                 if let Some(p) = ids.iter().find(|m| self.pending.contains(*m)) {
                     return Err(("IndexError".into(), format!("msg pending: '{p}'")));
                 }
@@ -258,8 +255,9 @@ impl Hub {
                         .db
                         .drop_matching_records(&q(json!({"msg_id": {"$in": ids}}))?)
                         .map_err(db_err)?;
+                    let gone: std::collections::HashSet<&String> = ids.iter().collect();
                     for v in self.completed_on.values_mut() {
-                        v.retain(|m| !ids.contains(m));
+                        v.retain(|m| !gone.contains(m));
                     }
                     for m in &ids {
                         self.all_completed.remove(m);
