@@ -142,14 +142,33 @@ def ipython_dir(tmp_path, monkeypatch):
     return d
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the tail of each controller's and engine's log, so a
+    failure in CI can be read without the machine it ran on."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    for proc in getattr(item, "_rpar_procs", []):
+        try:
+            text = proc.output()
+        except Exception as e:  # a log that cannot be read must not hide the failure
+            text = f"(log not readable: {e})"
+        tail = "\n".join(text.splitlines()[-80:])
+        rep.sections.append((f"log tail: {type(proc).__name__}", tail))
+
+
 @pytest.fixture
-def make_controller(ipython_dir):
+def make_controller(ipython_dir, request):
     """Factory: make_controller(*args, kind='rpar', profile='default') -> Controller."""
     made = []
+    request.node._rpar_procs = getattr(request.node, "_rpar_procs", [])
 
     def make(*args, kind="rpar", profile="default", cluster_id="", env=None):
         c = Controller(ipython_dir / f"profile_{profile}", args, kind=kind, cluster_id=cluster_id, env=env)
         made.append(c)
+        request.node._rpar_procs.append(c)
         return c
 
     yield make
@@ -158,12 +177,14 @@ def make_controller(ipython_dir):
 
 
 @pytest.fixture
-def make_engines():
+def make_engines(request):
     made = []
+    request.node._rpar_procs = getattr(request.node, "_rpar_procs", [])
 
     def make(controller, n, args=()):
         e = Engines(controller, n, args)
         made.append(e)
+        request.node._rpar_procs.append(e)
         return e
 
     yield make

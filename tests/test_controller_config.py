@@ -5,6 +5,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 
 import ipyparallel as ipp
 import pytest
@@ -166,3 +167,80 @@ def test_restore_after_a_controller_crash(make_controller, make_engines):
         assert rc[:].apply_async(lambda: "back").get(timeout=60) == ["back", "back"]
     finally:
         rc.close()
+
+
+def test_request_waits_for_an_engine_socket_that_connects_late(make_controller):
+    """Every socket of an engine (re)connects on its own timer: after a controller restart an
+    engine can answer heartbeats, and be registered, before its MUX socket is back. A request
+    routed to it in that gap must wait for the socket, not vanish (it used to, and the client
+    waited forever). The engine here is a protocol-level one whose MUX socket connects only
+    after the request was sent; the result it computes must reach the client."""
+    import threading
+    import uuid as uuidlib
+
+    import zmq
+    from ipyparallel.serialize import serialize_object, unpack_apply_message
+    from jupyter_client.session import Session
+
+    ctl = make_controller("--ping=200")
+    info = json.loads(ctl.file("engine").read_text())
+    url = lambda port: f"{info['interface']}:{port}"  # noqa: E731
+    session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
+    ident = str(uuidlib.uuid4()).encode()
+    ctx = zmq.Context()
+    reg = ctx.socket(zmq.DEALER)
+    reg.identity = ident
+    reg.connect(url(info["registration"]))
+    ping = ctx.socket(zmq.SUB)
+    ping.subscribe(b"")
+    ping.connect(url(info["hb_ping"]))
+    pong = ctx.socket(zmq.DEALER)
+    pong.identity = ident
+    pong.connect(url(info["hb_pong"]))
+    stop = threading.Event()
+
+    def heart():
+        while not stop.is_set():
+            if ping.poll(100):
+                pong.send_multipart(ping.recv_multipart())
+
+    beat = threading.Thread(target=heart, daemon=True)
+    rc = None
+    mux = None
+    try:
+        session.send(reg, "registration_request", content={"uuid": ident.decode()})
+        assert reg.poll(10000), "no registration_reply"
+        _, reply = session.recv(reg, mode=0)
+        assert reply["content"]["status"] == "ok", reply
+        eid = reply["content"]["id"]
+        beat.start()
+        rc = ctl.client()
+        rc.wait_for_engines(1, timeout=30)
+        # the hub knows the engine; its MUX socket is not connected yet
+        ar = rc[eid].apply_async(lambda a, b: a * b, 6, 7)
+        time.sleep(1.0)
+        mux = ctx.socket(zmq.ROUTER)
+        mux.identity = ident
+        mux.connect(url(info["mux"]))
+        assert mux.poll(10000), "the request never reached the late engine socket:\n" + ctl.output()
+        idents, msg = session.recv(mux, mode=0, content=True, copy=True)
+        assert msg["msg_type"] == "apply_request"
+        f, args, kwargs = unpack_apply_message(msg["buffers"])
+        result = f(*args, **kwargs)
+        session.send(
+            mux, "apply_reply", content={"status": "ok"}, parent=msg, ident=idents,
+            buffers=serialize_object(result),
+            metadata={"status": "ok", "engine": ident.decode(), "dependencies_met": True,
+                      "started": msg["header"]["date"]},
+        )
+        assert ar.get(timeout=30) == 42
+    finally:
+        stop.set()
+        if rc is not None:
+            rc.close()
+        if beat.is_alive():
+            beat.join(5)
+        for s in (reg, ping, pong, mux):
+            if s is not None:
+                s.close(linger=0)
+        ctx.term()

@@ -9,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use rpar_core::connection::{self, ClientInfo, EngineInfo};
 use rpar_core::profile::ProfileDir;
 use rpar_core::wire::Frames;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -354,6 +355,13 @@ pub fn run(
     if let Some((_, s)) = socks.iter().find(|(k, _)| *k == Sock::IopubEngine) {
         s.set_subscribe(b"")?;
     }
+    // A message for an engine whose socket has not (re)connected yet fails with EHOSTUNREACH
+    // instead of vanishing, and waits in `Parked` until the engine is there.
+    for (k, s) in &socks {
+        if Parked::holds(*k) {
+            s.set_router_mandatory(true)?;
+        }
+    }
 
     let location = if settings.location.is_empty() {
         connection::hostname().unwrap_or_else(|| "localhost".into())
@@ -556,9 +564,13 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
     let mut part = zmq::Message::new();
     let mut effects = hub.tick(Instant::now());
     let mut state_dirty = false;
+    let mut parked = Parked::default();
     loop {
         for e in effects.drain(..) {
-            run_effect(e, socks, &mut readers, &mut state_dirty);
+            run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
+        }
+        if parked.due(Instant::now()) {
+            parked.retry(socks, &mut readers, Instant::now());
         }
         // one write per wake-up, however many engines (un)registered in it
         if std::mem::take(&mut state_dirty) {
@@ -574,7 +586,10 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
             return Ok(());
         }
         if !readers.check_touched() {
-            let wait = hub.next_deadline().saturating_duration_since(now);
+            let wait = parked
+                .next_retry()
+                .map_or(hub.next_deadline(), |r| r.min(hub.next_deadline()))
+                .saturating_duration_since(now);
             // round up, so a deadline less than 1 ms away is not a busy loop
             let timeout = (wait.as_micros().div_ceil(1000)).min(1000) as i32;
             if !readers.wait(timeout)? {
@@ -610,7 +625,7 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
             }
             if effects.len() > 4096 {
                 for e in effects.drain(..) {
-                    run_effect(e, socks, &mut readers, &mut state_dirty);
+                    run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
                 }
             }
         }
@@ -639,29 +654,145 @@ fn recv_frames(sock: &zmq::Socket, part: &mut zmq::Message) -> zmq::Result<Frame
 const COPY_BELOW: usize = 256;
 
 /// Send a multipart message without waiting; frames are moved into ZeroMQ where that is
-/// cheaper than copying.
-fn send_frames(sock: &zmq::Socket, frames: Frames) -> zmq::Result<()> {
+/// cheaper than copying. When the first frame (a ROUTER's peer identity) is refused, nothing
+/// was sent and the frames come back with the error.
+fn send_frames(sock: &zmq::Socket, frames: Frames) -> Result<(), (zmq::Error, Option<Frames>)> {
     let last = frames.len().saturating_sub(1);
-    for (i, f) in frames.into_iter().enumerate() {
+    if let Some(first) = frames.first() {
+        let flags = if last > 0 {
+            zmq::DONTWAIT | zmq::SNDMORE
+        } else {
+            zmq::DONTWAIT
+        };
+        if let Err(e) = sock.send(&first[..], flags) {
+            return Err((e, Some(frames)));
+        }
+    }
+    for (i, f) in frames.into_iter().enumerate().skip(1) {
         let flags = if i < last {
             zmq::DONTWAIT | zmq::SNDMORE
         } else {
             zmq::DONTWAIT
         };
-        if f.len() < COPY_BELOW {
-            sock.send(&f[..], flags)?;
+        let res = if f.len() < COPY_BELOW {
+            sock.send(&f[..], flags)
         } else {
-            sock.send(f, flags)?;
-        }
+            sock.send(f, flags)
+        };
+        res.map_err(|e| (e, None))?;
     }
     Ok(())
 }
 
-fn run_effect(e: Effect, socks: &Sockets, readers: &mut Readers, state_dirty: &mut bool) {
+/// How long a message waits for its engine's socket to connect before it is dropped.
+const PARK_LIMIT: Duration = Duration::from_secs(30);
+/// How often parked messages are tried again.
+const PARK_RETRY: Duration = Duration::from_millis(10);
+
+/// Messages for engines whose socket is not connected (yet).
+///
+/// Every socket of an engine reconnects on its own timer, so an engine taken back by
+/// `--restore` can answer heartbeats, and be registered, a moment before its MUX or task socket
+/// is back; an engine's socket can also drop and reconnect under load. The engine-facing
+/// ROUTERs are `ROUTER_MANDATORY`: a message they cannot route waits here, in order with any
+/// later message for the same engine on the same socket, and is sent as soon as the engine's
+/// socket is there, or dropped with a warning after [`PARK_LIMIT`].
+#[derive(Default)]
+struct Parked {
+    queues: HashMap<(Sock, Vec<u8>), (Instant, VecDeque<Frames>)>,
+    next: Option<Instant>,
+}
+
+impl Parked {
+    /// Sockets whose messages may be parked: the ROUTERs that send to engines.
+    fn holds(kind: Sock) -> bool {
+        matches!(
+            kind,
+            Sock::MuxEngine | Sock::TaskEngine | Sock::ControlEngine | Sock::BcastEngine
+        )
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.next
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_some_and(|t| now >= t)
+    }
+
+    /// Whether a message for `peer` on `kind` must queue behind earlier parked ones.
+    fn has(&self, kind: Sock, peer: &[u8]) -> bool {
+        !self.queues.is_empty() && self.queues.contains_key(&(kind, peer.to_vec()))
+    }
+
+    fn park(&mut self, kind: Sock, frames: Frames, now: Instant) {
+        let peer = frames.first().cloned().unwrap_or_default();
+        let entry = self.queues.entry((kind, peer)).or_insert_with(|| {
+            debug!(
+                ?kind,
+                peer = %String::from_utf8_lossy(frames.first().map_or(&[][..], |f| &f[..])),
+                "engine socket not connected; message parked"
+            );
+            (now, VecDeque::new())
+        });
+        entry.1.push_back(frames);
+        self.next.get_or_insert(now + PARK_RETRY);
+    }
+
+    /// Send what can be sent now; drop what waited too long.
+    fn retry(&mut self, socks: &Sockets, readers: &mut Readers, now: Instant) {
+        self.queues.retain(|(kind, peer), (since, queue)| {
+            let Some(s) = socks.get(*kind) else {
+                return false;
+            };
+            readers.touch(*kind);
+            while let Some(frames) = queue.pop_front() {
+                match send_frames(s, frames) {
+                    Ok(()) => {}
+                    Err((zmq::Error::EHOSTUNREACH, Some(frames))) => {
+                        queue.push_front(frames);
+                        break;
+                    }
+                    Err((err, _)) => warn!(?kind, error = %err, "send failed"),
+                }
+            }
+            if queue.is_empty() {
+                return false;
+            }
+            if now.saturating_duration_since(*since) >= PARK_LIMIT {
+                warn!(
+                    ?kind,
+                    peer = %String::from_utf8_lossy(peer),
+                    dropped = queue.len(),
+                    "engine socket did not connect in {}s; messages for it dropped",
+                    PARK_LIMIT.as_secs()
+                );
+                return false;
+            }
+            true
+        });
+        self.next = (!self.queues.is_empty()).then_some(now + PARK_RETRY);
+    }
+}
+
+fn run_effect(
+    e: Effect,
+    socks: &Sockets,
+    readers: &mut Readers,
+    state_dirty: &mut bool,
+    parked: &mut Parked,
+) {
     match e {
         Effect::Send(kind, frames) => {
             let Some(s) = socks.get(kind) else { return };
             readers.touch(kind);
+            if Parked::holds(kind) {
+                let peer = frames.first().map_or(&[][..], |f| &f[..]);
+                if parked.has(kind, peer) {
+                    parked.park(kind, frames, Instant::now());
+                    return;
+                }
+            }
             let res = if kind == Sock::Registration && socks.extra_registration.is_some() {
                 // the peer is on one of the two registration sockets; ROUTERs drop what they
                 // cannot route, so sending on both reaches it exactly once
@@ -677,10 +808,13 @@ fn run_effect(e: Effect, socks: &Sockets, readers: &mut Readers, state_dirty: &m
             } else {
                 send_frames(s, frames)
             };
-            if let Err(err) = res {
-                if err != zmq::Error::EHOSTUNREACH {
-                    warn!(?kind, error = %err, "send failed");
+            match res {
+                Ok(()) => {}
+                Err((zmq::Error::EHOSTUNREACH, Some(frames))) if Parked::holds(kind) => {
+                    parked.park(kind, frames, Instant::now());
                 }
+                Err((zmq::Error::EHOSTUNREACH, _)) => {}
+                Err((err, _)) => warn!(?kind, error = %err, "send failed"),
             }
         }
         Effect::SaveEngines => *state_dirty = true,

@@ -555,8 +555,9 @@ impl Hub {
 
     /// Take back the engines of a saved state file (`--restore`, after a controller crash):
     /// their ids and uuids are reserved at once, and each is registered again as soon as its
-    /// heart answers, which is also when its sockets have reconnected to the restarted
-    /// controller (a message routed to an engine before that would be dropped by ZeroMQ).
+    /// heart answers. Its other sockets reconnect on their own timers, possibly a little later;
+    /// the server parks a message for a socket that is not back yet (`ROUTER_MANDATORY`)
+    /// rather than letting ZeroMQ drop it.
     pub fn restore(&mut self, state: &Value, now: Instant) {
         if let Some(map) = state.get("engines").and_then(Value::as_object) {
             for (id, uuid) in map {
