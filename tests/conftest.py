@@ -53,7 +53,7 @@ def stop_process(p, timeout=10):
 class Controller:
     """A running controller (rpar-controller or Python ipcontroller) in its own profile dir."""
 
-    def __init__(self, profile_dir, args=(), kind="rpar", cluster_id="", env=None):
+    def __init__(self, profile_dir, args=(), kind="rpar", cluster_id="", env=None, prefix=()):
         self.profile_dir = Path(profile_dir)
         self.cluster_id = cluster_id
         self.kind = kind
@@ -67,6 +67,7 @@ class Controller:
         if cluster_id:
             cmd += [f"--cluster-id={cluster_id}"]
         cmd += list(args)
+        cmd = list(prefix) + cmd  # e.g. prlimit, to start it under other limits
         self.cmd = cmd
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
@@ -165,8 +166,9 @@ def make_controller(ipython_dir, request):
     made = []
     request.node._rpar_procs = getattr(request.node, "_rpar_procs", [])
 
-    def make(*args, kind="rpar", profile="default", cluster_id="", env=None):
-        c = Controller(ipython_dir / f"profile_{profile}", args, kind=kind, cluster_id=cluster_id, env=env)
+    def make(*args, kind="rpar", profile="default", cluster_id="", env=None, prefix=()):
+        c = Controller(ipython_dir / f"profile_{profile}", args, kind=kind, cluster_id=cluster_id, env=env,
+                       prefix=prefix)
         made.append(c)
         request.node._rpar_procs.append(c)
         return c

@@ -37,8 +37,8 @@ def controller(request, make_controller):
 def job_factory():
     made = []
 
-    def make(flavour, controller, n=N, args=(), env=None):
-        j = EngineJob(flavour, n, controller.profile_dir, args, env=env)
+    def make(flavour, controller, n=N, args=(), env=None, prefix=()):
+        j = EngineJob(flavour, n, controller.profile_dir, args, env=env, prefix=prefix)
         made.append(j)
         return j
 
@@ -274,3 +274,27 @@ def test_single_rank_without_mpiexec(make_controller, tmp_path):
             p.kill()
             p.wait()
         log.close()
+
+
+def test_low_open_file_limit_is_raised_by_controller_and_rank_0(make_controller, job_factory):
+    """Login and compute nodes often keep the soft open-file limit at 1024, which rank 0 of the
+    compat transport (~14 descriptors per rank) and the controller (~6-8 per engine) reach at a
+    few hundred engines, and ZeroMQ then fails connections silently: engines that never
+    register. Here both run under a soft limit of 64, which 8 ranks exceed on each side; both
+    raise it towards the hard limit and the job works."""
+    low = ["prlimit", "--nofile=64:", "--"]
+    ctl = make_controller("--ip=127.0.0.1", "--ping=500", prefix=low)
+    job = job_factory("openmpi", ctl, n=8, prefix=low)
+    with connected(ctl, job, n=8) as rc:
+        assert rc[:].apply_sync(lambda x: x + 1, 41) == [42] * 8
+    assert "open-file limit raised from 64" in job.output()
+
+
+def test_too_low_hard_open_file_limit_is_a_clear_error(make_controller, job_factory):
+    """When even the hard limit cannot hold rank 0's sockets the job fails at once and says
+    what to change (it used to start and hang with unregistered engines)."""
+    ctl = make_controller("--ip=127.0.0.1", "--ping=500")
+    job = job_factory("openmpi", ctl, n=8, prefix=["prlimit", "--nofile=100:100", "--"])
+    assert job.wait(60) == 255
+    out = job.output()
+    assert "needs about 176 open files but the hard limit (ulimit -Hn) is 100" in out, out

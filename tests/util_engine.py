@@ -119,12 +119,12 @@ def mpich_abi_dir(binary, where):
 class EngineJob:
     """`mpiexec -n N rpar-engine --profile-dir=...` in its own session."""
 
-    def __init__(self, flavour, n, profile_dir, args=(), env=None):
+    def __init__(self, flavour, n, profile_dir, args=(), env=None, prefix=()):
         mpiexec, binary = engine_binary(flavour)
         self.marker = f"--profile-dir={profile_dir}"
         self.log_path = Path(profile_dir).parent / f"rpar-engine-{flavour}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
-        cmd = [mpiexec, "-n", str(n), binary, self.marker] + list(args)
+        cmd = list(prefix) + [mpiexec, "-n", str(n), binary, self.marker] + list(args)
         e = dict(os.environ, **(env or {}))
         e["PYTHONPATH"] = str(Path(__file__).resolve().parent) + (
             os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else ""

@@ -95,5 +95,35 @@ fn run(cmd: cli::CommandLine) -> Result<()> {
         .unwrap_or_else(rpar_core::ids::new_id);
     let db = hub::open_db(&settings, &profile, &session)?;
     tracing::info!(profile = %profile.path.display(), cluster_id, "starting rpar-controller");
+    open_file_limit();
     server::run(settings, profile, cluster_id, session, db)
+}
+
+/// Each engine holds about this many connections to the controller (registration, control,
+/// mux, task, broadcast, heartbeat ping and pong, iopub).
+const FDS_PER_ENGINE: u64 = 8;
+
+/// Raise the open-file limit as far as allowed: a controller of a thousand engines needs ~8000
+/// descriptors, and ZeroMQ refuses connections past the limit without a word.
+fn open_file_limit() {
+    match rpar_core::fdlimit::raise_to_hard() {
+        Ok(l) => {
+            let room = l.soft.saturating_sub(64) / FDS_PER_ENGINE;
+            if room < 256 {
+                tracing::warn!(
+                    soft = l.soft,
+                    hard = l.hard,
+                    "open-file limit allows about {room} engines; raise `ulimit -Hn` for more"
+                );
+            } else {
+                tracing::info!(
+                    soft = l.soft,
+                    was = l.was,
+                    hard = l.hard,
+                    "open-file limit: room for about {room} engines"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
 }

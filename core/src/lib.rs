@@ -7,12 +7,14 @@
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
+//! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
 //! feed frames through these types.
 
 pub mod config;
 pub mod connection;
+pub mod fdlimit;
 pub mod ids;
 pub mod msg;
 pub mod profile;

@@ -152,16 +152,18 @@ fn run() -> Result<i32> {
         .context("no connection info in the boot message")?;
     let addrs = net::Addrs::from_info(&conn);
     let key = conn.key.as_bytes().to_vec();
-    let mut ctx_socks: Option<(zmq::Context, Vec<zmq::Socket>)> = None;
+    let mut ctx_socks: Option<(net::Contexts, Vec<zmq::Socket>)> = None;
     let reg = if rank == 0 {
-        let ctx = zmq::Context::new();
-        let r = net::register(
-            &ctx,
-            &addrs,
-            &key,
-            &boot.uuids,
-            Duration::from_secs_f64(boot.timeout_s),
-        );
+        let mut ctx = net::Contexts::new();
+        let r = net::ensure_fd_limit(boot.uuids.len()).and_then(|()| {
+            net::register(
+                &mut ctx,
+                &addrs,
+                &key,
+                &boot.uuids,
+                Duration::from_secs_f64(boot.timeout_s),
+            )
+        });
         match r {
             Ok((socks, reg)) => {
                 ctx_socks = Some((ctx, socks));
@@ -249,8 +251,16 @@ fn run() -> Result<i32> {
     // 7. runtime thread
     let rt_span = span.clone();
     let handle = if rank == 0 {
-        let (ctx, reg_socks) = ctx_socks.context("rank 0 has no registration sockets")?;
-        let sockets = net::Sockets::open(ctx, reg_socks, &addrs, &boot.uuids, &registered.ids)?;
+        let (mut ctx, reg_socks) = ctx_socks.context("rank 0 has no registration sockets")?;
+        let sockets =
+            net::Sockets::open(&mut ctx, reg_socks, &addrs, &boot.uuids, &registered.ids)?;
+        if ctx.contexts() > 1 {
+            info!(
+                "{} ZeroMQ sockets in {} contexts",
+                ctx.sockets(),
+                ctx.contexts()
+            );
+        }
         if let Some(n) = &nanny {
             n.arm(
                 &addrs.registration,

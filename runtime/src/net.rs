@@ -66,7 +66,98 @@ pub struct Sockets {
     pub iopub: zmq::Socket,
 }
 
-fn sock(ctx: &zmq::Context, kind: zmq::SocketType, identity: Option<&str>) -> Result<zmq::Socket> {
+/// ZeroMQ contexts for rank 0's sockets.
+///
+/// A context holds at most 1023 sockets (`ZMQ_MAX_SOCKETS`, which the `zmq` crate cannot set),
+/// and rank 0 opens four per rank, so a job of more than 255 ranks needs several contexts. TCP
+/// sockets of different contexts work together as one; each context adds an I/O thread, which
+/// a big job can use.
+pub struct Contexts {
+    list: Vec<zmq::Context>,
+    in_last: usize,
+}
+
+impl Contexts {
+    /// Sockets put in one context (below libzmq's default of 1023).
+    pub const PER_CONTEXT: usize = 1000;
+
+    pub fn new() -> Contexts {
+        Contexts {
+            list: vec![zmq::Context::new()],
+            in_last: 0,
+        }
+    }
+
+    /// A new socket, in a context with room for it.
+    pub fn socket(&mut self, kind: zmq::SocketType) -> Result<zmq::Socket> {
+        if self.in_last >= Self::PER_CONTEXT {
+            self.list.push(zmq::Context::new());
+            self.in_last = 0;
+        }
+        self.in_last += 1;
+        let ctx = self.list.last().context("no ZeroMQ context")?;
+        ctx.socket(kind)
+            .with_context(|| format!("creating ZeroMQ socket {}", self.sockets()))
+    }
+
+    /// How many sockets were made.
+    pub fn sockets(&self) -> usize {
+        (self.list.len() - 1) * Self::PER_CONTEXT + self.in_last
+    }
+
+    /// How many contexts are in use.
+    pub fn contexts(&self) -> usize {
+        self.list.len()
+    }
+}
+
+impl Default for Contexts {
+    fn default() -> Self {
+        Contexts::new()
+    }
+}
+
+/// Descriptors rank 0 holds per rank in the compat transport (measured: registration, shell,
+/// control and heart sockets with their signalling pairs, and six TCP connections).
+pub const FDS_PER_RANK: u64 = 14;
+/// Rank 0's descriptors besides those: MPI, Python, logs, the shared SUB and PUB.
+const FDS_BASE: u64 = 64;
+
+/// Make sure rank 0 may open the descriptors a job of `ranks` ranks needs: raise the soft
+/// open-file limit (with room for the user's own files), or fail with what to change when the
+/// hard limit cannot hold even the sockets. ZeroMQ would otherwise fail the connections past
+/// the limit silently, and the engines would never register.
+pub fn ensure_fd_limit(ranks: usize) -> Result<()> {
+    use rpar_core::fdlimit::{raise_to, FdLimitError};
+    let ranks = ranks as u64;
+    let least = FDS_PER_RANK * ranks + FDS_BASE;
+    let comfy = least + 2 * ranks + 192;
+    let what = format!("rank 0 of a job of {ranks} ranks (compat transport)");
+    let lim = match raise_to(comfy, &what, "ranks per job") {
+        Ok(l) => l,
+        Err(FdLimitError::TooLow { hard, .. }) if hard >= least => {
+            let l = raise_to(hard, &what, "ranks per job")?;
+            warn!(
+                "open-file limit raised to the hard limit {hard}, a little under the {comfy} a job of {ranks} ranks would like"
+            );
+            l
+        }
+        // name the least that can work, not the comfortable figure
+        Err(FdLimitError::TooLow { .. }) => raise_to(least, &what, "ranks per job")?,
+        Err(e) => return Err(e.into()),
+    };
+    if lim.soft != lim.was {
+        info!(
+            "open-file limit raised from {} to {} (hard {}) for {ranks} ranks",
+            lim.was, lim.soft, lim.hard
+        );
+    } else {
+        tracing::debug!(?lim, "open-file limit is enough");
+    }
+    Ok(())
+}
+
+fn sock(ctx: &mut Contexts, kind: zmq::SocketType, identity: Option<&str>) -> Result<zmq::Socket> {
     let s = ctx.socket(kind)?;
     s.set_linger(1000)?;
     if let Some(id) = identity {
@@ -90,7 +181,7 @@ pub fn unregistration_request(signer: &Signer, uuid: &str, id: u32) -> Frames {
 
 /// Register every engine (uuid per rank, id = rank requested) and wait for all replies.
 pub fn register(
-    ctx: &zmq::Context,
+    ctx: &mut Contexts,
     addrs: &Addrs,
     key: &[u8],
     uuids: &[String],
@@ -178,7 +269,7 @@ pub fn register(
 impl Sockets {
     /// Open and connect the engine sockets after registration.
     pub fn open(
-        ctx: zmq::Context,
+        ctx: &mut Contexts,
         reg: Vec<zmq::Socket>,
         addrs: &Addrs,
         uuids: &[String],
@@ -188,7 +279,7 @@ impl Sockets {
         let mut control = Vec::new();
         let mut heart = Vec::new();
         for (uuid, id) in uuids.iter().zip(ids) {
-            let s = sock(&ctx, zmq::ROUTER, Some(uuid))?;
+            let s = sock(ctx, zmq::ROUTER, Some(uuid))?;
             s.set_rcvhwm(0)?;
             s.set_sndhwm(0)?;
             s.connect(&addrs.mux)?;
@@ -198,19 +289,19 @@ impl Sockets {
                 s.connect(leaf)?;
             }
             shell.push(s);
-            let c = sock(&ctx, zmq::ROUTER, Some(uuid))?;
+            let c = sock(ctx, zmq::ROUTER, Some(uuid))?;
             c.connect(&addrs.control)?;
             control.push(c);
-            let h = sock(&ctx, zmq::DEALER, Some(uuid))?;
+            let h = sock(ctx, zmq::DEALER, Some(uuid))?;
             h.set_linger(0)?;
             h.connect(&addrs.hb_pong)?;
             heart.push(h);
         }
-        let hb_sub = sock(&ctx, zmq::SUB, None)?;
+        let hb_sub = sock(ctx, zmq::SUB, None)?;
         hb_sub.set_subscribe(b"")?;
         hb_sub.set_linger(0)?;
         hb_sub.connect(&addrs.hb_ping)?;
-        let iopub = sock(&ctx, zmq::PUB, None)?;
+        let iopub = sock(ctx, zmq::PUB, None)?;
         iopub.set_sndhwm(0)?;
         iopub.connect(&addrs.iopub)?;
         Ok(Sockets {
