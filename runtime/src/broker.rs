@@ -47,6 +47,8 @@ pub struct Broker {
     size: u32,
     done: BTreeSet<Rank>,
     exiting: bool,
+    /// The last ping relayed to the ranks.
+    last_ping: Vec<Vec<u8>>,
 }
 
 impl Broker {
@@ -55,6 +57,7 @@ impl Broker {
             size,
             done: BTreeSet::new(),
             exiting: false,
+            last_ping: Vec::new(),
         }
     }
 
@@ -83,10 +86,17 @@ impl Broker {
 
     /// A heartbeat ping arrived: every engine that still runs gets it; each echoes it back itself,
     /// so a rank that is dead or hung does not answer.
-    pub fn ping(&self, frames: &[Vec<u8>]) -> Vec<Route> {
-        if self.exiting {
+    ///
+    /// A ping equal to the last one is not relayed again. The controller repeats its current
+    /// ping every few tens of milliseconds while registrations are pending (a Python engine's
+    /// SUB may have connected after the first); over MPI every rank already got it, and in a
+    /// big job on busy cores the repeats (one MPI message per rank each) only queued up until
+    /// the echoes came back too late to count and no engine could register.
+    pub fn ping(&mut self, frames: &[Vec<u8>]) -> Vec<Route> {
+        if self.exiting || self.last_ping.as_slice() == frames {
             return Vec::new();
         }
+        self.last_ping = frames.to_vec();
         (0..self.size)
             .map(Rank)
             .filter(|r| !self.done.contains(r))
@@ -221,6 +231,16 @@ mod tests {
         // a finished engine's late echo is not forwarded
         let (r, _) = b.on_engine(Rank(1), Packet::new(Channel::Heartbeat, Rank(1), f("2.0")));
         assert!(matches!(r, Route::Drop(_)));
+    }
+
+    #[test]
+    fn a_repeated_ping_is_relayed_once() {
+        let mut b = Broker::new(4);
+        assert_eq!(b.ping(&f("3.0")).len(), 4);
+        assert!(b.ping(&f("3.0")).is_empty());
+        assert!(b.ping(&f("3.0")).is_empty());
+        // the next beat's token goes out again to every rank
+        assert_eq!(b.ping(&f("6.0")).len(), 4);
     }
 
     #[test]

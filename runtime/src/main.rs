@@ -10,10 +10,14 @@
 //! 2. `MPI_Init_thread(MULTIPLE)`; a panic anywhere aborts the whole job;
 //! 3. rank 0 resolves profile, config and connection file (waiting for it) and broadcasts them;
 //! 4. stdout/stderr capture, logging, embedded Python (venv-aware);
-//! 5. rank 0 registers every engine and broadcasts the ids;
-//! 6. each rank creates its shell/namespace and runs the startup script; barrier;
-//! 7. rank 0 opens the engine sockets (hearts start beating); runtime thread per rank; the
-//!    main thread serves Python requests until the job exits; `MPI_Finalize` on a clean exit.
+//! 5. rank 0 raises its open-file limit for the job's sockets, registers every engine and
+//!    broadcasts the ids;
+//! 6. doorbells; barrier;
+//! 7. rank 0 opens the engine sockets (hearts start beating); runtime thread per rank, which
+//!    answers heartbeats and queues requests from here on;
+//! 8. each rank creates its shell/namespace and runs the startup script (slow in big jobs on
+//!    few cores, hence after the hearts); the main thread serves Python requests until the job
+//!    exits; `MPI_Finalize` on a clean exit.
 //!
 //! mpi4py in engine code uses the MPI this process already initialized (mpi4py.rc.initialize is
 //! irrelevant: `MPI_Initialized` is true). mpi4py >= 4.1 wheels choose their module by the MPI
@@ -204,12 +208,6 @@ fn run() -> Result<i32> {
     let (outbox, outbox_rx) = session::Outbox::new()?;
     capture.attach(session.clone(), outbox.clone());
     let queue = kernel::JobQueue::new();
-    let executor = python::Executor::new(
-        session.clone(),
-        outbox.clone(),
-        capture.clone(),
-        &boot.startup(),
-    )?;
     let core = kernel::EngineCore::new(
         session.clone(),
         Signer::new(&key),
@@ -306,6 +304,27 @@ fn run() -> Result<i32> {
             })?
     };
 
+    // 8. the user namespace (IPython shell, startup script/command). This comes after the
+    // runtime thread, which answers heartbeats and queues requests meanwhile: in a big job on
+    // few cores the ranks' Python start-up can take longer than the controller's registration
+    // timeout, and an engine whose heart is silent that long is dropped.
+    let executor = match python::Executor::new(
+        session.clone(),
+        outbox.clone(),
+        capture.clone(),
+        &boot.startup(),
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("rpar-engine: rank {rank}: {e:#}; aborting the MPI job");
+            error!("{e:#}; aborting the MPI job");
+            // SAFETY: MPI_Abort on COMM_WORLD tears down every rank; this never returns.
+            unsafe {
+                mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+            }
+            return Ok(1);
+        }
+    };
     executor.serve(&queue);
     let (code, mut link) = match handle.join() {
         Ok(x) => x,

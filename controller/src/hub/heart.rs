@@ -10,7 +10,7 @@
 //! is re-published every `fast_ping` so that a new engine's first pong comes within about that
 //! interval of its heart connecting.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// What a pong meant.
@@ -34,7 +34,12 @@ pub struct Heart {
     next_fast: Option<Instant>,
     responded: HashSet<Vec<u8>>,
     misses: HashMap<Vec<u8>, u32>,
+    /// The last [`RECENT`] tokens sent, for [`Heart::issued`].
+    recent: VecDeque<Vec<u8>>,
 }
+
+/// How many past tokens [`Heart::issued`] knows.
+const RECENT: usize = 64;
 
 impl Heart {
     pub fn new(period: Duration, max_misses: u32, now: Instant) -> Heart {
@@ -49,6 +54,7 @@ impl Heart {
             next_fast: None,
             responded: HashSet::new(),
             misses: HashMap::new(),
+            recent: VecDeque::new(),
         }
     }
 
@@ -95,6 +101,11 @@ impl Heart {
     }
 
     /// When the loop must call [`Heart::tick`] next.
+    /// Whether `token` is one of the recent pings (a late echo, not garbage).
+    pub fn issued(&self, token: &[u8]) -> bool {
+        token == self.token.as_slice() || self.recent.iter().any(|t| t.as_slice() == token)
+    }
+
     pub fn next_deadline(&self) -> Instant {
         match self.next_fast {
             Some(f) if f < self.next_beat => f,
@@ -128,6 +139,10 @@ impl Heart {
             self.token =
                 format!("{:.6}", now.duration_since(self.start).as_secs_f64()).into_bytes();
             pings.push(self.token.clone());
+            if self.recent.len() >= RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(self.token.clone());
             self.next_beat = now + self.period;
             // a beat also serves as a fast ping
             if let Some(f) = self.next_fast.as_mut() {

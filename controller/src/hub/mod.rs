@@ -487,8 +487,17 @@ impl Hub {
         }
         let (uuid, token) = (&frames[0], &frames[1]);
         if self.heart.pong(uuid, token) != heart::Pong::Alive {
-            debug!("stale or bad heartbeat");
-            return;
+            // A late echo still shows that a pending engine's heart is connected and
+            // answering: in a big job starting on busy cores the first echoes can take longer
+            // than two beats. (A registered engine's late echoes count as misses, as before.)
+            let pending = self
+                .engines
+                .get(uuid.as_slice())
+                .is_some_and(|e| !e.registered);
+            if !pending || !self.heart.issued(token) {
+                debug!("stale or bad heartbeat");
+                return;
+            }
         }
         if let Some(e) = self
             .engines

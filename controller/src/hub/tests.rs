@@ -294,6 +294,29 @@ fn stale_or_malformed_pongs_do_not_register() {
 }
 
 #[test]
+fn a_late_echo_registers_a_pending_engine() {
+    // In a big job on busy cores the first echo can come back after two or more beats: for a
+    // pending engine it still proves the heart is connected and answering.
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    let old = current_ping(&mut h, t0);
+    request_registration(&mut h, "late", json!({"uuid": "late"}), t0);
+    let p = Duration::from_millis(100);
+    for i in 1..=4u32 {
+        let _ = current_ping(&mut h, t0 + p * i);
+    }
+    assert_ne!(h.heart_token(), old);
+    let now = t0 + p * 4 + Duration::from_millis(10);
+    let out = h.on_message(Sock::HbPong, vec![b"late".to_vec(), old.clone()], now);
+    assert_eq!(sends(&out, Sock::Notification).len(), 1);
+    assert_eq!(h.registered().count(), 1);
+    // once registered, late echoes are misses again: they do not count as answers
+    assert!(h
+        .on_message(Sock::HbPong, vec![b"late".to_vec(), old], now)
+        .is_empty());
+}
+
+#[test]
 fn unregistration_request_and_iopub_shutdown_reply() {
     let t0 = Instant::now();
     let mut h = hub(t0);
