@@ -244,3 +244,20 @@ def test_request_waits_for_an_engine_socket_that_connects_late(make_controller):
             if s is not None:
                 s.close(linger=0)
         ctx.term()
+
+
+def test_listen_backlog_takes_a_big_job_connecting_at_once(make_controller):
+    """An MPI job connects all its engines at once (six connections per engine). With ZeroMQ's
+    default listen backlog of 100, the kernel dropped the surplus SYNs of a 300-rank job and the
+    last engines came back only after TCP's retry back-off, past the registration timeout. The
+    controller listens with a backlog of 4096 (or the kernel's somaxconn, if lower): `ss` shows
+    a listening socket's backlog in its Send-Q column."""
+    ctl = make_controller("--ip=127.0.0.1")
+    info = json.loads(ctl.file("engine").read_text())
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    want = min(4096, somaxconn)
+    for name in ("registration", "hb_pong", "mux", "task", "control", "iopub"):
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{info[name]}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out and out[0] == "LISTEN", (name, out)
+        assert int(out[2]) == want, f"{name}: backlog {out[2]}, want {want}"

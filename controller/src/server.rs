@@ -198,6 +198,11 @@ pub fn run(
         s.set_sndhwm(0)?;
         s.set_rcvhwm(0)?;
         s.set_linger(1000)?;
+        // An MPI job connects all its engines at once, six connections each; with ZeroMQ's
+        // default listen backlog of 100 the kernel drops the surplus SYNs and those connections
+        // come back only after TCP's retry back-off (1, 3, 7, 15, 31 s): past the registration
+        // timeout for the last engines of a 300-rank job. The kernel caps this at somaxconn.
+        s.set_backlog(LISTEN_BACKLOG)?;
         if let Some(i) = ident {
             s.set_identity(i)?;
         }
@@ -454,6 +459,9 @@ pub fn run(
     files.remove();
     result
 }
+
+/// Listen backlog of the controller's sockets (ZeroMQ's default is 100).
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// Most messages taken from one socket before the others get a turn.
 const BATCH: usize = 256;
