@@ -298,3 +298,22 @@ def test_too_low_hard_open_file_limit_is_a_clear_error(make_controller, job_fact
     assert job.wait(60) == 255
     out = job.output()
     assert "needs about 176 open files but the hard limit (ulimit -Hn) is 100" in out, out
+
+
+def test_many_ranks_over_several_zeromq_contexts(make_controller, job_factory):
+    """A ZeroMQ context holds at most 1023 sockets and rank 0 opens four per rank, so jobs of
+    more than 250 ranks spread them over several contexts. Too big for CI as such; here the
+    contexts are made small (16 sockets) so a 24-rank job needs seven of them, and every engine
+    must register, compute and reach the others through mpi4py."""
+    n = 24
+    ctl = make_controller("--ip=127.0.0.1", "--ping=1000")
+    job = job_factory("openmpi", ctl, n=n, env={"RPAR_ENGINE_SOCKETS_PER_CONTEXT": "16"})
+    with connected(ctl, job, n=n) as rc:
+        assert sorted(rc.ids) == list(range(n))
+        assert rc[:].apply_sync(lambda x: x * 2, 21) == [42] * n
+        rc[:].execute(
+            "from mpi4py import MPI; s = MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.rank)", block=True
+        )
+        assert rc[:]["s"] == [sum(range(n))] * n
+    # 24 registration + 72 engine sockets + 2 shared = 98 sockets, 16 per context
+    assert "98 ZeroMQ sockets in 7 contexts" in job.output()

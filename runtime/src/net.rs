@@ -75,22 +75,30 @@ pub struct Sockets {
 pub struct Contexts {
     list: Vec<zmq::Context>,
     in_last: usize,
+    per_context: usize,
 }
 
 impl Contexts {
-    /// Sockets put in one context (below libzmq's default of 1023).
+    /// Sockets put in one context (below libzmq's default of 1023); the environment variable
+    /// `RPAR_ENGINE_SOCKETS_PER_CONTEXT` sets fewer (more I/O threads, or tests of big jobs).
     pub const PER_CONTEXT: usize = 1000;
 
     pub fn new() -> Contexts {
+        let per_context = std::env::var("RPAR_ENGINE_SOCKETS_PER_CONTEXT")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| (1..=Self::PER_CONTEXT).contains(n))
+            .unwrap_or(Self::PER_CONTEXT);
         Contexts {
             list: vec![zmq::Context::new()],
             in_last: 0,
+            per_context,
         }
     }
 
     /// A new socket, in a context with room for it.
     pub fn socket(&mut self, kind: zmq::SocketType) -> Result<zmq::Socket> {
-        if self.in_last >= Self::PER_CONTEXT {
+        if self.in_last >= self.per_context {
             self.list.push(zmq::Context::new());
             self.in_last = 0;
         }
@@ -102,7 +110,7 @@ impl Contexts {
 
     /// How many sockets were made.
     pub fn sockets(&self) -> usize {
-        (self.list.len() - 1) * Self::PER_CONTEXT + self.in_last
+        (self.list.len() - 1) * self.per_context + self.in_last
     }
 
     /// How many contexts are in use.
