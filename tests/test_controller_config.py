@@ -261,3 +261,76 @@ def test_listen_backlog_takes_a_big_job_connecting_at_once(make_controller):
                              text=True, check=True).stdout.split()
         assert out and out[0] == "LISTEN", (name, out)
         assert int(out[2]) == want, f"{name}: backlog {out[2]}, want {want}"
+
+
+def test_engine_registered_before_a_client_subscribes_is_not_lost(make_controller):
+    """The Python client asks for the engine list (connection_request) and only then connects its
+    notification SUB. An engine registered between the two reached it by neither, and
+    `wait_for_engines` waited forever (seen in CI: rpar registers engines within milliseconds of
+    their first heartbeat, so a client connecting at that moment hit the gap). Here the gap is
+    made wide on purpose, in the client's order: reply without the engine, registration, then
+    the subscription, which must bring the registration_notification."""
+    import threading
+    import uuid as uuidlib
+
+    import zmq
+    from jupyter_client.session import Session
+
+    ctl = make_controller("--ping=200")
+    einfo = json.loads(ctl.file("engine").read_text())
+    cinfo = json.loads(ctl.file("client").read_text())
+    url = lambda info, port: f"{info['interface']}:{port}"  # noqa: E731
+    session = Session(key=cinfo["key"].encode(), signature_scheme=cinfo["signature_scheme"])
+    ctx = zmq.Context()
+    socks = []
+
+    def sock(kind, port, info, ident=None):
+        s = ctx.socket(kind)
+        if ident:
+            s.identity = ident
+        s.connect(url(info, port))
+        socks.append(s)
+        return s
+
+    stop = threading.Event()
+    beat = None
+    try:
+        query = sock(zmq.DEALER, cinfo["registration"], cinfo)
+
+        def engines():
+            session.send(query, "connection_request", content={})
+            assert query.poll(10000), "no connection_reply"
+            _, reply = session.recv(query, mode=0)
+            return reply["content"]["engines"]
+
+        assert engines() == {}
+        # an engine registers and its heart answers
+        ident = str(uuidlib.uuid4()).encode()
+        reg = sock(zmq.DEALER, einfo["registration"], einfo, ident)
+        ping = sock(zmq.SUB, einfo["hb_ping"], einfo)
+        ping.subscribe(b"")
+        pong = sock(zmq.DEALER, einfo["hb_pong"], einfo, ident)
+
+        def heart():
+            while not stop.is_set():
+                if ping.poll(100):
+                    pong.send_multipart(ping.recv_multipart())
+
+        beat = threading.Thread(target=heart, daemon=True)
+        beat.start()
+        session.send(reg, "registration_request", content={"uuid": ident.decode()})
+        wait_for(lambda: engines() != {}, timeout=20, what="the engine registered")
+        # only now does the "client" subscribe
+        notes = sock(zmq.SUB, cinfo["notification"], cinfo)
+        notes.subscribe(b"")
+        assert notes.poll(10000), "no registration_notification for a subscriber that came late"
+        _, msg = session.recv(notes, mode=0)
+        assert msg["msg_type"] == "registration_notification"
+        assert msg["content"] == {"id": 0, "uuid": ident.decode()}
+    finally:
+        stop.set()
+        if beat is not None:
+            beat.join(5)
+        for s in socks:
+            s.close(linger=0)
+        ctx.term()

@@ -341,7 +341,7 @@ pub fn run(
     );
     sock!(
         Sock::Notification,
-        zmq::PUB,
+        zmq::XPUB,
         None,
         &cip,
         pickc(|c| c.notification),
@@ -359,6 +359,11 @@ pub fn run(
     );
     if let Some((_, s)) = socks.iter().find(|(k, _)| *k == Sock::IopubEngine) {
         s.set_subscribe(b"")?;
+    }
+    // every subscription reaches the hub, not only the first for a topic (see
+    // `Hub::on_subscription`)
+    if let Some((_, s)) = socks.iter().find(|(k, _)| *k == Sock::Notification) {
+        s.set_xpub_verbose(true)?;
     }
     // A message for an engine whose socket has not (re)connected yet fails with EHOSTUNREACH
     // instead of vanishing, and waits in `Parked` until the engine is there.
@@ -562,7 +567,7 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
     let mut list: Vec<(Sock, &zmq::Socket)> = socks
         .list
         .iter()
-        .filter(|(k, _)| !matches!(k, Sock::HbPing | Sock::IopubClient | Sock::Notification))
+        .filter(|(k, _)| !matches!(k, Sock::HbPing | Sock::IopubClient))
         .map(|(k, s)| (*k, s))
         .collect();
     if let Some(r2) = &socks.extra_registration {

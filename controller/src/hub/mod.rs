@@ -38,7 +38,7 @@ use rpar_core::connection::EngineInfo;
 use rpar_core::wire::{Frames, Limits, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -134,8 +134,13 @@ pub struct Hub {
     records: records::Records,
     tasks: routing::TaskRouting,
     exit_at: Option<Instant>,
+    /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
+    recent_regs: VecDeque<(Instant, u32)>,
     pub stats: Stats,
 }
+
+/// How far back a new notification subscriber is told of registrations again.
+const RENOTIFY_WINDOW: Duration = Duration::from_secs(10);
 
 /// The routing id the hub uses for the resubmissions it feeds into the task scheduler.
 pub(crate) const HUB_RESUBMIT_IDENT: &[u8] = b"\x00rpar-hub-resubmit";
@@ -158,6 +163,7 @@ impl Hub {
             tasks_on: HashMap::new(),
             task_engine: HashMap::new(),
             unassigned: HashSet::new(),
+            recent_regs: VecDeque::new(),
             completed_on: HashMap::new(),
             pending: HashSet::new(),
             all_completed: HashSet::new(),
@@ -241,6 +247,10 @@ impl Hub {
     ) {
         if sock == Sock::HbPong {
             self.on_pong(frames, now, out);
+            return;
+        }
+        if sock == Sock::Notification {
+            self.on_subscription(&frames, now, out);
             return;
         }
         let Some(msg) = self.accept(sock, frames) else {
@@ -542,6 +552,8 @@ impl Hub {
         self.pending_regs.remove(&id);
         self.heart.track(&uuid);
         info!(engine = id, uuid = %uuid_s, "engine registered");
+        self.recent_regs.push_back((now, id));
+        self.prune_recent_regs(now);
         self.notify(
             "registration_notification",
             b"{}",
@@ -551,6 +563,56 @@ impl Hub {
         self.tasks_engine_added(&uuid, id, now, out);
         out.push(Effect::SaveEngines);
         self.update_fast_ping(now);
+    }
+
+    fn prune_recent_regs(&mut self, now: Instant) {
+        while self
+            .recent_regs
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RENOTIFY_WINDOW)
+        {
+            self.recent_regs.pop_front();
+        }
+    }
+
+    /// A client subscribed to the notification socket (an XPUB: `[0x01 + topic]`).
+    ///
+    /// The Python client asks for the engine list (`connection_request`) and only then connects
+    /// its notification SUB, so an engine registered between the reply and the subscription
+    /// reached the client by neither, and `wait_for_engines` waited forever. ipcontroller
+    /// registers engines seconds after their heart starts, which made that rare; rpar registers
+    /// within milliseconds, so it happened. A new subscriber is told again of the engines
+    /// registered in the last few seconds (the client takes a known engine twice without harm).
+    fn on_subscription(&mut self, frames: &Frames, now: Instant, out: &mut Vec<Effect>) {
+        let [f] = frames.as_slice() else {
+            return;
+        };
+        if f.first() != Some(&1) {
+            return;
+        }
+        self.prune_recent_regs(now);
+        let again: Vec<(u32, String)> = self
+            .recent_regs
+            .iter()
+            .filter_map(|(_, id)| {
+                let e = self.engines.get(self.ids.get(id)?)?;
+                e.registered.then(|| (*id, e.uuid.clone()))
+            })
+            .collect();
+        if !again.is_empty() {
+            debug!(
+                n = again.len(),
+                "new notification subscriber: recent registrations sent again"
+            );
+        }
+        for (id, uuid) in again {
+            self.notify(
+                "registration_notification",
+                b"{}",
+                json!({"id": id, "uuid": uuid}),
+                out,
+            );
+        }
     }
 
     /// `{"engines": {"<id>": "<uuid>"}, "next_id": N}` as ipyparallel writes it.

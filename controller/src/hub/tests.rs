@@ -317,6 +317,35 @@ fn a_late_echo_registers_a_pending_engine() {
 }
 
 #[test]
+fn a_new_notification_subscriber_hears_of_recent_registrations_again() {
+    // The Python client subscribes to notifications only after its connection_request reply:
+    // an engine registered in between must not be lost to it.
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    register(&mut h, "r0", None, t0);
+    register(&mut h, "r1", None, t0);
+    let out = h.on_message(Sock::Notification, vec![b"\x01".to_vec()], t0);
+    let again = sends(&out, Sock::Notification);
+    assert_eq!(again.len(), 2);
+    assert!(again
+        .iter()
+        .all(|m| msg_type(m) == "registration_notification"));
+    let ids: Vec<u64> = again
+        .iter()
+        .map(|m| content(m)["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![0, 1]);
+    assert_eq!(content(&again[1])["uuid"], "r1");
+    // an unsubscription, or a subscriber long after, gets nothing
+    assert!(h
+        .on_message(Sock::Notification, vec![b"\x00".to_vec()], t0)
+        .is_empty());
+    let late = t0 + Duration::from_secs(11);
+    let out = h.on_message(Sock::Notification, vec![b"\x01".to_vec()], late);
+    assert!(sends(&out, Sock::Notification).is_empty());
+}
+
+#[test]
 fn unregistration_request_and_iopub_shutdown_reply() {
     let t0 = Instant::now();
     let mut h = hub(t0);
