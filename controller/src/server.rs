@@ -710,9 +710,13 @@ const PARK_RETRY: Duration = Duration::from_millis(10);
 /// ROUTERs are `ROUTER_MANDATORY`: a message they cannot route waits here, in order with any
 /// later message for the same engine on the same socket, and is sent as soon as the engine's
 /// socket is there, or dropped with a warning after [`PARK_LIMIT`].
+/// The messages parked for one engine on one socket, and when the first of them was parked.
+type Queue = (Instant, VecDeque<Frames>);
+
 #[derive(Default)]
 struct Parked {
-    queues: HashMap<(Sock, Vec<u8>), (Instant, VecDeque<Frames>)>,
+    /// Per socket, per engine identity.
+    queues: HashMap<Sock, HashMap<Vec<u8>, Queue>>,
     next: Option<Instant>,
 }
 
@@ -735,54 +739,62 @@ impl Parked {
 
     /// Whether a message for `peer` on `kind` must queue behind earlier parked ones.
     fn has(&self, kind: Sock, peer: &[u8]) -> bool {
-        !self.queues.is_empty() && self.queues.contains_key(&(kind, peer.to_vec()))
+        self.queues.get(&kind).is_some_and(|q| q.contains_key(peer))
     }
 
     fn park(&mut self, kind: Sock, frames: Frames, now: Instant) {
         let peer = frames.first().cloned().unwrap_or_default();
-        let entry = self.queues.entry((kind, peer)).or_insert_with(|| {
-            debug!(
-                ?kind,
-                peer = %String::from_utf8_lossy(frames.first().map_or(&[][..], |f| &f[..])),
-                "engine socket not connected; message parked"
-            );
-            (now, VecDeque::new())
-        });
+        let entry = self
+            .queues
+            .entry(kind)
+            .or_default()
+            .entry(peer)
+            .or_insert_with_key(|peer| {
+                debug!(
+                    ?kind,
+                    peer = %String::from_utf8_lossy(peer),
+                    "engine socket not connected; message parked"
+                );
+                (now, VecDeque::new())
+            });
         entry.1.push_back(frames);
         self.next.get_or_insert(now + PARK_RETRY);
     }
 
     /// Send what can be sent now; drop what waited too long.
     fn retry(&mut self, socks: &Sockets, readers: &mut Readers, now: Instant) {
-        self.queues.retain(|(kind, peer), (since, queue)| {
+        self.queues.retain(|kind, peers| {
             let Some(s) = socks.get(*kind) else {
                 return false;
             };
             readers.touch(*kind);
-            while let Some(frames) = queue.pop_front() {
-                match send_frames(s, frames) {
-                    Ok(()) => {}
-                    Err((zmq::Error::EHOSTUNREACH, Some(frames))) => {
-                        queue.push_front(frames);
-                        break;
+            peers.retain(|peer, (since, queue)| {
+                while let Some(frames) = queue.pop_front() {
+                    match send_frames(s, frames) {
+                        Ok(()) => {}
+                        Err((zmq::Error::EHOSTUNREACH, Some(frames))) => {
+                            queue.push_front(frames);
+                            break;
+                        }
+                        Err((err, _)) => warn!(?kind, error = %err, "send failed"),
                     }
-                    Err((err, _)) => warn!(?kind, error = %err, "send failed"),
                 }
-            }
-            if queue.is_empty() {
-                return false;
-            }
-            if now.saturating_duration_since(*since) >= PARK_LIMIT {
-                warn!(
-                    ?kind,
-                    peer = %String::from_utf8_lossy(peer),
-                    dropped = queue.len(),
-                    "engine socket did not connect in {}s; messages for it dropped",
-                    PARK_LIMIT.as_secs()
-                );
-                return false;
-            }
-            true
+                if queue.is_empty() {
+                    return false;
+                }
+                if now.saturating_duration_since(*since) >= PARK_LIMIT {
+                    warn!(
+                        ?kind,
+                        peer = %String::from_utf8_lossy(peer),
+                        dropped = queue.len(),
+                        "engine socket did not connect in {}s; messages for it dropped",
+                        PARK_LIMIT.as_secs()
+                    );
+                    return false;
+                }
+                true
+            });
+            !peers.is_empty()
         });
         self.next = (!self.queues.is_empty()).then_some(now + PARK_RETRY);
     }

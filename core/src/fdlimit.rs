@@ -1,10 +1,10 @@
 //! The open-file limit (`RLIMIT_NOFILE`) of a process that holds many connections.
 //!
-//! Every engine costs the controller about eight TCP connections, and rank 0 of an
-//! `rpar-engine` job about sixteen descriptors per rank (the compat transport's sockets, each
-//! with its own ZeroMQ signalling pair, and their connections). Login and compute nodes often
-//! keep the soft limit at 1024, which is reached near 120 engines at the controller and 60 ranks
-//! at rank 0, and ZeroMQ fails such connections silently in its I/O thread (it retries forever):
+//! Every engine costs the controller six (rpar-engine rank) to eight (Python ipengine) TCP
+//! connections, and rank 0 of an `rpar-engine` job about fourteen descriptors per rank (the
+//! compat transport's sockets, each with its own ZeroMQ signalling pair, and their
+//! connections). Login and compute nodes often keep the soft limit at 1024, which is reached
+//! near 120-160 engines at the controller and 70 ranks at rank 0, and ZeroMQ fails such connections silently in its I/O thread (it retries forever):
 //! engines that never register and no error anywhere. So both programs raise the soft limit
 //! towards the hard one at start-up, as a user would with `ulimit -n`, and say clearly when even
 //! the hard limit is too low.

@@ -61,6 +61,19 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Say why, then take the whole MPI job down (a rank that fails alone would leave the others
+/// hanging).
+fn abort_job(why: &str) -> ! {
+    eprintln!("rpar-engine: {why}; aborting the MPI job");
+    error!("{why}; aborting the MPI job");
+    // SAFETY: MPI_Abort on COMM_WORLD tears down every rank.
+    unsafe {
+        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+    }
+    // MPI_Abort does not return; should an MPI implementation do so, do not go on either
+    std::process::exit(1)
+}
+
 fn run() -> Result<i32> {
     let args: Vec<String> = std::env::args().collect();
     let opts = cli::parse(&args)?;
@@ -93,14 +106,7 @@ fn run() -> Result<i32> {
     let world = universe.world();
     let rank = world.rank() as u32;
     let size = world.size() as u32;
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("rpar-engine: fatal: {info}; aborting the MPI job");
-        error!("fatal: {info}; aborting the MPI job");
-        // SAFETY: MPI_Abort on COMM_WORLD tears down every rank; this never returns.
-        unsafe {
-            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
-        }
-    }));
+    std::panic::set_hook(Box::new(|info| abort_job(&format!("fatal: {info}"))));
     let relay_comm = world.duplicate();
 
     // 3. boot information from rank 0
@@ -315,15 +321,7 @@ fn run() -> Result<i32> {
         &boot.startup(),
     ) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("rpar-engine: rank {rank}: {e:#}; aborting the MPI job");
-            error!("{e:#}; aborting the MPI job");
-            // SAFETY: MPI_Abort on COMM_WORLD tears down every rank; this never returns.
-            unsafe {
-                mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
-            }
-            return Ok(1);
-        }
+        Err(e) => abort_job(&format!("rank {rank}: {e:#}")),
     };
     executor.serve(&queue);
     let (code, mut link) = match handle.join() {

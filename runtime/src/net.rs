@@ -127,7 +127,7 @@ impl Default for Contexts {
 
 /// Descriptors rank 0 holds per rank in the compat transport (measured: registration, shell,
 /// control and heart sockets with their signalling pairs, and six TCP connections).
-pub const FDS_PER_RANK: u64 = 14;
+const FDS_PER_RANK: u64 = 14;
 /// Rank 0's descriptors besides those: MPI, Python, logs, the shared SUB and PUB.
 const FDS_BASE: u64 = 64;
 
@@ -136,24 +136,27 @@ const FDS_BASE: u64 = 64;
 /// hard limit cannot hold even the sockets. ZeroMQ would otherwise fail the connections past
 /// the limit silently, and the engines would never register.
 pub fn ensure_fd_limit(ranks: usize) -> Result<()> {
-    use rpar_core::fdlimit::{raise_to, FdLimitError};
+    use rpar_core::fdlimit::{current, raise_to, FdLimitError};
     let ranks = ranks as u64;
     let least = FDS_PER_RANK * ranks + FDS_BASE;
     let comfy = least + 2 * ranks + 192;
     let what = format!("rank 0 of a job of {ranks} ranks (compat transport)");
-    let lim = match raise_to(comfy, &what, "ranks per job") {
-        Ok(l) => l,
-        Err(FdLimitError::TooLow { hard, .. }) if hard >= least => {
-            let l = raise_to(hard, &what, "ranks per job")?;
-            warn!(
-                "open-file limit raised to the hard limit {hard}, a little under the {comfy} a job of {ranks} ranks would like"
-            );
-            l
+    let hard = current()?.hard;
+    if hard < least {
+        return Err(FdLimitError::TooLow {
+            what,
+            unit: "ranks per job",
+            need: least,
+            hard,
         }
-        // name the least that can work, not the comfortable figure
-        Err(FdLimitError::TooLow { .. }) => raise_to(least, &what, "ranks per job")?,
-        Err(e) => return Err(e.into()),
-    };
+        .into());
+    }
+    if hard < comfy {
+        warn!(
+            "open-file limit raised to the hard limit {hard}, a little under the {comfy} a job of {ranks} ranks would like"
+        );
+    }
+    let lim = raise_to(comfy.min(hard), &what, "ranks per job")?;
     if lim.soft != lim.was {
         info!(
             "open-file limit raised from {} to {} (hard {}) for {ranks} ranks",

@@ -29,12 +29,12 @@ pub struct Heart {
     pub fast_ping: Duration,
     start: Instant,
     token: Vec<u8>,
-    prev_token: Vec<u8>,
     next_beat: Instant,
     next_fast: Option<Instant>,
     responded: HashSet<Vec<u8>>,
     misses: HashMap<Vec<u8>, u32>,
-    /// The last [`RECENT`] tokens sent, for [`Heart::issued`].
+    /// The last [`RECENT`] tokens sent, the current one last (the one before it is the
+    /// "previous" ping whose pong still counts; older ones serve [`Heart::issued`]).
     recent: VecDeque<Vec<u8>>,
 }
 
@@ -49,7 +49,6 @@ impl Heart {
             fast_ping: Duration::from_millis(50).min(period),
             start: now,
             token: b"0.0".to_vec(),
-            prev_token: Vec::new(),
             next_beat: now,
             next_fast: None,
             responded: HashSet::new(),
@@ -87,9 +86,8 @@ impl Heart {
 
     /// A pong arrived from `uuid` carrying `token`.
     pub fn pong(&mut self, uuid: &[u8], token: &[u8]) -> Pong {
-        if token == self.token.as_slice()
-            || (!self.prev_token.is_empty() && token == self.prev_token.as_slice())
-        {
+        let prev = self.recent.iter().rev().nth(1);
+        if token == self.token.as_slice() || prev.is_some_and(|p| p.as_slice() == token) {
             if let Some(m) = self.misses.get_mut(uuid) {
                 *m = 0;
             }
@@ -100,12 +98,12 @@ impl Heart {
         }
     }
 
-    /// When the loop must call [`Heart::tick`] next.
     /// Whether `token` is one of the recent pings (a late echo, not garbage).
     pub fn issued(&self, token: &[u8]) -> bool {
-        token == self.token.as_slice() || self.recent.iter().any(|t| t.as_slice() == token)
+        self.recent.iter().any(|t| t.as_slice() == token)
     }
 
+    /// When the loop must call [`Heart::tick`] next.
     pub fn next_deadline(&self) -> Instant {
         match self.next_fast {
             Some(f) if f < self.next_beat => f,
@@ -135,7 +133,6 @@ impl Heart {
             }
             dead = gone;
             self.responded.clear();
-            self.prev_token = std::mem::take(&mut self.token);
             self.token =
                 format!("{:.6}", now.duration_since(self.start).as_secs_f64()).into_bytes();
             pings.push(self.token.clone());
