@@ -231,6 +231,7 @@ def test_jobscripts_by_hand_find_the_profile_through_ipythondir(tmp_path, system
     from util_cluster import BIN
 
     ipdir = tmp_path / "scratch" / "ipython"
+    ipdir.mkdir(parents=True)
     env = {k: v for k, v in __import__("os").environ.items()
            if k not in ("IPP_PROFILE_DIR", "IPP_PROFILE", "IPP_CLUSTER_ID", "IPP_CONNECTION_INFO")}
     env.update(IPYTHONDIR=str(ipdir), RPAR_ENGINE=str(BIN / "rpar-engine"))
