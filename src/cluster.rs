@@ -588,6 +588,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
             }
         }
     }
+    check_engine_env(&r)?;
     let stem = if r.cluster_id.is_empty() {
         "ipcluster".to_string()
     } else {
@@ -689,6 +690,21 @@ pub fn start(args: &StartArgs) -> Result<()> {
     }
     stop_cluster(&cf, &runner, r.stop_grace, true);
     cf.remove();
+    Ok(())
+}
+
+/// Batch engines: `rpar-engine --check` here before anything starts (`crate::engine_check`).
+fn check_engine_env(r: &Resolved) -> Result<()> {
+    if matches!(r.engine_kind.as_str(), "local" | "mpi" | "ssh") {
+        return Ok(());
+    }
+    let spec = spec_for(r, Role::Engine, "check")?;
+    match crate::engine_check::check_engines(&spec.engine_cmd, &spec.engine_args, &spec.env)? {
+        crate::engine_check::Checked::Passed => tracing::info!("engine environment checked"),
+        crate::engine_check::Checked::Skipped(why) => {
+            tracing::info!("engine environment not checked: {why}")
+        }
+    }
     Ok(())
 }
 

@@ -255,3 +255,28 @@ def test_jobscripts_by_hand_find_the_profile_through_ipythondir(tmp_path, system
     finally:
         for c in ctls:
             c.stop()
+
+
+def test_broken_engine_environment_fails_before_submitting(tmp_path):
+    """`rpar cluster start --engines=slurm` whose engines' Python lacks ipyparallel (VIRTUAL_ENV
+    names a bare venv): rpar runs `rpar-engine --check` first and fails in seconds, saying which
+    Python and why; no job reaches the queue and no controller is left."""
+    require_service("slurm")
+    import sys
+
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    e = RparEnv(tmp_path, profile="broken")
+    try:
+        e.create_profile()
+        e.env["VIRTUAL_ENV"] = str(venv)
+        r = e.rpar("cluster", "start", "--profile=broken", "--daemonize", "--n=2", "--engines=slurm", check=False)
+        assert r.returncode != 0, r.stderr
+        assert "no batch job was submitted" in r.stderr, r.stderr
+        assert f"{venv}/bin/python" in r.stderr and "cannot import ipyparallel" in r.stderr, r.stderr
+        out = subprocess.run(["squeue", "-h", "-o", "%i %o"], capture_output=True, text=True, check=True).stdout
+        assert str(tmp_path) not in out, out
+        assert not e.cluster_file().exists()
+        assert not (e.profile_dir / "security" / "ipcontroller-engine.json").exists()
+    finally:
+        e.cleanup()
