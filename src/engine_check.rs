@@ -104,7 +104,7 @@ mod tests {
         );
         let env = [("X".to_string(), "y".to_string())];
         assert_eq!(
-            check_engines(&[ok.clone()], &["--timeout=3".into()], &env).unwrap(),
+            check_engines(std::slice::from_ref(&ok), &["--timeout=3".into()], &env).unwrap(),
             Checked::Passed
         );
         let bad = stub(t.path(), "echo 'ERROR: no ipyparallel'; exit 1");

@@ -143,7 +143,7 @@ impl Binding {
     pub fn describe(&self) -> String {
         let from = match &self.source {
             Source::Preset(v) => format!("the {v} list already set"),
-            Source::Override => format!("{OVERRIDE_VAR}"),
+            Source::Override => OVERRIDE_VAR.to_string(),
             Source::Detected(how) => how.clone(),
         };
         format!(

@@ -133,10 +133,10 @@ pub fn require_everywhere<C: Communicator>(comm: &C, venv_opt: Option<&Path>) ->
     let rank = u32::try_from(comm.rank()).unwrap_or(0);
     let size = comm.size();
     let mine = match facts(false) {
-        Ok(f) => match &f.ipyparallel_error {
-            Some(e) => Some(failure_line(rank, &f, &venv_origin(venv_opt), e)),
-            None => None,
-        },
+        Ok(f) => f
+            .ipyparallel_error
+            .as_ref()
+            .map(|e| failure_line(rank, &f, &venv_origin(venv_opt), e)),
         Err(e) => Some(format!(
             "rank {rank}: the embedded Python could not be asked what it can import: {e:#}"
         )),
