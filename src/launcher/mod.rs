@@ -19,6 +19,8 @@ pub mod kind;
 pub mod local;
 mod recording;
 pub mod ssh;
+#[cfg(test)]
+mod tests;
 pub mod winhpc;
 
 pub use kind::LauncherKind;
