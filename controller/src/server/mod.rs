@@ -6,14 +6,12 @@
 //! * [`bind`]: the table of socket roles and binding;
 //! * [`files`]: the connection files, `--reuse` and the engine-state file (`--restore`);
 //! * [`serve`]: the loop, over [`poll`] (which sockets have input) and [`frames`] (one message
-//!   in or out);
-//! * [`parked`]: messages waiting for an engine's socket to connect;
+//!   in or out); messages for engines not connected yet wait in the core's [`crate::hub::Parked`];
 //! * [`signals`]: the stopping signals.
 
 mod bind;
 mod files;
 mod frames;
-mod parked;
 mod poll;
 mod serve;
 mod signals;
@@ -24,7 +22,7 @@ use crate::hub::{Hub, HubConfig};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::profile::ProfileDir;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::info;
 
 /// Check the loaded settings, write files, serve until stopped.
@@ -63,9 +61,7 @@ pub fn run(
         engine_info,
         scheme: settings.scheme.clone(),
         hwm: settings.hwm,
-        engine_death_grace: Duration::from_secs(5)
-            .min(settings.hb_period * 2)
-            .max(Duration::from_millis(500)),
+        engine_death_grace: settings.engine_death_grace,
     };
     let mut hub = Hub::new(cfg, key.as_bytes(), session, db, now);
     if settings.restore_engines {
