@@ -350,7 +350,13 @@ pub fn check_main(opts: &cli::Opts) -> Result<i32> {
         "rank {rank} (local {} of {}): ipyparallel {}; GPUs {}{}",
         local.0,
         local.1,
-        if ok { "ok" } else { "MISSING" },
+        match &f.ipyparallel_error {
+            None => "ok".to_string(),
+            Some(e) => format!(
+                "MISSING ({})",
+                failure_line(rank, &f, &venv_origin(venv), e)
+            ),
+        },
         if mode == gpus::Mode::Auto {
             "bound: "
         } else {
