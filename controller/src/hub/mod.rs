@@ -472,6 +472,7 @@ impl Hub {
                 "unpack",
                 "signature_scheme",
                 "curve_serverkey",
+                "rpar_native",
             ] {
                 o.remove(k);
             }
