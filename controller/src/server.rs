@@ -53,6 +53,7 @@ struct Ports {
     c_iopub: u16,
     notification: u16,
     c_bcast: u16,
+    native: u16,
 }
 
 /// Where the connection files go and what they hold.
@@ -357,6 +358,16 @@ pub fn run(
         c_bcast,
         "client broadcast"
     );
+    sock!(
+        Sock::Native,
+        zmq::ROUTER,
+        None,
+        &eip,
+        re.as_ref()
+            .and_then(|e| e.rpar_native.as_ref().map(|n| n.port)),
+        native,
+        "native engine"
+    );
     if let Some((_, s)) = socks.iter().find(|(k, _)| *k == Sock::IopubEngine) {
         s.set_subscribe(b"")?;
     }
@@ -399,6 +410,10 @@ pub fn run(
         pack: "json".into(),
         unpack: "json".into(),
         signature_scheme: "hmac-sha256".into(),
+        rpar_native: Some(connection::NativeInfo {
+            version: rpar_core::native::VERSION,
+            port: ports.native,
+        }),
     };
     let client_info = ClientInfo {
         ssh: settings.ssh_server.clone(),
