@@ -194,10 +194,7 @@ fn run(a: Args) -> Result<i32> {
             );
         }
         if !announced && Instant::now() > deadline {
-            bail!(
-                "registration timed out after {:.1}s ({addr})",
-                a.timeout
-            );
+            bail!("registration timed out after {:.1}s ({addr})", a.timeout);
         }
         let sig = SIGNAL.load(Ordering::SeqCst);
         if sig != 0 {
@@ -212,8 +209,10 @@ fn run(a: Args) -> Result<i32> {
             return Ok(0);
         }
         let ready: Vec<bool> = {
-            let mut items: Vec<zmq::PollItem> =
-                jobs.iter().map(|j| j.sock.as_poll_item(zmq::POLLIN)).collect();
+            let mut items: Vec<zmq::PollItem> = jobs
+                .iter()
+                .map(|j| j.sock.as_poll_item(zmq::POLLIN))
+                .collect();
             match zmq::poll(&mut items, 100) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => bail!("poll: {e}"),
@@ -246,7 +245,11 @@ fn serve(job: &mut Job, decoder: &mut Decoder, signer: &Signer, frames: Frames) 
     match env.body {
         Body::Registered(Ok(g)) => {
             if g.ids.len() != job.ranks.len() {
-                bail!("{} ids granted for {} engines", g.ids.len(), job.ranks.len());
+                bail!(
+                    "{} ids granted for {} engines",
+                    g.ids.len(),
+                    job.ranks.len()
+                );
             }
             job.by_id.clear();
             for (rank, (e, id)) in job.ranks.iter_mut().zip(g.ids).enumerate() {

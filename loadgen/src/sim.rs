@@ -37,7 +37,14 @@ impl Engine {
         }
     }
 
-    fn iopub(&self, signer: &Signer, kind: &str, msg_type: &str, parent: &[u8], c: &Value) -> Frames {
+    fn iopub(
+        &self,
+        signer: &Signer,
+        kind: &str,
+        msg_type: &str,
+        parent: &[u8],
+        c: &Value,
+    ) -> Frames {
         let topic = format!("engine.{}.{kind}", self.id).into_bytes();
         let md = json!({ "engine": self.uuid });
         self.builder
@@ -47,7 +54,10 @@ impl Engine {
 
     fn status(&self, signer: &Signer, parent: &[u8], state: &str) -> (Channel, Frames) {
         let c = json!({ "execution_state": state });
-        (Channel::IoPub, self.iopub(signer, "status", "status", parent, &c))
+        (
+            Channel::IoPub,
+            self.iopub(signer, "status", "status", parent, &c),
+        )
     }
 
     /// The answer to one request on `channel` (its payload: the ipyparallel frames after the
@@ -170,10 +180,7 @@ mod tests {
             let (m, _) = parse(f);
             assert_eq!(m.idents, vec![b"engine.7.status".to_vec()]);
             assert_eq!(m.content_value().unwrap()["execution_state"], json!(state));
-            assert_eq!(
-                Header::parse(&m.parent).unwrap().msg_type,
-                "apply_request"
-            );
+            assert_eq!(Header::parse(&m.parent).unwrap().msg_type, "apply_request");
         }
     }
 
@@ -187,7 +194,10 @@ mod tests {
             assert_eq!(h.msg_type, "execute_reply");
             assert_eq!(m.content_value().unwrap()["execution_count"], json!(n));
         }
-        for (req, rep) in [("abort_request", "abort_reply"), ("clear_request", "clear_reply")] {
+        for (req, rep) in [
+            ("abort_request", "abort_reply"),
+            ("clear_request", "clear_reply"),
+        ] {
             let out = e.on_request(&s, Channel::Control, request(req, json!({})));
             assert_eq!(out[1].0, Channel::Control);
             assert_eq!(parse(&out[1].1).1.msg_type, rep);
@@ -200,6 +210,8 @@ mod tests {
         assert_eq!(h.msg_type, "shutdown_reply");
         assert_eq!(m.idents, vec![b"engine.1.shutdown".to_vec()]);
         // garbage is ignored
-        assert!(e.on_request(&s, Channel::Mux, vec![b"x".to_vec()]).is_empty());
+        assert!(e
+            .on_request(&s, Channel::Mux, vec![b"x".to_vec()])
+            .is_empty());
     }
 }

@@ -287,11 +287,8 @@ impl Hub {
             Sock::BcastClient => self.on_bcast_request(msg, now, out),
             Sock::BcastEngine => self.on_bcast_reply(msg, now, out),
             Sock::IopubEngine => self.on_iopub(msg, now, out),
-            Sock::Notification
-            | Sock::HbPing
-            | Sock::IopubClient
-            | Sock::HbPong
-            | Sock::Native => {}
+            Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong | Sock::Native => {
+            }
         }
     }
 

@@ -330,7 +330,10 @@ impl Hub {
             let Some(job) = self.native.jobs.get_mut(conn) else {
                 continue;
             };
-            let Some(&engine) = frames.first().and_then(|u| self.engines.get(u)).map(|e| &e.id)
+            let Some(&engine) = frames
+                .first()
+                .and_then(|u| self.engines.get(u))
+                .map(|e| &e.id)
             else {
                 continue;
             };
@@ -362,4 +365,3 @@ impl Hub {
         self.native.jobs.len()
     }
 }
-

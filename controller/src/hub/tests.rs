@@ -760,3 +760,5 @@ fn random_peer_input_never_panics() {
     );
     assert_eq!(c["status"], "ok");
 }
+
+mod native;
