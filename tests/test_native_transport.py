@@ -23,7 +23,11 @@ def jobs():
     made = []
 
     def make(controller, n, args=(), flavour="openmpi"):
+        # a tag per job, in its namespace and on its command line (jobs share a profile)
+        tag = f"job{len(made)}"
+        args = [f"--IPEngine.startup_command=JOB_TAG = '{tag}'", *args]
         j = EngineJob(flavour, n, controller.profile_dir, args)
+        j.marker, j.tag = f"JOB_TAG = '{tag}'", tag
         made.append(j)
         return j
 
@@ -75,7 +79,7 @@ def test_native_job_runs_the_client_api_over_at_most_four_connections(make_contr
     rc = client_for(ctl, n, job)
     try:
         assert sorted(rc.ids) == list(range(n))
-        assert NATIVE in job.output()
+        wait_for(lambda: NATIVE in job.output(), timeout=30, what="rank 0 on the native transport")
         dv = rc[:]
         assert dv.apply_sync(lambda x: x * 3, 14) == [42] * n
         assert len(set(dv.apply_sync(os.getpid))) == n
@@ -138,7 +142,7 @@ def test_native_compat_and_python_engines_share_one_controller(make_controller, 
     py = make_engines(ctl, 1)
     rc = client_for(ctl, 5, native, compat, py)
     try:
-        assert NATIVE in native.output()
+        wait_for(lambda: NATIVE in native.output(), timeout=30, what="the native job")
         assert NATIVE not in compat.output()
         pids = rc[:].apply_sync(os.getpid)
         assert len(set(pids)) == 5
@@ -154,9 +158,9 @@ def test_native_compat_and_python_engines_share_one_controller(make_controller, 
 
 
 def job_ids(rc, job):
-    """Engine ids of `job` (by the pids of its ranks)."""
-    pids = set(job.pids())
-    return [e for e, pid in zip(rc.ids, rc[:].apply_sync(os.getpid)) if pid in pids]
+    """Engine ids of `job` (by the tag in their namespace)."""
+    ids = rc.ids
+    return [e for e, tag in zip(ids, rc[ids].pull("JOB_TAG", block=True)) if tag == job.tag]
 
 
 @pytest.mark.parametrize("victim", [1, 0])
@@ -176,8 +180,9 @@ def test_killed_rank_takes_its_native_job_down_and_only_that_one(make_controller
         time.sleep(0.5)
         os.kill(a.rank_pid(victim), signal.SIGKILL)
         wait_for(lambda: sorted(rc.ids) == others, timeout=60, what="the killed job's engines unregistered")
-        with pytest.raises(ipp.error.EngineError):
+        with pytest.raises(ipp.error.RemoteError) as ei:
             running.get(timeout=60)
+        assert ei.value.ename == "EngineError", ei.value
         assert rc[others].apply_sync(lambda x: x + 1, 1) == [2, 2]
         a.wait(60)
     finally:

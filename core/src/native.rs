@@ -18,7 +18,7 @@
 //!
 //! Signing: the envelope is signed with the connection file's key ([`Signer::sign_raw`] over a
 //! domain tag and the envelope bytes); the receiver verifies it with replay protection. The
-//! envelope carries the job's random id and a per-sender sequence number, so no two envelopes
+//! envelope carries the sender's random stream id and sequence number, so no two envelopes
 //! are alike and a replayed one is refused. The payload is a signed ipyparallel message itself,
 //! checked by the hub (engine → client) or by the engine (client → engine), as on every other
 //! socket. Anything that fails to decode or verify is an error for the caller to log and drop.
@@ -163,7 +163,8 @@ pub enum Body {
 pub struct Envelope {
     /// [`VERSION`]; encoded first.
     pub version: u16,
-    /// The job's random id (the same both ways; distinguishes jobs' otherwise equal envelopes).
+    /// The sender's random stream id (distinguishes the envelopes of different jobs, and of a
+    /// controller and its restarted successor, which would otherwise repeat each other).
     pub job: u64,
     /// The sender's sequence number (never repeats on one connection).
     pub seq: u64,

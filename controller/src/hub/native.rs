@@ -47,6 +47,10 @@ pub struct Jobs {
     next_beat: Instant,
     token: u64,
     shutdown_sent: bool,
+    /// The next encoder's stream id: random per controller run, so that a restarted
+    /// controller's envelopes never repeat the bytes of its predecessor's (a job would refuse
+    /// them as replays).
+    next_stream: u64,
 }
 
 impl Jobs {
@@ -61,7 +65,13 @@ impl Jobs {
             next_beat: now + period,
             token: 0,
             shutdown_sent: false,
+            next_stream: rand::random(),
         }
+    }
+
+    fn encoder(&mut self) -> Encoder {
+        self.next_stream = self.next_stream.wrapping_add(1);
+        Encoder::new(&self.key, self.next_stream)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -130,10 +140,10 @@ impl Hub {
             job.misses = 0;
         }
         match env.body {
-            Body::Register { engines } => self.register_job(conn, env.job, engines, now, out),
+            Body::Register { engines } => self.register_job(conn, engines, now, out),
             Body::Route(h) => {
                 let Some(job) = self.native.jobs.get(&conn) else {
-                    self.reregister(&conn, env.job, out);
+                    self.reregister(&conn, out);
                     return;
                 };
                 let Some(uuid) = job.engines.get(&h.engine) else {
@@ -157,7 +167,7 @@ impl Hub {
             Body::Pong { .. } => {}
             Body::Hello => {
                 if !self.native.jobs.contains_key(&conn) {
-                    self.reregister(&conn, env.job, out);
+                    self.reregister(&conn, out);
                 }
             }
             Body::Unregister(why) => {
@@ -171,9 +181,9 @@ impl Hub {
         }
     }
 
-    fn reregister(&mut self, conn: &[u8], job: u64, out: &mut Vec<Effect>) {
+    fn reregister(&mut self, conn: &[u8], out: &mut Vec<Effect>) {
         debug!("message from an unknown native job: asking it to register again");
-        let mut enc = Encoder::new(&self.native.key, job);
+        let mut enc = self.native.encoder();
         send(conn, enc.head(Body::Reregister), vec![], out);
     }
 
@@ -181,14 +191,13 @@ impl Hub {
     fn register_job(
         &mut self,
         conn: Vec<u8>,
-        job_id: u64,
         engines: Vec<EngineSpec>,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
         // a job registering again on its connection starts afresh
         self.drop_job(&conn, now, out);
-        let mut enc = Encoder::new(&self.native.key, job_id);
+        let mut enc = self.native.encoder();
         let taken = engines.iter().find(|e| {
             self.engines
                 .get(e.uuid.as_bytes())
