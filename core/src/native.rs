@@ -416,7 +416,7 @@ mod tests {
             assert!(dec.decode(&[sig, env]).is_err());
         }
         // another version is named
-        let mut env = bincode::serde::encode_to_vec(
+        let env = bincode::serde::encode_to_vec(
             Envelope {
                 version: 9,
                 job: 1,

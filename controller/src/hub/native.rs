@@ -220,7 +220,14 @@ impl Hub {
             let key = spec.uuid.into_bytes();
             // an engine taken back by --restore waits for a heart it has not got: take it now
             self.drop_engine(&key);
-            let id = self.grant_id(spec.requested);
+            let Some(id) = self.grant_id(spec.requested) else {
+                warn!("no engine id is left for a native job");
+                let why = "no engine ids are left (0 to 2^32-1)".to_string();
+                send(&conn, job.enc.head(Body::Registered(Err(why))), vec![], out);
+                self.native.jobs.insert(conn.clone(), job);
+                self.drop_job(&conn, now, out);
+                return;
+            };
             let uuid_s = String::from_utf8_lossy(&key).into_owned();
             self.engines.insert(
                 key.clone(),
@@ -270,18 +277,13 @@ impl Hub {
     }
 
     /// The id to give an engine that asks for `requested`: that one when free, else the next
-    /// free one from the counter (as for a Python engine).
-    fn grant_id(&mut self, requested: u32) -> u32 {
+    /// free one from the counter (as for a Python engine); `None` when no id is left.
+    fn grant_id(&mut self, requested: u32) -> Option<u32> {
         if !self.ids.contains_key(&requested) {
-            self.next_id = self.next_id.max(requested.saturating_add(1));
-            return requested;
+            self.next_id = self.next_id.max(u64::from(requested) + 1);
+            return Some(requested);
         }
-        while self.ids.contains_key(&self.next_id) {
-            self.next_id = self.next_id.saturating_add(1);
-        }
-        let id = self.next_id;
-        self.next_id = self.next_id.saturating_add(1);
-        id
+        self.take_next_id()
     }
 
     /// Unregister every engine of the job on `conn` and forget the job.
