@@ -8,6 +8,7 @@
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
+//! * [`native`]: the native engine transport's messages (one connection per MPI job).
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
@@ -18,6 +19,7 @@ pub mod connection;
 pub mod fdlimit;
 pub mod ids;
 pub mod msg;
+pub mod native;
 pub mod profile;
 pub mod wire;
 
