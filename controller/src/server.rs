@@ -438,9 +438,8 @@ pub fn run(
         engine_info,
         scheme: settings.scheme.clone(),
         hwm: settings.hwm,
-        engine_death_grace: Duration::from_secs(5)
-            .min(settings.hb_period * 2)
-            .max(Duration::from_millis(500)),
+        // tasks of a dead engine fail as soon as it is unregistered (issue 11)
+        engine_death_grace: Duration::ZERO,
     };
     let mut hub = Hub::new(cfg, key.as_bytes(), session, db, now);
     if settings.restore_engines {

@@ -46,7 +46,9 @@ pub struct TaskConfig {
     /// Most outstanding tasks per engine; 0 = unlimited. ipyparallel's default is 1.
     pub hwm: u32,
     /// How long after an engine is removed its unfinished tasks fail with `EngineError`
-    /// (late replies still count during this time). ipyparallel: 5 s.
+    /// (late replies still count during this time). ipyparallel: 5 s. Zero: they fail within
+    /// the `remove_engine` call (the controller's choice: it removes an engine only once it is
+    /// known dead).
     pub engine_death_grace: Duration,
     /// Seed for the random schemes (tests); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -339,6 +341,9 @@ impl TaskScheduler {
         );
         if e.pending.is_empty() {
             self.engines.remove(&k);
+        } else if self.cfg.engine_death_grace.is_zero() {
+            // known dead: its tasks fail now, not at the next tick
+            self.strand(k, now, &mut out);
         } else {
             self.stranded.insert((now + self.cfg.engine_death_grace, k));
         }
