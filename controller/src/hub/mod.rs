@@ -17,11 +17,13 @@
 //! is acted on; anything malformed is logged and dropped, never a panic.
 
 mod heart;
+mod parked;
 mod queries;
 mod records;
 mod routing;
 
 pub use heart::Heart;
+pub use parked::Parked;
 pub use records::Db;
 
 /// Open the task database the settings name (`IPController.db_class` and the backend's own
