@@ -612,7 +612,7 @@ impl TaskScheduler {
             }
         };
         let Some(&seq) = self.ids.get(&msg_id) else {
-            warn!(%msg_id, "reply for an unknown task; dropped");
+            self.relay_unknown(msg_id, msg, status == "ok", out);
             return;
         };
         let Some(mut job) = self.jobs.remove(&seq) else {
@@ -671,6 +671,38 @@ impl TaskScheduler {
         );
         out.push(TaskAction::Finished {
             msg_id: job.msg_id,
+            engine_uuid: Some(engine_uuid),
+            reply: msg,
+        });
+    }
+
+    /// A reply for a task this scheduler never saw: it was submitted to a controller that died
+    /// and was restarted (`--restore`/`--reuse`) while the task ran. Its routing frames name the
+    /// client, so it is relayed (and recorded by the hub) rather than dropped: the client would
+    /// otherwise wait forever. The task is remembered as finished, for `after`/`follow` and so
+    /// that a second copy is dropped.
+    fn relay_unknown(
+        &mut self,
+        msg_id: String,
+        mut msg: WireMessage,
+        ok: bool,
+        out: &mut Vec<TaskAction>,
+    ) {
+        info!(%msg_id, "reply for a task submitted before a controller restart; relayed to its client");
+        let engine_uuid = msg.idents[0].clone();
+        msg.idents = vec![msg.idents[1].clone(), engine_uuid.clone()];
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ids.insert(msg_id.clone(), seq);
+        let engine = self.by_uuid.get(&engine_uuid).copied();
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        self.record(seq, outcome, engine);
+        out.push(TaskAction::Finished {
+            msg_id,
             engine_uuid: Some(engine_uuid),
             reply: msg,
         });

@@ -220,3 +220,54 @@ fn a_flood_of_notification_subscriptions_replays_registrations_at_most_once_a_se
     let out = h.on_message(Sock::Notification, vec![b"\x01<IDS".to_vec()], later);
     assert_eq!(sends(&out, Sock::Notification).len(), 2);
 }
+
+#[test]
+fn a_reply_for_a_task_sent_before_a_restart_is_relayed_and_recorded() {
+    // The request went to the controller that died; this (restarted) hub never saw it.
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    register(&mut h, "w0", None, t0);
+    let cl = Peer::new("client");
+    let e = Peer::new("w0");
+    for (req_sock, rep_sock, back) in [
+        (vec![b"cid".to_vec()], Sock::TaskEngine, Sock::TaskClient),
+        (
+            vec![b"cid".to_vec(), b"w0".to_vec()],
+            Sock::MuxEngine,
+            Sock::MuxClient,
+        ),
+    ] {
+        let old = cl.msg(req_sock, "apply_request", b"{}", lb_md(), json!({}));
+        let old_id = Header::parse(&old.header).unwrap().msg_id;
+        let rep = e.msg(
+            vec![b"w0".to_vec(), b"cid".to_vec()],
+            "apply_reply",
+            &old.header,
+            json!({"status": "ok", "engine": "w0", "dependencies_met": true}),
+            json!({"status": "ok"}),
+        );
+        let out = h.on_message(rep_sock, rep.into_frames(), t0);
+        let relayed = raw_sends(&out, back);
+        assert_eq!(relayed.len(), 1, "{rep_sock:?}: relayed, not dropped");
+        assert_eq!(&relayed[0][..2], &[b"cid".to_vec(), b"w0".to_vec()]);
+        let rr = query(
+            &mut h,
+            "result_request",
+            json!({ "msg_ids": [old_id.clone()] }),
+            t0,
+        );
+        assert_eq!(rr["completed"], json!([old_id.clone()]), "{rr}");
+        assert_eq!(rr[&old_id]["result_content"]["status"], "ok");
+        // a second copy of it is not relayed again by the task scheduler
+        if rep_sock == Sock::TaskEngine {
+            let again = e.msg(
+                vec![b"w0".to_vec(), b"cid".to_vec()],
+                "apply_reply",
+                &old.header,
+                json!({"status": "ok", "engine": "w0", "dependencies_met": true}),
+                json!({"status": "ok"}),
+            );
+            assert!(raw_sends(&h.on_message(rep_sock, again.into_frames(), t0), back).is_empty());
+        }
+    }
+}
