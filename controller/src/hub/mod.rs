@@ -20,6 +20,7 @@ mod heart;
 mod parked;
 mod queries;
 mod records;
+mod revive;
 mod routing;
 
 pub use heart::Heart;
@@ -147,6 +148,8 @@ pub struct Hub {
     /// (subscriptions within [`RENOTIFY_GAP`] of a replay share one later replay).
     last_replay: Option<Instant>,
     replay_at: Option<Instant>,
+    /// Engines unregistered for a lost heartbeat, registered again if they answer.
+    lost: revive::Lost,
     pub stats: Stats,
 }
 
@@ -188,6 +191,7 @@ impl Hub {
             recent_regs: VecDeque::new(),
             last_replay: None,
             replay_at: None,
+            lost: revive::Lost::default(),
             completed_on: HashMap::new(),
             pending: HashSet::new(),
             all_completed: HashSet::new(),
@@ -306,11 +310,7 @@ impl Hub {
             out.push(Effect::Send(Sock::HbPing, vec![p]));
         }
         for uuid in dead {
-            if let Some(e) = self.engines.get(&uuid) {
-                warn!(engine = e.id, uuid = %e.uuid, "heartbeat lost");
-                let id = e.id;
-                self.unregister(id, now, &mut out);
-            }
+            self.heartbeat_lost(&uuid, now, &mut out);
         }
         // pending registrations that never sent a heartbeat
         let stale: Vec<Vec<u8>> = self
@@ -582,6 +582,8 @@ impl Hub {
         {
             e.heart_seen = true;
             self.finish_ready_registrations(now, out);
+        } else {
+            self.revive(uuid, now, out);
         }
     }
 

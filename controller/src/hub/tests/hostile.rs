@@ -271,3 +271,34 @@ fn a_reply_for_a_task_sent_before_a_restart_is_relayed_and_recorded() {
         }
     }
 }
+
+#[test]
+fn a_heartbeat_lost_engine_that_answers_again_is_registered_again_not_a_zombie() {
+    let t0 = Instant::now();
+    let mut h = hub(t0); // period 100 ms, 2 misses
+    register(&mut h, "z0", None, t0);
+    register(&mut h, "z1", None, t0);
+    // z1 stops answering (SIGSTOP); z0 keeps answering
+    let mut gone = Vec::new();
+    for i in 0..6u32 {
+        let now = t0 + Duration::from_millis(100 * u64::from(i));
+        let out = h.tick(now);
+        gone.extend(sends(&out, Sock::Notification));
+        pong(&mut h, "z0", now);
+    }
+    assert_eq!(gone.len(), 1);
+    assert_eq!(msg_type(&gone[0]), "unregistration_notification");
+    assert_eq!(content(&gone[0])["uuid"], "z1");
+    assert_eq!(h.registered().map(|e| e.id).collect::<Vec<_>>(), vec![0]);
+    // SIGCONT: its heart echoes the current ping again
+    let out = pong(&mut h, "z1", t0 + Duration::from_millis(550));
+    let back = sends(&out, Sock::Notification);
+    assert_eq!(back.len(), 1);
+    assert_eq!(msg_type(&back[0]), "registration_notification");
+    assert_eq!(content(&back[0]), json!({"id": 1, "uuid": "z1"}));
+    assert_eq!(h.registered().map(|e| e.id).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(h.lost.len(), 0);
+    // a heart nobody lost is not registered by a pong
+    assert!(sends(&pong(&mut h, "stranger", t0), Sock::Notification).is_empty());
+    assert_eq!(h.registered().count(), 2);
+}
