@@ -9,6 +9,7 @@
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
 //! * [`native`]: the native engine transport's messages (one connection per MPI job).
+//! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod msg;
 pub mod native;
 pub mod profile;
+pub mod signals;
 pub mod wire;
 
 pub use msg::{Header, MessageBuilder};
