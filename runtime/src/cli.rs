@@ -62,6 +62,11 @@ pub struct Args {
     /// Directory to change into at start (IPEngine.work_dir).
     #[arg(long = "work-dir")]
     pub work_dir: Option<PathBuf>,
+    /// How rank 0 talks to the controller: `native` (one connection for the whole job;
+    /// rpar-controller only), `compat` (the sockets a Python ipengine opens, per engine), or
+    /// `auto` (native when the connection file offers it). IPEngine.transport.
+    #[arg(long, value_name = "auto|native|compat")]
+    pub transport: Option<String>,
     /// Do not fork a nanny process on rank 0.
     #[arg(long = "no-nanny")]
     pub no_nanny: bool,
@@ -178,6 +183,8 @@ pub struct Boot {
     pub gpus: crate::gpus::Mode,
     pub startup: StartupCfg,
     pub uuids: Vec<String>,
+    /// The native transport's endpoint, when rank 0 uses it (else compat).
+    pub native: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -208,6 +215,7 @@ pub struct FileSettings {
     pub startup_command: Option<String>,
     pub work_dir: Option<String>,
     pub log_level: Option<String>,
+    pub transport: Option<String>,
     pub gpus: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -230,6 +238,7 @@ pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings>
         startup_script: nonempty(s("startup_script")?),
         startup_command: nonempty(s("startup_command")?),
         work_dir: nonempty(s("work_dir")?),
+        transport: nonempty(s("transport")?),
         log_level: cfg
             .get("Application", "log_level")
             .map(|v| v.value.to_string().trim_matches('"').to_string()),
@@ -331,6 +340,32 @@ impl Boot {
         }
         let uuids = (0..size).map(|_| rpar_core::ids::new_id()).collect();
         let mut warnings = fs.warnings;
+        let transport = a
+            .transport
+            .clone()
+            .or(fs.transport)
+            .unwrap_or_else(|| "auto".into());
+        let native = match transport.trim().to_ascii_lowercase().as_str() {
+            "compat" => None,
+            "auto" => match crate::native::endpoint(&conn) {
+                Ok(e) => e,
+                Err(e) => {
+                    warnings.push(format!("{e:#}; using the compat transport"));
+                    None
+                }
+            },
+            "native" => Some(crate::native::endpoint(&conn)?.ok_or_else(|| {
+                anyhow!(
+                    "--transport=native: the connection file offers no native transport (no \
+                     rpar_native field: not an rpar-controller); use --transport=auto or compat"
+                )
+            })?),
+            other => {
+                return Err(anyhow!(
+                    "--transport={other} (IPEngine.transport): expected auto, native or compat"
+                ))
+            }
+        };
         if let Some(m) = &a.mpi {
             if m != "mpi4py" {
                 warnings.push(format!(
@@ -362,6 +397,7 @@ impl Boot {
                 command: fs.startup_command,
             },
             uuids,
+            native,
             warnings,
         })
     }

@@ -344,6 +344,7 @@ pub static CLASSES: &[ClassDef] = &[
             ign("paramiko", Bool, "False", "rpar tunnels with the ssh command; ignored."),
             t("timeout", Float, "5.0", "Seconds to wait for the registration reply. --timeout"),
             t("max_heartbeat_misses", Int, "50", "Missed heartbeats before an engine considers its controller gone (0: never)."),
+            t("transport", Str, "'auto'", "rpar-engine: how rank 0 talks to the controller: 'native' (one connection per MPI job, rpar-controller only), 'compat' (per-engine sockets, any controller), or 'auto' (native when offered). --transport"),
             t("id", Int, "None", "Requested engine id."),
             t("use_mpi", Bool, "False", "Ask for engine ids equal to MPI ranks (rpar-engine is always an MPI program). --mpi"),
             t("init_mpi", Str, "<mpi4py import>", "Python code run at start when use_mpi is set (MPI is already initialized by rpar)."),
