@@ -18,7 +18,6 @@ use rpar_core::profile::{cluster_id, ProfileDir, ProfileOpts};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 /// What the user typed.
 #[derive(Debug, Parser)]
@@ -378,44 +377,30 @@ pub fn broadcast_json<C: Communicator, T: Serialize + for<'de> Deserialize<'de> 
     }
 }
 
+/// `IPEngine.log_level` / `--log-level` (an unknown level is INFO).
 fn level(s: &str) -> tracing::Level {
-    match s.trim().trim_matches('\'').to_ascii_uppercase().as_str() {
-        "0" | "10" | "DEBUG" | "TRACE" => tracing::Level::DEBUG,
-        "30" | "WARN" | "WARNING" => tracing::Level::WARN,
-        "40" | "50" | "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    }
+    rpar_core::logging::parse_level(s).unwrap_or(tracing::Level::INFO)
 }
 
 /// Logs go to the original stderr and to `<profile>/log/rpar-engine[-<cluster>]-<rank>-<pid>.log`.
 pub fn init_logging(boot: &Boot, rank: u32, capture: &crate::capture::Capture) {
-    let lvl = level(&boot.log_level);
-    let stderr = capture.original_stderr().map(std::sync::Mutex::new).ok();
+    use rpar_core::logging::{init, Filter, Logging, Stderr};
     let cid = if boot.cluster_id.is_empty() {
         String::new()
     } else {
         format!("-{}", boot.cluster_id)
     };
-    let file = std::fs::create_dir_all(boot.profile_dir.join("log"))
-        .ok()
-        .and_then(|_| {
-            std::fs::File::create(boot.profile_dir.join("log").join(format!(
-                "rpar-engine{cid}-{rank}-{}.log",
-                std::process::id()
-            )))
-            .ok()
-        })
-        .map(std::sync::Mutex::new);
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(lvl)
-        .with_ansi(false)
-        .with_target(false);
-    let res = match (stderr, file) {
-        (Some(e), Some(f)) => builder.with_writer(e.and(f)).try_init(),
-        (Some(e), None) => builder.with_writer(e).try_init(),
-        (None, Some(f)) => builder.with_writer(f).try_init(),
-        (None, None) => builder.with_writer(std::io::sink).try_init(),
-    };
+    let file = boot.profile_dir.join("log").join(format!(
+        "rpar-engine{cid}-{rank}-{}.log",
+        std::process::id()
+    ));
+    let res = init(Logging {
+        filter: Filter::Level(level(&boot.log_level)),
+        stderr: capture.original_stderr().map_or(Stderr::No, Stderr::File),
+        file: Some(file),
+        background: false,
+        target: false,
+    });
     if let Err(e) = res {
         eprintln!("rpar-engine: logging not set up: {e}");
     }
