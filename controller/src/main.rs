@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use rpar_controller::{cli, hub, server, settings};
 use rpar_core::logging;
-use rpar_core::profile::{self, ProfileDir, ProfileOpts};
+use rpar_core::profile::{self, ProfileDir};
 
 fn level(cmd: &cli::CommandLine) -> tracing::Level {
     if cmd.cli.debug {
@@ -41,17 +41,11 @@ fn main() {
 }
 
 fn run(cmd: cli::CommandLine) -> Result<()> {
-    let opts = ProfileOpts {
-        profile: cmd.cli.profile.clone(),
-        profile_dir: cmd.cli.profile_dir.clone(),
-        ipython_dir: cmd.cli.ipython_dir.clone(),
-        cluster_id: cmd.cli.cluster_id.clone(),
-    };
-    let profile = ProfileDir::resolve(&opts);
+    let profile = ProfileDir::resolve(&cmd.cli.p.opts());
     profile
         .ensure()
         .with_context(|| format!("creating profile directory {}", profile.path.display()))?;
-    let cluster_id = profile::cluster_id(cmd.cli.cluster_id.as_deref());
+    let cluster_id = profile::cluster_id(cmd.cli.p.cluster_id.as_deref());
     if let Some(w) = &cmd.cli.work_dir {
         std::env::set_current_dir(w).with_context(|| format!("--work-dir {}", w.display()))?;
     }

@@ -9,6 +9,7 @@
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
 //! * [`logging`]: the log-level parser and the logging set-up of every program.
+//! * [`flags`]: the profile flags and the `--foo_bar` spelling, for every command line.
 //! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //!
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod connection;
 pub mod fdlimit;
+pub mod flags;
 pub mod ids;
 pub mod logging;
 pub mod msg;

@@ -14,7 +14,8 @@ use clap::Parser;
 use mpi::traits::*;
 use rpar_core::config::{split_cli, Config};
 use rpar_core::connection::{self, EngineInfo};
-use rpar_core::profile::{cluster_id, ProfileDir, ProfileOpts};
+use rpar_core::flags::normalize_flag;
+use rpar_core::profile::{cluster_id, ProfileDir};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,18 +31,8 @@ pub struct Args {
     /// The engine connection file (ipcontroller-engine.json); default: the profile's security/.
     #[arg(long = "file", visible_alias = "url-file", value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Profile name (directory $IPYTHONDIR/profile_<name>).
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Profile directory (overrides --profile).
-    #[arg(long = "profile-dir")]
-    pub profile_dir: Option<PathBuf>,
-    /// IPython directory (default $IPYTHONDIR or ~/.ipython).
-    #[arg(long = "ipython-dir")]
-    pub ipython_dir: Option<PathBuf>,
-    /// Cluster id: use security/ipcontroller-<id>-engine.json.
-    #[arg(long = "cluster-id")]
-    pub cluster_id: Option<String>,
+    #[command(flatten)]
+    pub p: rpar_core::flags::ProfileFlags,
     /// Seconds to wait for the registration reply.
     #[arg(long)]
     pub timeout: Option<f64>,
@@ -76,27 +67,6 @@ pub struct Opts {
     pub config_args: Vec<String>,
     pub version: bool,
     pub nanny: bool,
-}
-
-/// `--foo_bar[=v]` → `--foo-bar[=v]` (traitlets accepts either spelling of a flag; the seed's
-/// manual writes `--profile_dir=...`). Only the flag name changes, never its value; positional
-/// arguments and `--Class.trait=value` settings (already split off) are left alone.
-fn normalize_flag(arg: String) -> String {
-    let Some(body) = arg.strip_prefix("--") else {
-        return arg;
-    };
-    let (name, val) = match body.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (body, None),
-    };
-    if !name.contains('_') || name.contains('.') {
-        return arg;
-    }
-    let name = name.replace('_', "-");
-    match val {
-        Some(v) => format!("--{name}={v}"),
-        None => format!("--{name}"),
-    }
 }
 
 pub fn parse(argv: &[String]) -> Result<Opts> {
@@ -264,14 +234,9 @@ impl Boot {
 
     fn try_prepare(opts: &Opts, size: u32) -> Result<Boot> {
         let a = &opts.args;
-        let profile = ProfileDir::resolve(&ProfileOpts {
-            profile: a.profile.clone(),
-            profile_dir: a.profile_dir.clone(),
-            ipython_dir: a.ipython_dir.clone(),
-            cluster_id: a.cluster_id.clone(),
-        });
+        let profile = ProfileDir::resolve(&a.p.opts());
         let _ = profile.ensure();
-        let cid = cluster_id(a.cluster_id.as_deref());
+        let cid = cluster_id(a.p.cluster_id.as_deref());
         let fs = load_settings(&profile.path, &opts.config_args)
             .with_context(|| format!("reading the engine config in {}", profile.path.display()))?;
         let conn: EngineInfo = if let Some(text) = std::env::var("IPP_CONNECTION_INFO")
@@ -425,7 +390,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let o = parse(&argv).unwrap();
-        assert_eq!(o.args.profile.as_deref(), Some("mpi"));
+        assert_eq!(o.args.p.profile.as_deref(), Some("mpi"));
         assert_eq!(o.args.mpi.as_deref(), Some("mpi4py"));
         assert_eq!(o.args.timeout, Some(7.0));
         assert_eq!(o.args.file, Some(PathBuf::from("/x/e.json")));
@@ -454,8 +419,8 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let o = parse(&argv).unwrap();
-        assert_eq!(o.args.profile_dir, Some(PathBuf::from("/p/profile_ssh")));
-        assert_eq!(o.args.cluster_id.as_deref(), Some("my_cluster"));
+        assert_eq!(o.args.p.profile_dir, Some(PathBuf::from("/p/profile_ssh")));
+        assert_eq!(o.args.p.cluster_id.as_deref(), Some("my_cluster"));
         assert_eq!(o.args.log_level.as_deref(), Some("DEBUG"));
         assert_eq!(o.args.wait_for_url_file, Some(3.0));
         assert_eq!(o.args.python_venv, Some(PathBuf::from("/v/my_env")));
