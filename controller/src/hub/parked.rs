@@ -107,9 +107,8 @@ impl Parked {
     /// `send`, which gives a message back while its engine is still not there (the rest of that
     /// engine's queue then waits behind it); drop what waited [`PARK_LIMIT`].
     pub fn tick(&mut self, now: Instant, mut send: impl FnMut(Sock, Frames) -> Result<(), Frames>) {
-        match self.next {
-            Some(t) if now >= t => {}
-            _ => return,
+        if self.next.is_none_or(|t| now < t) {
+            return;
         }
         self.queues.retain(|kind, peers| {
             peers.retain(|peer, (since, queue)| {
