@@ -2,25 +2,18 @@
 
 use anyhow::{Context, Result};
 use rpar_controller::{cli, hub, server, settings};
-use rpar_core::profile::{self, ProfileDir, ProfileOpts};
-use tracing_subscriber::prelude::*;
+use rpar_core::logging;
+use rpar_core::profile::{self, ProfileDir};
 
 fn level(cmd: &cli::CommandLine) -> tracing::Level {
     if cmd.cli.debug {
         return tracing::Level::DEBUG;
     }
-    match cmd
-        .cli
+    cmd.cli
         .log_level
         .as_deref()
-        .map(str::to_ascii_uppercase)
-        .as_deref()
-    {
-        Some("DEBUG") | Some("10") | Some("0") => tracing::Level::DEBUG,
-        Some("WARN") | Some("WARNING") | Some("30") => tracing::Level::WARN,
-        Some("ERROR") | Some("CRITICAL") | Some("40") | Some("50") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    }
+        .and_then(logging::parse_level)
+        .unwrap_or(tracing::Level::INFO)
 }
 
 /// glibc: serve blocks of 128 KiB and more with their own mappings, returned to the OS when
@@ -48,17 +41,11 @@ fn main() {
 }
 
 fn run(cmd: cli::CommandLine) -> Result<()> {
-    let opts = ProfileOpts {
-        profile: cmd.cli.profile.clone(),
-        profile_dir: cmd.cli.profile_dir.clone(),
-        ipython_dir: cmd.cli.ipython_dir.clone(),
-        cluster_id: cmd.cli.cluster_id.clone(),
-    };
-    let profile = ProfileDir::resolve(&opts);
+    let profile = ProfileDir::resolve(&cmd.cli.p.opts());
     profile
         .ensure()
         .with_context(|| format!("creating profile directory {}", profile.path.display()))?;
-    let cluster_id = profile::cluster_id(cmd.cli.cluster_id.as_deref());
+    let cluster_id = profile::cluster_id(cmd.cli.p.cluster_id.as_deref());
     if let Some(w) = &cmd.cli.work_dir {
         std::env::set_current_dir(w).with_context(|| format!("--work-dir {}", w.display()))?;
     }
@@ -69,24 +56,13 @@ fn run(cmd: cli::CommandLine) -> Result<()> {
     } else {
         format!("rpar-controller-{cluster_id}-{}.log", std::process::id())
     };
-    let file = tracing_appender::rolling::never(profile.log(), log_name);
-    let (file, _guard) = tracing_appender::non_blocking(file);
-    let lvl = level(&cmd);
-    let filter = tracing_subscriber::filter::LevelFilter::from_level(lvl);
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(file)
-                .with_filter(filter),
-        )
-        .init();
+    let _guard = logging::init(logging::Logging {
+        filter: logging::Filter::Level(level(&cmd)),
+        stderr: logging::Stderr::Yes,
+        file: Some(profile.log().join(log_name)),
+        background: true,
+        target: true,
+    })?;
 
     let settings = settings::load(&profile, &cmd)?;
     let session = settings
