@@ -36,6 +36,7 @@ mod kernel;
 mod link;
 mod nanny;
 mod net;
+mod pace;
 mod python;
 mod relay;
 mod runtime;
