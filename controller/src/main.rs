@@ -16,15 +16,22 @@ fn level(cmd: &cli::CommandLine) -> tracing::Level {
         .unwrap_or(tracing::Level::INFO)
 }
 
-/// glibc: serve blocks of 128 KiB and more with their own mappings, returned to the OS when
-/// freed. Task buffers are typically megabytes; by default glibc raises its mmap threshold after
-/// the first such free and then keeps freed buffers in the heap, so a controller that held (and
-/// culled) a gigabyte of task records would keep that much resident.
+/// glibc: keep task-sized blocks (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
+///
+/// Every task buffer passes through a few short-lived blocks (ZeroMQ's receive buffer, the
+/// frame, the copy sent on). Served by their own mappings (glibc's 128 KiB start), each such
+/// block costs an `mmap`, a page fault per 4 KiB, and an `munmap` with its TLB shootdown: for
+/// a 1 MB task that was most of the controller's CPU. From the heap, a freed block is reused
+/// as it is. Memory is still handed back: the task database asks glibc to return free pages
+/// after large frees (culls, purges, SQLite commits; `rpar_taskdb` trims), so a controller that
+/// held and culled a gigabyte of records does not keep it resident. Setting the threshold also
+/// stops glibc from raising it on its own.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread starts.
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
