@@ -70,6 +70,15 @@ pub struct Args {
     /// Do not fork a nanny process on rank 0.
     #[arg(long = "no-nanny")]
     pub no_nanny: bool,
+    /// GPUs per rank: `auto` gives each rank its share of the node's GPUs
+    /// (CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES / ZE_AFFINITY_MASK) from its node-local rank,
+    /// splitting a list the batch system set; `none` (default) leaves them alone. IPEngine.gpus
+    #[arg(long, value_name = "auto|none")]
+    pub gpus: Option<String>,
+    /// Print the environment the engines would run in (Python, venv, ipyparallel, MPI, mpi4py,
+    /// GPU binding) and exit: 0 if the engines can run, 1 if not.
+    #[arg(long)]
+    pub check: bool,
     /// Print the version and the Python this binary embeds.
     #[arg(long, short = 'V')]
     pub version: bool,
@@ -170,6 +179,8 @@ pub struct Boot {
     pub max_heartbeat_misses: u32,
     pub work_dir: Option<PathBuf>,
     pub python_venv: Option<PathBuf>,
+    /// GPU binding per rank (`--gpus` / `IPEngine.gpus`, validated).
+    pub gpus: crate::gpus::Mode,
     pub startup: StartupCfg,
     pub uuids: Vec<String>,
     /// The native transport's endpoint, when rank 0 uses it (else compat).
@@ -205,6 +216,7 @@ pub struct FileSettings {
     pub work_dir: Option<String>,
     pub log_level: Option<String>,
     pub transport: Option<String>,
+    pub gpus: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -230,6 +242,7 @@ pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings>
         log_level: cfg
             .get("Application", "log_level")
             .map(|v| v.value.to_string().trim_matches('"').to_string()),
+        gpus: nonempty(s("gpus")?),
         warnings: cfg.warnings().to_vec(),
     })
 }
@@ -311,6 +324,20 @@ impl Boot {
                 conn.pack
             ));
         }
+        let gpus = match (&a.gpus, &fs.gpus) {
+            (Some(g), _) => crate::gpus::Mode::parse(g, "--gpus"),
+            (None, Some(g)) => crate::gpus::Mode::parse(g, "IPEngine.gpus"),
+            (None, None) => Ok(crate::gpus::Mode::None),
+        }
+        .map_err(anyhow::Error::msg)?;
+        if gpus == crate::gpus::Mode::Auto {
+            if let Some(v) = std::env::var(crate::gpus::OVERRIDE_VAR)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+            {
+                crate::gpus::parse_override(&v).map_err(anyhow::Error::msg)?;
+            }
+        }
         let uuids = (0..size).map(|_| rpar_core::ids::new_id()).collect();
         let mut warnings = fs.warnings;
         let transport = a
@@ -364,6 +391,7 @@ impl Boot {
                 .clone()
                 .or_else(|| fs.work_dir.map(PathBuf::from)),
             python_venv: a.python_venv.clone(),
+            gpus,
             startup: StartupCfg {
                 script: fs.startup_script,
                 command: fs.startup_command,

@@ -9,7 +9,9 @@
 //! 1. arguments; fork the nanny on rank 0 (before any thread exists);
 //! 2. `MPI_Init_thread(MULTIPLE)`; a panic anywhere aborts the whole job;
 //! 3. rank 0 resolves profile, config and connection file (waiting for it) and broadcasts them;
-//! 4. stdout/stderr capture, logging, embedded Python (venv-aware);
+//! 4. GPU binding per rank (`--gpus=auto`); stdout/stderr capture, logging, embedded Python
+//!    (venv-aware); pre-flight: every rank imports ipyparallel's serialization, or the job exits
+//!    with one line saying which Python lacks it and how to fix that (`preflight`);
 //! 5. rank 0 raises its open-file limit for the job's sockets, registers every engine and
 //!    broadcasts the ids;
 //! 6. doorbells; barrier;
@@ -32,12 +34,14 @@ mod broker;
 mod capture;
 mod cli;
 mod doorbell;
+mod gpus;
 mod job;
 mod kernel;
 mod link;
 mod nanny;
 mod native;
 mod net;
+mod preflight;
 mod python;
 mod relay;
 mod runtime;
@@ -90,6 +94,9 @@ fn run() -> Result<i32> {
         println!("{}", cli::version_text());
         return Ok(0);
     }
+    if opts.args.check {
+        return preflight::check_main(&opts);
+    }
 
     // 1. nanny, before any thread
     let env_rank = cli::rank_from_env();
@@ -136,7 +143,8 @@ fn run() -> Result<i32> {
             .with_context(|| format!("changing into work_dir {}", dir.display()))?;
     }
 
-    // 4. capture, logging, Python
+    // 4. GPUs for this rank (before Python reads its environment); capture, logging, Python
+    let gpu_line = preflight::bind_gpus(boot.gpus, preflight::node_rank(&relay_comm));
     let capture = capture::Capture::install().context("capturing stdout/stderr")?;
     cli::init_logging(&boot, rank, &capture);
     let span = tracing::info_span!("engine", rank);
@@ -154,8 +162,17 @@ fn run() -> Result<i32> {
             warn!("{w}");
         }
     }
+    match gpu_line {
+        Ok(Some(line)) => info!("{line}"),
+        Ok(None) => {}
+        Err(e) => warn!("GPU binding: {e:#}; the environment is left as it was"),
+    }
     let exe = python::choose_executable(boot.python_venv.as_deref());
     python::initialize(exe.as_deref())?;
+    // pre-flight: every rank can run requests, or the job exits before registering anything
+    if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref()).is_err() {
+        return Ok(1);
+    }
     let (py_version, py_prefix, py_exe) = python::describe()?;
     let py_short = py_version
         .split_whitespace()

@@ -26,34 +26,16 @@ use crate::relay::{Channel, Life, Packet, Rank};
 use crate::session::OutboxRx;
 use rpar_core::native::Departure;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-/// Set by the SIGTERM/SIGHUP handler.
-pub static TERMINATE: AtomicBool = AtomicBool::new(false);
-/// The signal that set [`TERMINATE`].
-pub static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_term(sig: libc::c_int) {
-    TERM_SIGNAL.store(sig, Ordering::SeqCst);
-    TERMINATE.store(true, Ordering::SeqCst);
-}
-
-/// Install the SIGTERM/SIGHUP handler (flag only; the loops act on it).
+/// Record SIGTERM/SIGHUP (flag only, in [`rpar_core::signals`]; the loops act on it), with
+/// `SA_RESTART` so MPI calls are not interrupted.
 pub fn install_signal_handlers() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_term),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to atomics (async-signal-safe).
-        if let Err(e) = unsafe { sigaction(s, &act) } {
-            eprintln!("rpar-engine: cannot install {s} handler: {e}");
-        }
+    use rpar_core::signals::{install, Restart};
+    if let Err(e) = install(&[libc::SIGTERM, libc::SIGHUP], Restart::Yes) {
+        eprintln!("rpar-engine: {e}");
     }
 }
 
@@ -299,8 +281,7 @@ impl Rank0<Compat> {
             active |= any;
             ev = ev.or(e);
             active |= self.relay_in(&mut broker, &mut ev);
-            if TERMINATE.load(Ordering::SeqCst) {
-                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+            if let Some(sig) = rpar_core::signals::received() {
                 warn!("signal {sig}: unregistering all engines and exiting");
                 ev = ev.or(broker.abort(128 + sig));
             }
@@ -429,8 +410,7 @@ impl Rank0<JobConn> {
             for r in self.net.take_echoes() {
                 job.on_echo(r, now);
             }
-            if TERMINATE.load(Ordering::SeqCst) {
-                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+            if let Some(sig) = rpar_core::signals::received() {
                 warn!("signal {sig}: unregistering all engines and exiting");
                 action = action.or(job.on_signal(sig));
             }
@@ -556,8 +536,7 @@ impl RankN {
                 }
             }
             self.link.reap();
-            if TERMINATE.load(Ordering::SeqCst) {
-                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+            if let Some(sig) = rpar_core::signals::received() {
                 info!("signal {sig}: exiting");
                 // SAFETY: terminating the process (the job is being torn down).
                 unsafe { libc::_exit(128 + sig) };

@@ -39,7 +39,11 @@ fn hub(now: Instant) -> Hub {
 }
 
 fn hub_with(now: Instant, scheme: &str) -> Hub {
-    let cfg = HubConfig {
+    hub_from(test_config(scheme), now)
+}
+
+fn test_config(scheme: &str) -> HubConfig {
+    HubConfig {
         hb_period: Duration::from_millis(100),
         max_heartbeat_misses: 2,
         registration_timeout: Duration::from_secs(5),
@@ -47,7 +51,10 @@ fn hub_with(now: Instant, scheme: &str) -> Hub {
         scheme: scheme.into(),
         hwm: 1,
         engine_death_grace: Duration::from_millis(500),
-    };
+    }
+}
+
+fn hub_from(cfg: HubConfig, now: Instant) -> Hub {
     let db: Db = Box::new(MemoryDb::new(DbLimits::default()));
     Hub::new(cfg, KEY, "hub-session".into(), db, now)
 }

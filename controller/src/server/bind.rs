@@ -5,8 +5,7 @@
 //! Ports come, in table order, from the reused files, else from the configured port lists, else
 //! from the system.
 
-use super::parked::Parked;
-use crate::hub::Sock;
+use crate::hub::{Parked, Sock};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::connection::{ClientInfo, EngineInfo};

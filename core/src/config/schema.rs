@@ -352,6 +352,7 @@ pub static CLASSES: &[ClassDef] = &[
             t("startup_script", Str, "''", "Python file run in the user namespace at start. -s"),
             t("startup_command", Str, "''", "Python code run in the user namespace at start. -c"),
             t("enable_nanny", Bool, "True", "Watch the engine process from a separate process/thread."),
+            t("gpus", Str, "'none'", "GPUs per rank: 'auto' gives each rank its share of the node's GPUs (CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES, ZE_AFFINITY_MASK) by node-local rank, splitting a list the batch system set; RPAR_ENGINE_GPUS=nvidia:G overrides the device count. --gpus"),
             ign("out_stream_factory", Any, "<OutStream>", "Python class; rpar captures output itself; ignored."),
             ign("display_hook_factory", Any, "<DisplayHook>", "Python class; ignored."),
             ign("curve_serverkey", Str, "''", "CurveZMQ is not supported by rpar; ignored."),
