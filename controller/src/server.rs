@@ -418,6 +418,15 @@ pub fn run(
         unpack: "json".into(),
         signature_scheme: "hmac-sha256".into(),
     };
+    // before the connection files: whoever sees those finds the status file too
+    let status = match &settings.metrics {
+        Some(addr) => Some(crate::status::Status::start(
+            addr,
+            rpar_core::status::token_for_key(&key),
+            rpar_core::status::status_file(&profile.security(), &cluster_id),
+        )?),
+        None => None,
+    };
     if reused.is_none() {
         connection::write_private(&client_path, &client_info)?;
         connection::write_private(&engine_path, &engine_info)?;
@@ -460,7 +469,7 @@ pub fn run(
         list: socks,
         extra_registration,
     };
-    let result = serve(&mut hub, &sockets, &files);
+    let result = serve(&mut hub, &sockets, &files, status);
     files.remove();
     result
 }
@@ -562,7 +571,12 @@ impl<'a> Readers<'a> {
     }
 }
 
-fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
+fn serve(
+    hub: &mut Hub,
+    socks: &Sockets,
+    files: &Files,
+    mut status: Option<crate::status::Status>,
+) -> Result<()> {
     // Sockets to poll, with the hub role each reads as.
     let mut list: Vec<(Sock, &zmq::Socket)> = socks
         .list
@@ -594,6 +608,9 @@ fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
             return Ok(());
         }
         let now = Instant::now();
+        if let Some(s) = status.as_mut() {
+            s.tick(hub, now);
+        }
         if hub.should_exit(now) {
             info!("hub shut down by request");
             return Ok(());

@@ -58,6 +58,8 @@ pub struct Settings {
     pub key: Option<String>,
     pub keyfile: Option<String>,
     pub session: Option<String>,
+    /// `host:port` of the status page and metrics (`IPController.metrics`), if enabled.
+    pub metrics: Option<String>,
     /// Everything loaded, for the backends' own settings (`SQLiteDB.*`, ...).
     pub config: Config,
 }
@@ -87,6 +89,29 @@ pub fn parse_ports(v: &Value) -> Result<Vec<u16>, String> {
         out.extend(a..=b);
     }
     Ok(out)
+}
+
+/// `IPController.metrics`: empty = off; otherwise `host:port` with a numeric port.
+fn metrics_addr(cfg: &Config) -> Result<Option<String>, ConfigError> {
+    let Some(v) = cfg.str("IPController", "metrics")? else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let ok = v
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !ok {
+        return Err(bad(
+            cfg,
+            "IPController",
+            "metrics",
+            "expected host:port, e.g. 127.0.0.1:0 (port 0: any free port)".into(),
+        ));
+    }
+    Ok(Some(v.to_string()))
 }
 
 fn bad(cfg: &Config, class: &str, tr: &str, why: String) -> ConfigError {
@@ -175,6 +200,7 @@ impl Settings {
             key,
             keyfile: cfg.str("Session", "keyfile")?.filter(|k| !k.is_empty()),
             session: cfg.str("Session", "session")?,
+            metrics: metrics_addr(&cfg)?,
             config: cfg,
         })
     }
@@ -216,6 +242,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("leastload"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(cfg(&[]).unwrap().metrics, None);
+        let s = cfg(&["--IPController.metrics=127.0.0.1:0"]).unwrap();
+        assert_eq!(s.metrics.as_deref(), Some("127.0.0.1:0"));
+        let e = cfg(&["--IPController.metrics=nowhere"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("IPController.metrics") && e.contains("host:port"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
+//! * [`status`]: the controller's status snapshot and status file, for `rpar cluster status`.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
 //! feed frames through these types.
@@ -18,6 +19,7 @@ pub mod fdlimit;
 pub mod ids;
 pub mod msg;
 pub mod profile;
+pub mod status;
 pub mod wire;
 
 pub use ids::{EngineId, MsgId};

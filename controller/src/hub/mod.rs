@@ -17,11 +17,13 @@
 //! is acted on; anything malformed is logged and dropped, never a panic.
 
 mod heart;
+mod monitor;
 mod queries;
 mod records;
 mod routing;
 
 pub use heart::Heart;
+pub use monitor::SOCKETS;
 pub use records::Db;
 
 /// Open the task database the settings name (`IPController.db_class` and the backend's own
@@ -136,6 +138,8 @@ pub struct Hub {
     exit_at: Option<Instant>,
     /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
     recent_regs: VecDeque<(Instant, u32)>,
+    /// Counters for the status views ([`Hub::snapshot`]).
+    monitor: monitor::Monitor,
     pub stats: Stats,
 }
 
@@ -171,6 +175,7 @@ impl Hub {
             records: records::Records::new(db),
             tasks,
             exit_at: None,
+            monitor: monitor::Monitor::new(now),
             stats: Stats::default(),
             cfg,
         }
@@ -245,6 +250,13 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        self.monitor.received(sock, &frames);
+        let first = out.len();
+        self.dispatch(sock, frames, now, out);
+        self.monitor.sent(&out[first..]);
+    }
+
+    fn dispatch(&mut self, sock: Sock, frames: Frames, now: Instant, out: &mut Vec<Effect>) {
         if sock == Sock::HbPong {
             self.on_pong(frames, now, out);
             return;
@@ -256,6 +268,12 @@ impl Hub {
         let Some(msg) = self.accept(sock, frames) else {
             return;
         };
+        if matches!(
+            sock,
+            Sock::MuxClient | Sock::TaskClient | Sock::BcastClient | Sock::ControlClient
+        ) {
+            self.monitor.client_seen(msg.idents.first(), now);
+        }
         match sock {
             Sock::Registration => self.on_registration_socket(msg, now, out),
             Sock::MuxClient => self.on_mux_request(msg, out),
@@ -282,6 +300,9 @@ impl Hub {
             if let Some(e) = self.engines.get(&uuid) {
                 warn!(engine = e.id, uuid = %e.uuid, "heartbeat lost");
                 let id = e.id;
+                if e.registered {
+                    self.monitor.heartbeat_lost();
+                }
                 self.unregister(id, now, &mut out);
             }
         }
@@ -299,12 +320,14 @@ impl Hub {
         for u in stale {
             if let Some(e) = self.drop_engine(&u) {
                 warn!(engine = e.id, uuid = %e.uuid, "registration stalled: no heartbeat, dropped");
+                self.monitor.dropped_pending(e.id, true);
             }
         }
         self.finish_ready_registrations(now, &mut out);
         self.update_fast_ping(now);
         self.tick_tasks(now, &mut out);
         self.fail_stranded(now);
+        self.monitor.sent(&out);
         out
     }
 
@@ -330,6 +353,9 @@ impl Hub {
                 return;
             }
         };
+        if !header.msg_type.ends_with("registration_request") {
+            self.monitor.client_seen(msg.idents.first(), now);
+        }
         match header.msg_type.as_str() {
             "registration_request" => self.register(&msg, &content, now, out),
             "unregistration_request" => {
@@ -343,7 +369,9 @@ impl Hub {
                                 .get(uuid.as_slice())
                                 .is_some_and(|e| !e.registered)
                             {
-                                self.drop_engine(uuid);
+                                if let Some(e) = self.drop_engine(uuid) {
+                                    self.monitor.dropped_pending(e.id, false);
+                                }
                             }
                         }
                     }
@@ -462,6 +490,7 @@ impl Hub {
         );
         self.ids.insert(id, key.clone());
         self.pending_regs.insert(id, key);
+        self.monitor.registering(id, uuid, content);
         let mut ci = serde_json::to_value(&self.cfg.engine_info).unwrap_or(json!({}));
         if let Some(o) = ci.as_object_mut() {
             for k in [
@@ -551,6 +580,7 @@ impl Hub {
         let (id, uuid_s) = (e.id, e.uuid.clone());
         self.pending_regs.remove(&id);
         self.heart.track(&uuid);
+        self.monitor.registered();
         info!(engine = id, uuid = %uuid_s, "engine registered");
         self.recent_regs.push_back((now, id));
         self.prune_recent_regs(now);
@@ -673,8 +703,10 @@ impl Hub {
         };
         self.heart.forget(&uuid);
         if !e.registered {
+            self.monitor.dropped_pending(id, false);
             return;
         }
+        self.monitor.engine_gone(id);
         info!(engine = id, uuid = %e.uuid, "engine unregistered");
         self.notify(
             "unregistration_notification",
@@ -709,6 +741,8 @@ impl Hub {
                     "EngineError",
                     &format!("Engine {id} died while running task '{m}'"),
                 );
+                self.monitor
+                    .finished(&m, Some(id), &monitor::Outcome::of_content(Some(&content)));
                 self.records.engine_died(&m, &uuid, content);
             }
         }

@@ -2,6 +2,7 @@
 //! database backend it was configured with. Database errors are logged, never fatal: a task's
 //! routing does not depend on its record.
 
+use super::monitor::Outcome;
 use rpar_core::ids::parse_iso;
 use rpar_core::wire::WireMessage;
 use rpar_core::Header;
@@ -73,16 +74,17 @@ impl Records {
         }
     }
 
-    /// A final reply (`out` / `outtask`). Returns true when the task was aborted.
-    pub fn result(&mut self, msg_id: &str, reply: &WireMessage, engine_uuid: Option<&str>) -> bool {
+    /// A final reply (`out` / `outtask`). Returns how the task finished.
+    pub fn result(
+        &mut self,
+        msg_id: &str,
+        reply: &WireMessage,
+        engine_uuid: Option<&str>,
+    ) -> Outcome {
         let result_header = reply.header_value().ok();
         let result_metadata = reply.metadata_value().ok();
         let result_content = reply.content_value().ok();
-        let aborted = result_content
-            .as_ref()
-            .and_then(|c| c.get("status"))
-            .and_then(Value::as_str)
-            == Some("aborted");
+        let outcome = Outcome::of_content(result_content.as_ref());
         let started = result_metadata
             .as_ref()
             .and_then(|m| m.get("started"))
@@ -114,7 +116,7 @@ impl Records {
         if let Err(e) = self.db.update_record(msg_id, upd) {
             debug!(msg_id, error = %e, "recording result");
         }
-        aborted
+        outcome
     }
 
     /// Output of a task, from IOPub.

@@ -37,6 +37,7 @@ impl Hub {
                     .or_default()
                     .insert(h.msg_id.clone());
                 self.pending.insert(h.msg_id.clone());
+                self.monitor.submitted(false);
                 self.records
                     .request(h, value, &msg, "mux", Some(&engine_uuid));
             }
@@ -63,8 +64,9 @@ impl Hub {
                     }
                     self.pending.remove(&mid);
                     self.all_completed.insert(mid.clone());
-                    let aborted = self.records.result(&mid, &msg, None);
-                    if !aborted {
+                    let outcome = self.records.result(&mid, &msg, None);
+                    self.monitor.finished(&mid, Some(eid), &outcome);
+                    if !outcome.is_aborted() {
                         self.completed_on.entry(eid).or_default().push(mid);
                     }
                 }
@@ -121,9 +123,12 @@ impl Hub {
         match Header::parse_with_value(&msg.header) {
             Ok((h, value)) => {
                 let msg_id = h.msg_id.clone();
-                if msg.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
+                let resubmission =
+                    msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
+                if !resubmission {
                     self.records.request(h, value, &msg, "task", None);
                 }
+                self.monitor.submitted(resubmission);
                 self.pending.insert(msg_id.clone());
                 self.unassigned.insert(msg_id);
             }
@@ -211,8 +216,9 @@ impl Hub {
                     let eu = engine_uuid
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
-                    let aborted = self.records.result(&msg_id, &reply, eu.as_deref());
-                    if let (Some(eid), false) = (eid, aborted) {
+                    let outcome = self.records.result(&msg_id, &reply, eu.as_deref());
+                    self.monitor.finished(&msg_id, eid, &outcome);
+                    if let (Some(eid), false) = (eid, outcome.is_aborted()) {
                         self.completed_on.entry(eid).or_default().push(msg_id);
                     }
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
