@@ -268,15 +268,9 @@ impl Hub {
         let Some(msg) = self.accept(sock, frames) else {
             return;
         };
-        if matches!(
-            sock,
-            Sock::MuxClient | Sock::TaskClient | Sock::BcastClient | Sock::ControlClient
-        ) {
-            self.monitor.client_seen(msg.idents.first(), now);
-        }
         match sock {
             Sock::Registration => self.on_registration_socket(msg, now, out),
-            Sock::MuxClient => self.on_mux_request(msg, out),
+            Sock::MuxClient => self.on_mux_request(msg, now, out),
             Sock::MuxEngine => self.on_mux_reply(msg, out),
             Sock::ControlClient => Self::swap_relay(msg, Sock::ControlEngine, out),
             Sock::ControlEngine => Self::swap_relay(msg, Sock::ControlClient, out),
@@ -354,7 +348,7 @@ impl Hub {
             }
         };
         if !header.msg_type.ends_with("registration_request") {
-            self.monitor.client_seen(msg.idents.first(), now);
+            self.monitor.client_seen(&header.session, now);
         }
         match header.msg_type.as_str() {
             "registration_request" => self.register(&msg, &content, now, out),

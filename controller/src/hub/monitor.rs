@@ -120,7 +120,7 @@ pub struct Monitor {
     /// The job of every pending or registered engine.
     engine_job: HashMap<u32, String>,
     failures: VecDeque<Failure>,
-    clients: HashMap<Vec<u8>, Instant>,
+    clients: HashMap<String, Instant>,
 }
 
 fn unix_now() -> f64 {
@@ -174,13 +174,13 @@ impl Monitor {
         }
     }
 
-    /// A client (by routing identity) sent a request.
-    pub fn client_seen(&mut self, ident: Option<&Vec<u8>>, now: Instant) {
-        let Some(ident) = ident else { return };
-        match self.clients.get_mut(ident.as_slice()) {
+    /// A client (by the session in its message headers: one per `Client`, whatever socket
+    /// it used) sent a request.
+    pub fn client_seen(&mut self, session: &str, now: Instant) {
+        match self.clients.get_mut(session) {
             Some(t) => *t = now,
             None => {
-                self.clients.insert(ident.clone(), now);
+                self.clients.insert(session.to_string(), now);
             }
         }
     }

@@ -20,7 +20,12 @@ impl Hub {
     // ------------------------------------------------------------------ MUX
 
     /// Client → engine: `[client_id, engine_uuid, DELIM, …]` arrives on the client side.
-    pub(super) fn on_mux_request(&mut self, mut msg: WireMessage, out: &mut Vec<Effect>) {
+    pub(super) fn on_mux_request(
+        &mut self,
+        mut msg: WireMessage,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
         if msg.idents.len() < 2 {
             debug!("direct request without a target engine dropped");
             return;
@@ -38,6 +43,7 @@ impl Hub {
                     .insert(h.msg_id.clone());
                 self.pending.insert(h.msg_id.clone());
                 self.monitor.submitted(false);
+                self.monitor.client_seen(&h.session, now);
                 self.records
                     .request(h, value, &msg, "mux", Some(&engine_uuid));
             }
@@ -126,6 +132,7 @@ impl Hub {
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
                 if !resubmission {
+                    self.monitor.client_seen(&h.session, now);
                     self.records.request(h, value, &msg, "task", None);
                 }
                 self.monitor.submitted(resubmission);
