@@ -45,6 +45,9 @@ pub struct Settings {
     pub ssh_server: String,
     pub engine_ssh_server: String,
     pub hb_period: Duration,
+    /// How long after an engine dies its load-balanced and broadcast tasks fail with
+    /// EngineError: two heartbeat periods, within 0.5–5 s.
+    pub engine_death_grace: Duration,
     pub max_heartbeat_misses: u32,
     pub registration_timeout: Duration,
     pub scheme: String,
@@ -125,6 +128,13 @@ fn bad(cfg: &Config, class: &str, tr: &str, why: String) -> ConfigError {
     }
 }
 
+/// How long after an engine dies its tasks fail: two heartbeat periods, within 0.5–5 s.
+fn engine_death_grace(hb_period: Duration) -> Duration {
+    Duration::from_secs(5)
+        .min(hb_period * 2)
+        .max(Duration::from_millis(500))
+}
+
 impl Settings {
     pub fn resolve(cfg: Config) -> Result<Settings, ConfigError> {
         let ip = cfg
@@ -164,6 +174,7 @@ impl Settings {
             Some(k) => Some(k),
             None => std::env::var("IPP_SESSION_KEY").ok(),
         };
+        let hb_period = Duration::from_millis(period_ms as u64);
         Ok(Settings {
             engine_ip: cfg
                 .str("IPController", "engine_ip")?
@@ -179,7 +190,8 @@ impl Settings {
             engine_ssh_server: cfg
                 .str("IPController", "engine_ssh_server")?
                 .unwrap_or_default(),
-            hb_period: Duration::from_millis(period_ms as u64),
+            hb_period,
+            engine_death_grace: engine_death_grace(hb_period),
             max_heartbeat_misses: cfg
                 .i64("HeartMonitor", "max_heartmonitor_misses")?
                 .unwrap_or(10)
@@ -226,6 +238,15 @@ mod tests {
         assert_eq!(s.registration_timeout, Duration::from_secs(30));
         assert_eq!(s.hwm, 1);
         assert_eq!(s.db_class, "DictDB");
+    }
+
+    #[test]
+    fn engine_death_grace_is_two_periods_within_bounds() {
+        assert_eq!(cfg(&[]).unwrap().engine_death_grace, Duration::from_secs(5));
+        let s = cfg(&["--HeartMonitor.period=1000"]).unwrap();
+        assert_eq!(s.engine_death_grace, Duration::from_secs(2));
+        let s = cfg(&["--HeartMonitor.period=100"]).unwrap();
+        assert_eq!(s.engine_death_grace, Duration::from_millis(500));
     }
 
     #[test]

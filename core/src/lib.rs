@@ -3,7 +3,8 @@
 //! * [`wire`]: Jupyter/ipyparallel multipart framing, HMAC-SHA256 signing and verification,
 //!   replay protection and size limits.
 //! * [`msg`]: message headers and the builder that stamps them.
-//! * [`ids`]: session/engine ids, timestamps in the client's format, newtype ids.
+//! * [`ids`]: session/engine uuids and timestamps in the client's format (engine ids are plain
+//!   `u32`, converted from peer numbers with `try_from`).
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
@@ -22,6 +23,5 @@ pub mod profile;
 pub mod status;
 pub mod wire;
 
-pub use ids::{EngineId, MsgId};
 pub use msg::{Header, MessageBuilder};
 pub use wire::{Frames, Signer, WireError, WireMessage};
