@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import engine_env
-from util_cluster import RparEnv, remote, wait_for
+from util_cluster import RparEnv, remote, rpar_path, wait_for
 
 N_MPI = 2
 N_TASKS = 24
@@ -213,3 +213,31 @@ def test_not_running_names_the_profile(tmp_path):
     r = env.rpar("cluster", "status", f"--profile={env.profile}", check=False)
     assert r.returncode != 0
     assert "no cluster is running" in r.stderr and str(env.profile_dir) in r.stderr, r.stderr
+
+
+def test_without_metrics_status_uses_hub_queries(ipython_dir):
+    """A controller started without --metrics: the figures come from the hub's queue_request."""
+    from conftest import Controller, Engines
+
+    pd = ipython_dir / "profile_plain"
+    ctl = Controller(pd)
+    engines = Engines(ctl, 1)
+    rc = ctl.client()
+    try:
+        rc.wait_for_engines(1, timeout=60)
+        assert rc.load_balanced_view().map_sync(square, range(5)) == [x * x for x in range(5)]
+        env = dict(os.environ, IPYTHONDIR=str(ipython_dir))
+        r = subprocess.run([rpar_path(), "cluster", "status", f"--profile-dir={pd}", "--json"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        s = json.loads(r.stdout)
+        assert s["source"] == "hub" and s["page_url"] is None
+        assert s["engines"]["registered"] == 1 and s["tasks"]["completed"] == 5
+        assert not (pd / "security" / "rpar-status.json").exists()
+        r = subprocess.run([rpar_path(), "cluster", "status", f"--profile-dir={pd}"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert "1 registered: 0 busy, 1 idle" in r.stdout, r.stdout
+    finally:
+        rc.close()
+        engines.stop()
+        ctl.stop()
