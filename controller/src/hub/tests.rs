@@ -874,3 +874,31 @@ fn snapshot_counts_jobs_states_outcomes_and_the_dead() {
 }
 
 mod hostile;
+
+/// A snapshot of a big job: one group, every engine counted once. `RPAR_SNAPSHOT_ENGINES`
+/// (default 1024) sets the size; the time a snapshot takes is printed (`--nocapture`), not
+/// asserted.
+#[test]
+fn snapshot_of_a_big_job() {
+    let n: u32 = std::env::var("RPAR_SNAPSHOT_ENGINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    for rank in 0..n {
+        let uuid = format!("e{rank}");
+        let c = json!({"uuid": uuid, "id": rank,
+            "rpar_job": {"id": "big:1", "host": "big", "size": n, "rank": rank}});
+        request_registration(&mut h, &uuid, c, t0);
+        pong(&mut h, &uuid, t0);
+    }
+    let started = Instant::now();
+    let s = h.snapshot(t0);
+    let took = started.elapsed();
+    println!("snapshot of {n} engines: {took:?}");
+    assert_eq!(s.engines.registered, u64::from(n));
+    assert_eq!(s.jobs.len(), 1);
+    assert_eq!(s.jobs[0].ids.len(), n as usize);
+    assert_eq!(s.engine_rows.len(), n as usize);
+}
