@@ -45,8 +45,8 @@ pub struct Settings {
     pub ssh_server: String,
     pub engine_ssh_server: String,
     pub hb_period: Duration,
-    /// How long after an engine dies its load-balanced and broadcast tasks fail with
-    /// EngineError: two heartbeat periods, within 0.5–5 s.
+    /// How long after an engine is unregistered its tasks fail with EngineError: zero, since the
+    /// hub unregisters an engine only once it is known dead (issue 11: tasks failed 5 s late).
     pub engine_death_grace: Duration,
     pub max_heartbeat_misses: u32,
     pub registration_timeout: Duration,
@@ -128,11 +128,12 @@ fn bad(cfg: &Config, class: &str, tr: &str, why: String) -> ConfigError {
     }
 }
 
-/// How long after an engine dies its tasks fail: two heartbeat periods, within 0.5–5 s.
-fn engine_death_grace(hb_period: Duration) -> Duration {
-    Duration::from_secs(5)
-        .min(hb_period * 2)
-        .max(Duration::from_millis(500))
+/// How long after an engine is unregistered its tasks fail: at once, whatever the heartbeat
+/// period. The hub unregisters an engine when its heart stopped (more than
+/// `max_heartmonitor_misses` periods of silence), when its rank 0 reported it dead, or when it
+/// said goodbye; none of these leaves a reply worth waiting for.
+fn engine_death_grace(_hb_period: Duration) -> Duration {
+    Duration::ZERO
 }
 
 impl Settings {
@@ -241,12 +242,10 @@ mod tests {
     }
 
     #[test]
-    fn engine_death_grace_is_two_periods_within_bounds() {
-        assert_eq!(cfg(&[]).unwrap().engine_death_grace, Duration::from_secs(5));
+    fn tasks_of_a_dead_engine_fail_at_once_whatever_the_period() {
+        assert_eq!(cfg(&[]).unwrap().engine_death_grace, Duration::ZERO);
         let s = cfg(&["--HeartMonitor.period=1000"]).unwrap();
-        assert_eq!(s.engine_death_grace, Duration::from_secs(2));
-        let s = cfg(&["--HeartMonitor.period=100"]).unwrap();
-        assert_eq!(s.engine_death_grace, Duration::from_millis(500));
+        assert_eq!(s.engine_death_grace, Duration::ZERO);
     }
 
     #[test]

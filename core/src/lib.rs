@@ -8,6 +8,8 @@
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
+//! * [`native`]: the native engine transport's messages (one connection per MPI job).
+//! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //! * [`status`]: the controller's status snapshot and status file, for `rpar cluster status`.
 //!
@@ -19,7 +21,9 @@ pub mod connection;
 pub mod fdlimit;
 pub mod ids;
 pub mod msg;
+pub mod native;
 pub mod profile;
+pub mod signals;
 pub mod status;
 pub mod wire;
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Every socket role, with the name the views use for it.
-pub const SOCKETS: [(Sock, &str); 14] = [
+pub const SOCKETS: [(Sock, &str); 15] = [
     (Sock::Registration, "registration"),
     (Sock::Notification, "notification"),
     (Sock::HbPing, "hb_ping"),
@@ -35,6 +35,7 @@ pub const SOCKETS: [(Sock, &str); 14] = [
     (Sock::BcastEngine, "broadcast_engine"),
     (Sock::IopubEngine, "iopub_engine"),
     (Sock::IopubClient, "iopub_client"),
+    (Sock::Native, "native"),
 ];
 
 fn slot(s: Sock) -> usize {
@@ -223,6 +224,18 @@ impl Monitor {
             None => (format!("ipengine {uuid}"), "ipengine", ""),
         };
         let size = job.and_then(|j| j.get("size")).and_then(Value::as_u64);
+        self.registering_in(id, key, kind, host, size);
+    }
+
+    /// Engine `id` is one of job `key` (of `kind`, on `host`, of `size` engines).
+    pub fn registering_in(
+        &mut self,
+        id: u32,
+        key: String,
+        kind: &'static str,
+        host: &str,
+        size: Option<u64>,
+    ) {
         let entry = self.jobs.entry(key.clone()).or_default();
         entry.kind = kind;
         entry.host = host.to_string();
@@ -266,6 +279,21 @@ impl Monitor {
             }
         }
         self.release(&key);
+    }
+
+    /// A dead engine registers again under its old id (its heart answered again): back in its
+    /// job, no longer dead. Rare, so the dead lists are searched.
+    pub fn revived(&mut self, id: u32) {
+        let found = self.jobs.iter_mut().find_map(|(k, j)| {
+            let i = j.dead_ids.iter().position(|d| *d == id)?;
+            j.dead_ids.remove(i);
+            j.dead = j.dead.saturating_sub(1);
+            j.live += 1;
+            Some(k.clone())
+        });
+        if let Some(key) = found {
+            self.engine_job.insert(id, key);
+        }
     }
 
     /// One engine of job `key` is no longer pending or registered; a job with neither live
