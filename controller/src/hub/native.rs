@@ -218,9 +218,11 @@ impl Hub {
         let mut ids = Vec::with_capacity(engines.len());
         // the status views group the engines by their job's connection
         let size = u64::try_from(engines.len()).ok();
-        let job_key: String = std::iter::once("native ".to_string())
-            .chain(conn.iter().map(|b| format!("{b:02x}")))
-            .collect();
+        // (rank 0 names its connection `job-<uuid of rank 0>`; anything else is shown in hex)
+        let job_key = match std::str::from_utf8(&conn) {
+            Ok(s) if s.bytes().all(|b| b.is_ascii_graphic()) => s.to_string(),
+            _ => conn.iter().map(|b| format!("{b:02x}")).collect(),
+        };
         for spec in engines {
             let key = spec.uuid.into_bytes();
             // an engine taken back by --restore waits for a heart it has not got: take it now
