@@ -12,6 +12,7 @@ pub mod jobscript;
 pub mod launcher;
 pub mod profiles;
 pub mod settings;
+pub mod status;
 
 use rpar_core::profile::ProfileDir;
 

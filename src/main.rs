@@ -3,7 +3,7 @@
 //! ```text
 //! rpar profile create [NAME] --parallel [--profile=NAME]    rpar profile list | locate [NAME]
 //! rpar cluster start [--n=N] [--engines=KIND] [--controller=KIND] [--daemonize] [-- controller args]
-//! rpar cluster stop | engines | list | clean
+//! rpar cluster stop | engines | list | clean | status [--json] [--watch]
 //! rpar jobscript --batch=pbs --n=128 --queue=short            (print a job script, submit nothing)
 //! ```
 //! Flags are spelled as in the seed manual (`--n=4`, `--profile=mpi`, `--profile_dir=...`);
@@ -130,6 +130,20 @@ enum ClusterCmd {
         #[arg(long, short = 'o', default_value = "text")]
         output: String,
     },
+    /// Show a running cluster: controller, engines by MPI job, tasks, rates, recent failures.
+    Status {
+        #[command(flatten)]
+        p: ProfileFlags,
+        /// Print JSON (the controller's status snapshot) for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
     /// Remove logs, connection files and cluster files of stopped clusters.
     Clean {
         #[command(flatten)]
@@ -223,6 +237,17 @@ fn run() -> Result<()> {
             cluster::list(&p.opts(), all, output == "json")?
         }
         Cmd::Cluster(ClusterCmd::Clean { p, force }) => cluster::clean(&p.opts(), force)?,
+        Cmd::Cluster(ClusterCmd::Status {
+            p,
+            json,
+            watch,
+            interval,
+        }) => rpar::status::status(&rpar::status::StatusArgs {
+            profile: p.opts(),
+            json,
+            watch,
+            interval,
+        })?,
         Cmd::Jobscript(j) => {
             let role = Role::parse(&j.role)
                 .ok_or_else(|| anyhow::anyhow!("--role must be engine, controller or cluster"))?;

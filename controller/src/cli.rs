@@ -101,6 +101,9 @@ pub struct Cli {
     /// File holding the HMAC key.
     #[arg(long)]
     pub keyfile: Option<std::path::PathBuf>,
+    /// Serve the status page and Prometheus metrics at HOST:PORT (default 127.0.0.1:0).
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    pub metrics: Option<String>,
 }
 
 /// The parsed command line: named flags plus `--Class.trait=value` settings in order.
@@ -210,6 +213,9 @@ impl CommandLine {
         }
         if let Some(v) = &c.keyfile {
             put("Session.keyfile", json!(v.display().to_string()));
+        }
+        if let Some(v) = &c.metrics {
+            put("IPController.metrics", json!(v));
         }
         out
     }

@@ -64,6 +64,8 @@ pub struct Settings {
     /// `IPController.max_message_size`: ZMQ_MAXMSGSIZE of every socket peers connect to
     /// (-1: no limit).
     pub max_message_size: i64,
+    /// `host:port` of the status page and metrics (`IPController.metrics`), if enabled.
+    pub metrics: Option<String>,
     /// Everything loaded, for the backends' own settings (`SQLiteDB.*`, ...).
     pub config: Config,
 }
@@ -96,6 +98,29 @@ pub fn parse_ports(v: &Value) -> Result<Vec<u16>, String> {
         out.extend(a..=b);
     }
     Ok(out)
+}
+
+/// `IPController.metrics`: empty = off; otherwise `host:port` with a numeric port.
+fn metrics_addr(cfg: &Config) -> Result<Option<String>, ConfigError> {
+    let Some(v) = cfg.str("IPController", "metrics")? else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let ok = v
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !ok {
+        return Err(bad(
+            cfg,
+            "IPController",
+            "metrics",
+            "expected host:port, e.g. 127.0.0.1:0 (port 0: any free port)".into(),
+        ));
+    }
+    Ok(Some(v.to_string()))
 }
 
 fn bad(cfg: &Config, class: &str, tr: &str, why: String) -> ConfigError {
@@ -207,6 +232,7 @@ impl Settings {
             keyfile: cfg.str("Session", "keyfile")?.filter(|k| !k.is_empty()),
             session: cfg.str("Session", "session")?,
             max_message_size,
+            metrics: metrics_addr(&cfg)?,
             config: cfg,
         })
     }
@@ -280,6 +306,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("leastload"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(cfg(&[]).unwrap().metrics, None);
+        let s = cfg(&["--IPController.metrics=127.0.0.1:0"]).unwrap();
+        assert_eq!(s.metrics.as_deref(), Some("127.0.0.1:0"));
+        let e = cfg(&["--IPController.metrics=nowhere"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("IPController.metrics") && e.contains("host:port"),
+            "{e}"
+        );
     }
 
     #[test]

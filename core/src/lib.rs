@@ -13,6 +13,7 @@
 //! * [`native`]: the native engine transport's messages (one connection per MPI job).
 //! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
+//! * [`status`]: the controller's status snapshot and status file, for `rpar cluster status`.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
 //! feed frames through these types.
@@ -27,6 +28,7 @@ pub mod msg;
 pub mod native;
 pub mod profile;
 pub mod signals;
+pub mod status;
 pub mod wire;
 
 pub use msg::{Header, MessageBuilder};

@@ -17,6 +17,7 @@
 //! is acted on; anything malformed is logged and dropped, never a panic.
 
 mod heart;
+mod monitor;
 mod native;
 mod parked;
 mod queries;
@@ -25,6 +26,7 @@ mod revive;
 mod routing;
 
 pub use heart::Heart;
+pub use monitor::SOCKETS;
 pub use parked::Parked;
 pub use records::Db;
 
@@ -147,6 +149,8 @@ pub struct Hub {
     exit_at: Option<Instant>,
     /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
     recent_regs: VecDeque<(Instant, u32)>,
+    /// Counters for the status views ([`Hub::snapshot`]).
+    monitor: monitor::Monitor,
     native: native::Jobs,
     /// When recent registrations were last published again, and when they are due again
     /// (subscriptions within [`RENOTIFY_GAP`] of a replay share one later replay).
@@ -204,6 +208,7 @@ impl Hub {
             records: records::Records::new(db),
             tasks,
             exit_at: None,
+            monitor: monitor::Monitor::new(now),
             stats: Stats::default(),
             cfg,
         }
@@ -284,6 +289,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        self.monitor.received(sock, &frames);
         let start = out.len();
         if sock == Sock::Native {
             self.on_native(frames, now, out);
@@ -292,6 +298,7 @@ impl Hub {
         }
         self.native_shutdown(out);
         self.native_outgoing(start, out);
+        self.monitor.sent(&out[start..]);
     }
 
     /// Act on one message read on `sock` (a native job's engine traffic comes here too).
@@ -309,7 +316,7 @@ impl Hub {
         };
         match sock {
             Sock::Registration => self.on_registration_socket(msg, now, out),
-            Sock::MuxClient => self.on_mux_request(msg, out),
+            Sock::MuxClient => self.on_mux_request(msg, now, out),
             Sock::MuxEngine => self.on_mux_reply(msg, out),
             Sock::ControlClient => Self::swap_relay(msg, Sock::ControlEngine, out),
             Sock::ControlEngine => Self::swap_relay(msg, Sock::ControlClient, out),
@@ -347,6 +354,7 @@ impl Hub {
         for u in stale {
             if let Some(e) = self.drop_engine(&u) {
                 warn!(engine = e.id, uuid = %e.uuid, "registration stalled: no heartbeat, dropped");
+                self.monitor.dropped_pending(e.id, true);
             }
         }
         self.finish_ready_registrations(now, &mut out);
@@ -359,6 +367,7 @@ impl Hub {
         if self.replay_at.is_some_and(|r| now >= r) {
             self.replay_registrations(now, &mut out);
         }
+        self.monitor.sent(&out);
         out
     }
 
@@ -384,6 +393,9 @@ impl Hub {
                 return;
             }
         };
+        if !header.msg_type.ends_with("registration_request") {
+            self.monitor.client_seen(&header.session, now);
+        }
         match header.msg_type.as_str() {
             "registration_request" => self.register(&msg, &content, now, out),
             "unregistration_request" => {
@@ -402,7 +414,9 @@ impl Hub {
                                 .get(uuid.as_slice())
                                 .is_some_and(|e| !e.registered)
                             {
-                                self.drop_engine(uuid);
+                                if let Some(e) = self.drop_engine(uuid) {
+                                    self.monitor.dropped_pending(e.id, false);
+                                }
                             }
                         }
                     }
@@ -530,6 +544,7 @@ impl Hub {
         );
         self.ids.insert(id, key.clone());
         self.pending_regs.insert(id, key);
+        self.monitor.registering(id, uuid, content);
         let mut ci = serde_json::to_value(&self.cfg.engine_info).unwrap_or(json!({}));
         if let Some(o) = ci.as_object_mut() {
             for k in [
@@ -642,6 +657,7 @@ impl Hub {
         let (id, uuid_s) = (e.id, e.uuid.clone());
         self.pending_regs.remove(&id);
         self.heart.track(&uuid);
+        self.monitor.registered();
         info!(engine = id, uuid = %uuid_s, "engine registered");
         self.recent_regs.push_back((now, id));
         self.prune_recent_regs(now);
@@ -789,8 +805,10 @@ impl Hub {
         };
         self.heart.forget(&uuid);
         if !e.registered {
+            self.monitor.dropped_pending(id, false);
             return;
         }
+        self.monitor.engine_gone(id);
         info!(engine = id, uuid = %e.uuid, "engine unregistered");
         self.notify(
             "unregistration_notification",
@@ -828,6 +846,8 @@ impl Hub {
                     "EngineError",
                     &format!("Engine {id} died while running task '{m}'"),
                 );
+                self.monitor
+                    .finished(&m, Some(id), &monitor::Outcome::of_content(Some(&content)));
                 self.records.engine_died(&m, &uuid, content);
             }
         }

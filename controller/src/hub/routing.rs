@@ -20,7 +20,12 @@ impl Hub {
     // ------------------------------------------------------------------ MUX
 
     /// Client → engine: `[client_id, engine_uuid, DELIM, …]` arrives on the client side.
-    pub(super) fn on_mux_request(&mut self, mut msg: WireMessage, out: &mut Vec<Effect>) {
+    pub(super) fn on_mux_request(
+        &mut self,
+        mut msg: WireMessage,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
         if msg.idents.len() < 2 {
             debug!("direct request without a target engine dropped");
             return;
@@ -37,6 +42,8 @@ impl Hub {
                     .or_default()
                     .insert(h.msg_id.clone());
                 self.pending.insert(h.msg_id.clone());
+                self.monitor.submitted(false);
+                self.monitor.client_seen(&h.session, now);
                 self.records
                     .request(h, value, &msg, "mux", Some(&engine_uuid));
             }
@@ -63,8 +70,9 @@ impl Hub {
                     }
                     self.pending.remove(&mid);
                     self.all_completed.insert(mid.clone());
-                    let aborted = self.records.result(&mid, &msg, None);
-                    if !aborted {
+                    let outcome = self.records.result(&mid, &msg, None);
+                    self.monitor.finished(&mid, Some(eid), &outcome);
+                    if !outcome.is_aborted() {
                         self.completed_on.entry(eid).or_default().push(mid);
                     }
                 }
@@ -121,9 +129,13 @@ impl Hub {
         match Header::parse_with_value(&msg.header) {
             Ok((h, value)) => {
                 let msg_id = h.msg_id.clone();
-                if msg.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
+                let resubmission =
+                    msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
+                if !resubmission {
+                    self.monitor.client_seen(&h.session, now);
                     self.records.request(h, value, &msg, "task", None);
                 }
+                self.monitor.submitted(resubmission);
                 self.pending.insert(msg_id.clone());
                 self.unassigned.insert(msg_id);
             }
@@ -211,8 +223,9 @@ impl Hub {
                     let eu = engine_uuid
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
-                    let aborted = self.records.result(&msg_id, &reply, eu.as_deref());
-                    if let (Some(eid), false) = (eid, aborted) {
+                    let outcome = self.records.result(&msg_id, &reply, eu.as_deref());
+                    self.monitor.finished(&msg_id, eid, &outcome);
+                    if let (Some(eid), false) = (eid, outcome.is_aborted()) {
                         self.completed_on.entry(eid).or_default().push(msg_id);
                     }
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
