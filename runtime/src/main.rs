@@ -145,6 +145,11 @@ fn run() -> Result<i32> {
             warn!("{w}");
         }
     }
+    for n in &boot.notes {
+        if rank == 0 {
+            tracing::debug!("{n}");
+        }
+    }
     let exe = python::choose_executable(boot.python_venv.as_deref());
     python::initialize(exe.as_deref())?;
     let (py_version, py_prefix, py_exe) = python::describe()?;

@@ -16,11 +16,13 @@
 //! Every incoming message is size-checked and HMAC-verified (with replay protection) before it
 //! is acted on; anything malformed is logged and dropped, never a panic.
 
+mod dask;
 mod heart;
 mod queries;
 mod records;
 mod routing;
 
+pub use dask::{DaskAction, DaskInfo};
 pub use heart::Heart;
 pub use records::Db;
 
@@ -136,7 +138,16 @@ pub struct Hub {
     exit_at: Option<Instant>,
     /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
     recent_regs: VecDeque<(Instant, u32)>,
+    /// `become_dask`'s scheduler.
+    dask: dask::Dask,
     pub stats: Stats,
+}
+
+/// The host a dask scheduler listens on by default: the engines' interface (`tcp://10.0.0.5`),
+/// or none (distributed's default) when the controller listens on every interface.
+fn dask_host(interface: &str) -> Option<String> {
+    let host = interface.rsplit("://").next().unwrap_or_default();
+    (!matches!(host, "" | "*" | "0.0.0.0" | "::" | "[::]")).then(|| host.to_string())
 }
 
 /// How far back a new notification subscriber is told of registrations again.
@@ -171,6 +182,7 @@ impl Hub {
             records: records::Records::new(db),
             tasks,
             exit_at: None,
+            dask: dask::Dask::new(dask_host(&cfg.engine_info.interface)),
             stats: Stats::default(),
             cfg,
         }
@@ -369,6 +381,8 @@ impl Hub {
             "db_request" => self.db_request(&msg, &content, out),
             "purge_request" => self.purge_request(&msg, &content, out),
             "resubmit_request" => self.resubmit_request(&msg, &content, now, out),
+            "become_dask_request" => self.become_dask_request(&msg, &content, out),
+            "stop_distributed_request" => self.stop_distributed_request(&msg, out),
             "shutdown_request" => {
                 info!("hub shutdown requested by a client");
                 self.reply(&msg, "shutdown_reply", json!({"status": "ok"}), vec![], out);
