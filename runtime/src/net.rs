@@ -258,14 +258,17 @@ pub fn register(
             let id = c
                 .get("id")
                 .and_then(Value::as_u64)
-                .ok_or_else(|| anyhow!("registration reply without an id: {c}"))?;
-            if id != rank as u64 {
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| {
+                    anyhow!("registration reply without an engine id (0 to 2^32-1): {c}")
+                })?;
+            if u64::from(id) != rank as u64 {
                 warn!("rank {rank}: did not get the requested id {rank}, got {id}");
             }
             if let Some(p) = c.get("hb_period").and_then(Value::as_u64) {
                 period = p;
             }
-            ids[rank] = Some(id as u32);
+            ids[rank] = Some(id);
         }
     }
     Ok((

@@ -116,7 +116,9 @@ pub struct Hub {
     ids: BTreeMap<u32, Vec<u8>>,
     /// Registrations waiting for their first heartbeat, by id (a subset of `ids`).
     pending_regs: BTreeMap<u32, Vec<u8>>,
-    next_id: u32,
+    /// The id counter (a `u64`, so that a requested `u32::MAX` cannot overflow it; ids above
+    /// `u32::MAX` are never granted).
+    next_id: u64,
     /// Direct (MUX) requests outstanding per engine id.
     mux_pending: HashMap<u32, HashSet<String>>,
     /// Tasks placed on an engine and not finished, per engine id.
@@ -148,6 +150,12 @@ pub struct Hub {
 fn dask_host(interface: &str) -> Option<String> {
     let host = interface.rsplit("://").next().unwrap_or_default();
     (!matches!(host, "" | "*" | "0.0.0.0" | "::" | "[::]")).then(|| host.to_string())
+}
+
+/// An engine id as a peer wrote it: an integer 0..=`u32::MAX`, anything else is no engine's id
+/// (ipyparallel answers "No such engine" for it, never a truncated id).
+pub(crate) fn engine_id(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
 /// How far back a new notification subscriber is told of registrations again.
@@ -345,9 +353,14 @@ impl Hub {
         match header.msg_type.as_str() {
             "registration_request" => self.register(&msg, &content, now, out),
             "unregistration_request" => {
-                match content.get("id").and_then(Value::as_u64) {
-                    Some(id) => self.unregister(id as u32, now, out),
-                    None => {
+                match content.get("id") {
+                    Some(v) if !v.is_null() => match engine_id(v) {
+                        Some(id) => self.unregister(id, now, out),
+                        None => {
+                            debug!(id = %v, "unregistration of an id no engine can have ignored")
+                        }
+                    },
+                    _ => {
                         // an engine that never got an id: cancel its pending registration
                         if let Some(uuid) = msg.idents.first() {
                             if self
@@ -433,10 +446,19 @@ impl Hub {
             return;
         };
         let key = uuid.as_bytes().to_vec();
-        let requested = content.get("id").and_then(Value::as_u64).map(|i| i as u32);
+        let requested = match content.get("id") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let r = engine_id(v);
+                if r.is_none() {
+                    info!(requested = %v, "requested engine id is not an id (0 to 2^32-1); ignored");
+                }
+                r
+            }
+        };
         if self.engines.contains_key(&key) {
             // a counter value is consumed, as ipyparallel does
-            self.next_id += 1;
+            self.next_id = self.next_id.saturating_add(1);
             warn!(uuid, "registration with a uuid already in use");
             let c = json!({
                 "status": "error", "ename": "KeyError",
@@ -449,15 +471,17 @@ impl Hub {
         }
         let id = match requested {
             Some(r) if !self.ids.contains_key(&r) => {
-                self.next_id = self.next_id.max(r + 1);
+                self.next_id = self.next_id.max(u64::from(r) + 1);
                 r
             }
             _ => {
-                while self.ids.contains_key(&self.next_id) {
-                    self.next_id += 1;
-                }
-                let i = self.next_id;
-                self.next_id += 1;
+                let Some(i) = self.take_next_id() else {
+                    warn!(uuid, "no engine id is left");
+                    let c =
+                        crate::errors::wrap("IndexError", "No engine ids are left (0 to 2^32-1)");
+                    self.registration_reply(msg, &c, out);
+                    return;
+                };
                 if let Some(r) = requested {
                     info!(requested = r, granted = i, "requested engine id is taken");
                 }
@@ -501,6 +525,26 @@ impl Hub {
             uuid, "registration pending until the first heartbeat"
         );
         self.update_fast_ping(now);
+    }
+
+    /// The next free id from the counter on, advancing it. Once the counter is past
+    /// `u32::MAX` (an engine asked for a very high id), the lowest free id; `None` only when
+    /// all 2^32 ids are taken.
+    fn take_next_id(&mut self) -> Option<u32> {
+        while let Ok(i) = u32::try_from(self.next_id) {
+            self.next_id += 1;
+            if !self.ids.contains_key(&i) {
+                return Some(i);
+            }
+        }
+        let mut expect = 0u32;
+        for &k in self.ids.keys() {
+            if k != expect {
+                return Some(expect);
+            }
+            expect = expect.checked_add(1)?;
+        }
+        Some(expect)
     }
 
     fn on_pong(&mut self, frames: Frames, now: Instant, out: &mut Vec<Effect>) {
@@ -663,7 +707,7 @@ impl Hub {
             }
         }
         if let Some(n) = state.get("next_id").and_then(Value::as_u64) {
-            self.next_id = self.next_id.max(n as u32);
+            self.next_id = self.next_id.max(n);
         }
         self.update_fast_ping(now);
     }

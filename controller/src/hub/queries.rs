@@ -44,7 +44,7 @@ impl Hub {
         let mut out = Vec::new();
         for t in list {
             let id = match &t {
-                Value::Number(n) => n.as_u64().map(|i| i as u32).filter(|i| all.contains(i)),
+                Value::Number(_) => super::engine_id(&t).filter(|i| all.contains(i)),
                 Value::String(s) => self.engine_id_of(s.as_bytes()),
                 _ => None,
             };
@@ -266,19 +266,18 @@ impl Hub {
             }
             _ => {}
         }
-        let eids: Vec<u64> = content
+        let eids: Vec<Value> = content
             .get("engine_ids")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .cloned()
             .unwrap_or_default();
-        for eid in eids {
-            let Some(uuid) = self
-                .ids
-                .get(&(eid as u32))
-                .and_then(|u| self.engines.get(u))
-                .map(|e| e.uuid.clone())
-            else {
-                return Err(("IndexError".into(), format!("No such engine: {eid}")));
+        for v in eids {
+            let found = super::engine_id(&v).and_then(|eid| {
+                let uuid = self.ids.get(&eid).and_then(|u| self.engines.get(u))?;
+                Some((eid, uuid.uuid.clone()))
+            });
+            let Some((eid, uuid)) = found else {
+                return Err(("IndexError".into(), format!("No such engine: {v}")));
             };
             self.records
                 .db
@@ -286,7 +285,7 @@ impl Hub {
                     json!({"engine_uuid": uuid, "completed": {"$ne": null}}),
                 )?)
                 .map_err(db_err)?;
-            if let Some(v) = self.completed_on.get_mut(&(eid as u32)) {
+            if let Some(v) = self.completed_on.get_mut(&eid) {
                 for m in v.drain(..) {
                     self.all_completed.remove(&m);
                 }

@@ -704,6 +704,21 @@ fn random_peer_input_never_panics() {
         b"",
         b"fz",
     ];
+    let edges = [
+        json!(u32::MAX),
+        json!(u64::from(u32::MAX) + 1),
+        json!(1u64 << 63),
+        json!(u64::MAX),
+        json!(-1),
+        json!(i64::MIN),
+        json!(0.5),
+        json!(-1e300),
+        json!("0"),
+        json!("fz"),
+        json!(null),
+        json!([]),
+        json!(0),
+    ];
     for i in 0..3000u32 {
         let sock = socks[rng.gen_range(0..socks.len())];
         let n = rng.gen_range(0..9);
@@ -740,6 +755,20 @@ fn random_peer_input_never_panics() {
                 String::from_utf8_lossy(&m.content).len()
             )
             .into_bytes();
+            if rng.gen_bool(0.5) {
+                // edge values in every id field (issue 11: ids were read modulo 2^32)
+                let mut e = || edges[rng.gen_range(0..edges.len())].clone();
+                m.content = serde_json::to_vec(&json!({
+                    "id": e(), "uuid": "fz", "targets": [e(), e()], "engine_ids": [e()],
+                    "msg_ids": [e()], "verbose": e(), "status_only": e(),
+                }))
+                .unwrap();
+                m.metadata = serde_json::to_vec(&json!({
+                    "targets": [["fz", e()], e()], "after": [e()], "follow": e(),
+                    "retries": e(), "timeout": e(), "is_coalescing": e(),
+                }))
+                .unwrap();
+            }
             peer.s.sign_message(&mut m);
             frames = m.into_frames();
         } else if rng.gen_bool(0.3) {
@@ -759,6 +788,8 @@ fn random_peer_input_never_panics() {
     );
     assert_eq!(c["status"], "ok");
 }
+
+mod hostile;
 
 #[test]
 fn become_dask_starts_one_scheduler_and_answers_every_waiter() {

@@ -1,0 +1,150 @@
+//! The poll loop: read the sockets, feed the [`Hub`], carry out its effects.
+
+use super::bind::Sockets;
+use super::files::Files;
+use super::frames::{recv_frames, send_frames};
+use super::parked::Parked;
+use super::poll::Readers;
+use super::signals;
+use crate::hub::{Effect, Hub, Sock};
+use anyhow::Result;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// Most messages taken from one socket before the others get a turn.
+const BATCH: usize = 256;
+
+/// Serve until a signal or a shutdown request stops the hub.
+pub(super) fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
+    let mut readers = Readers::new(socks.readable())?;
+    let mut part = zmq::Message::new();
+    let mut effects = hub.tick(Instant::now());
+    let mut state_dirty = false;
+    let mut parked = Parked::default();
+    let mut dask = crate::dask::DaskShell::default();
+    loop {
+        for a in hub.take_dask_actions() {
+            dask.act(a);
+        }
+        if let Some(r) = dask.poll() {
+            effects.extend(hub.dask_started(r));
+        }
+        for e in effects.drain(..) {
+            run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
+        }
+        if parked.due(Instant::now()) {
+            parked.retry(socks, &mut readers, Instant::now());
+        }
+        // one write per wake-up, however many engines (un)registered in it
+        if std::mem::take(&mut state_dirty) {
+            files.save_engines(&hub.engine_state());
+        }
+        if signals::stop_requested() {
+            info!("signal received: stopping");
+            return Ok(());
+        }
+        let now = Instant::now();
+        if hub.should_exit(now) {
+            info!("hub shut down by request");
+            return Ok(());
+        }
+        if !readers.check_touched() {
+            let wait = parked
+                .next_retry()
+                .map_or(hub.next_deadline(), |r| r.min(hub.next_deadline()))
+                .saturating_duration_since(now);
+            // round up, so a deadline less than 1 ms away is not a busy loop
+            let mut timeout = (wait.as_micros().div_ceil(1000)).min(1000) as i32;
+            if dask.starting() {
+                // the scheduler's address arrives on a thread: look often
+                timeout = timeout.min(20);
+            }
+            if !readers.wait(timeout)? {
+                continue;
+            }
+            readers.check_touched();
+        }
+        for i in 0..readers.socks.len() {
+            if !std::mem::take(&mut readers.ready[i]) {
+                continue;
+            }
+            let (kind, sock) = readers.socks[i];
+            // Drain a bounded batch so no socket starves the others. A receive that ends in
+            // EAGAIN leaves the socket consistent (its notification descriptor fires for the
+            // next message); anything else must be asked again.
+            readers.touched[i] = true;
+            for _ in 0..BATCH {
+                match recv_frames(sock, &mut part) {
+                    Ok(frames) => {
+                        let now = Instant::now();
+                        hub.on_message_into(kind, frames, now, &mut effects);
+                    }
+                    Err(zmq::Error::EAGAIN) => {
+                        readers.touched[i] = false;
+                        break;
+                    }
+                    Err(zmq::Error::EINTR) => break,
+                    Err(e) => {
+                        warn!(?kind, error = %e, "receive failed");
+                        break;
+                    }
+                }
+            }
+            if effects.len() > 4096 {
+                for e in effects.drain(..) {
+                    run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= hub.next_deadline() {
+            effects.extend(hub.tick(now));
+        }
+    }
+}
+
+fn run_effect(
+    e: Effect,
+    socks: &Sockets,
+    readers: &mut Readers,
+    state_dirty: &mut bool,
+    parked: &mut Parked,
+) {
+    match e {
+        Effect::Send(kind, frames) => {
+            let Some(s) = socks.get(kind) else { return };
+            readers.touch(kind);
+            if Parked::holds(kind) {
+                let peer = frames.first().map_or(&[][..], |f| &f[..]);
+                if parked.has(kind, peer) {
+                    parked.park(kind, frames, Instant::now());
+                    return;
+                }
+            }
+            let res = if kind == Sock::Registration && socks.extra_registration.is_some() {
+                // the peer is on one of the two registration sockets; ROUTERs drop what they
+                // cannot route, so sending on both reaches it exactly once
+                let r2 = socks
+                    .extra_registration
+                    .as_ref()
+                    .map(|r| r.send_multipart(frames.iter(), zmq::DONTWAIT));
+                // (the copy above is for this rare case only)
+                if let Some(Err(err)) = r2 {
+                    warn!(error = %err, "send failed");
+                }
+                send_frames(s, frames)
+            } else {
+                send_frames(s, frames)
+            };
+            match res {
+                Ok(()) => {}
+                Err((zmq::Error::EHOSTUNREACH, Some(frames))) if Parked::holds(kind) => {
+                    parked.park(kind, frames, Instant::now());
+                }
+                Err((zmq::Error::EHOSTUNREACH, _)) => {}
+                Err((err, _)) => warn!(?kind, error = %err, "send failed"),
+            }
+        }
+        Effect::SaveEngines => *state_dirty = true,
+    }
+}
