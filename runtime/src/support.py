@@ -141,6 +141,61 @@ def _initializing(name):
     return mod is not None and bool(getattr(getattr(mod, "__spec__", None), "_initializing", False))
 
 
+# Packages whose __init__ imports far more than an apply request needs: ipyparallel's pulls in
+# the client, the cluster launchers and IPython; jupyter_client's its kernel managers. They are
+# put in sys.modules unexecuted, so ipyparallel.serialize loads with only what it imports; the
+# first access to anything else of the package (ipp.Client, jupyter_client.__version__, ...), or
+# a shipped function whose globals are the package's, runs the real __init__ in place.
+_LAZY_PACKAGES = ("ipyparallel", "jupyter_client")
+_lazy = {}
+
+
+def _lazy_package(name):
+    if name in sys.modules:
+        return
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return
+    if spec is None or spec.submodule_search_locations is None or not hasattr(spec.loader, "exec_module"):
+        return
+    mod = importlib.util.module_from_spec(spec)
+
+    def __getattr__(attr):
+        _complete(mod)
+        try:
+            return mod.__dict__[attr]
+        except KeyError:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
+
+    mod.__getattr__ = __getattr__
+    _lazy[name] = mod
+    sys.modules[name] = mod
+
+
+def _complete(mod):
+    """Run a lazy package's real __init__ (once)."""
+    if _lazy.pop(mod.__name__, None) is None:
+        return
+    mod.__dict__.pop("__getattr__", None)
+    mod.__spec__._initializing = True
+    try:
+        mod.__spec__.loader.exec_module(mod)
+    finally:
+        mod.__spec__._initializing = False
+
+
+def _complete_for(f):
+    """Complete the lazy package whose namespace `f` (a shipped function) runs in."""
+    g = getattr(f, "__globals__", None)
+    if g is not None and _lazy:
+        for mod in list(_lazy.values()):
+            if mod.__dict__ is g:
+                _complete(mod)
+
+
 # ------------------------------------------------------------------------------ the shell
 
 
@@ -420,6 +475,8 @@ def setup(publisher, engine_id, engine_uuid, config_json, profile_dir, eager):
     _ns["__builtins__"] = builtins
     _ns["get_ipython"] = _lazy_get_ipython
     sys.modules["__main__"] = _main
+    for name in _LAZY_PACKAGES:
+        _lazy_package(name)
     for name in ("IPython", "ipykernel.zmqshell"):
         _after_import(name, _shell_soon)
     _after_import("ipyparallel.engine.app", _install_ipengine)
@@ -525,7 +582,41 @@ def warm():
     try:
         import ipyparallel.serialize  # noqa: F401
     except Exception:
-        pass
+        return
+    _defer_can_map()
+
+
+_deferred = False
+
+
+def _defer_can_map():
+    """ipyparallel's canning table names some types by import string ('numpy.ndarray',
+    'ipyparallel.dependent'), and the first ``can()`` imports them all: numpy, and ipyparallel's
+    client with IPython. An object of such a type exists only once its module is imported, so
+    each entry is added back, as the type, when its module is imported."""
+    global _deferred
+    if _deferred:
+        return
+    _deferred = True
+    try:
+        from ipyparallel.serialize import canning
+    except Exception:
+        return
+    for key, canner in list(canning.can_map.items()):
+        if not isinstance(key, str) or "." not in key:
+            continue
+        modname, _, attr = key.rpartition(".")
+        if modname in sys.modules and not _lazy.get(modname):
+            continue
+        if key == "ipyparallel.dependent":
+            # where ipyparallel defines it (the package only re-exports it)
+            modname = "ipyparallel.controller.dependency"
+        del canning.can_map[key]
+
+        def add(module, attr=attr, canner=canner):
+            canning.can_map[getattr(module, attr)] = canner
+
+        _after_import(modname, add)
 
 
 class PythonVersionMismatch(RuntimeError):
@@ -571,6 +662,7 @@ def apply(bufs):
     """apply_request: f(*args, **kwargs) with ipyparallel's own serialization."""
     from ipyparallel.serialize import serialize_object, unpack_apply_message
 
+    _defer_can_map()
     if _shell is not None:
         _shell._last_traceback = None
     _event_loop()
@@ -582,6 +674,7 @@ def apply(bufs):
             if mismatch is not None:
                 raise mismatch from None
             raise
+        _complete_for(f)
         if "IPython" in sys.modules:
             _shell_soon()
         result = f(*args, **kwargs)
