@@ -186,6 +186,12 @@ impl JobQueue {
         self.lock().running
     }
 
+    /// Nothing running and nothing queued.
+    pub fn is_idle(&self) -> bool {
+        let st = self.lock();
+        !st.running && st.jobs.is_empty()
+    }
+
     /// Abort: the given msg_ids (queued ones are returned to be answered now, the others are
     /// remembered), or every queued shell request when `ids` is empty.
     pub fn abort(&self, ids: &[String]) -> Vec<Request> {
@@ -397,6 +403,10 @@ impl EngineCore {
             Action::Signal => {
                 let sig = req.content.get("sig").and_then(parse_signal);
                 let content = match sig {
+                    Some(libc::SIGINT) if self.queue.is_idle() => {
+                        info!("signal_request: SIGINT with no request queued or running: ignored");
+                        json!({ "status": "ok" })
+                    }
                     Some(libc::SIGINT) => {
                         info!("signal_request: interrupting Python");
                         interrupt_python();
@@ -585,6 +595,7 @@ mod tests {
         assert!(q.is_running());
         assert!(q.try_pop().is_none());
         assert!(!q.is_running());
+        assert!(q.is_idle());
         // nothing queued: nothing to read; a push and a stop each wake it
         assert!(r.read(&mut buf).is_err());
         q.push(request(Channel::Shell, "b"), false);

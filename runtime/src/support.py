@@ -153,6 +153,7 @@ _lazy = {}
 def _lazy_package(name):
     if name in sys.modules:
         return
+    import importlib
     import importlib.util
 
     try:
@@ -164,6 +165,14 @@ def _lazy_package(name):
     mod = importlib.util.module_from_spec(spec)
 
     def __getattr__(attr):
+        # a submodule (`from ipyparallel import error`) is imported, as the package would have
+        if not attr.startswith("__"):
+            try:
+                sub = importlib.util.find_spec(f"{name}.{attr}")
+            except (ImportError, ValueError):
+                sub = None
+            if sub is not None:
+                return importlib.import_module(f"{name}.{attr}")
         _complete(mod)
         try:
             return mod.__dict__[attr]
@@ -181,10 +190,12 @@ def _complete(mod):
         return
     mod.__dict__.pop("__getattr__", None)
     mod.__spec__._initializing = True
+    held = _hold_interrupts()
     try:
         mod.__spec__.loader.exec_module(mod)
     finally:
         mod.__spec__._initializing = False
+        held()
 
 
 def _complete_for(f):
@@ -404,31 +415,78 @@ def _reset_ns():
 
 def shell():
     """The shell, built now if it is not yet."""
-    global _shell, _shell_failed, _building
+    global _shell, _shell_failed, _building, _want_shell
     if _shell is not None:
         return _shell
     _building = True
+    held = _hold_interrupts()
     try:
         if not _shell_failed:
             try:
                 _shell = _make_ipython_shell()
             except ImportError:
+                import importlib.util
+
+                if importlib.util.find_spec("IPython") is not None:
+                    raise
                 _shell_failed = True
         if _shell is None:
             _shell = _PlainShell()
     finally:
         _building = False
+        held()
+    _want_shell = False
     _event_loop()
     _load_extensions()
     return _shell
 
 
-def _shell_soon(_module=None):
-    """Build the shell if nothing it imports is half-imported (else a later trigger will)."""
+_interrupt_pending = False
+
+
+def _note_interrupt(signum, frame):
+    global _interrupt_pending
+    _interrupt_pending = True
+
+
+def _hold_interrupts():
+    """Keep SIGINT (signal_request) from breaking the engine's own imports half-way (the shell's
+    build, lazy packages, the serializer): it is noted instead, and the request it was meant for
+    raises KeyboardInterrupt before its code runs ([`_check_interrupt`]). Returns the function
+    that restores the handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.getsignal(signal.SIGINT)
+    if old is _note_interrupt:
+        return lambda: None
+    signal.signal(signal.SIGINT, _note_interrupt)
+    return lambda: signal.signal(signal.SIGINT, old)
+
+
+def _check_interrupt():
+    global _interrupt_pending
+    if _interrupt_pending:
+        _interrupt_pending = False
+        raise KeyboardInterrupt
+
+
+_want_shell = False
+
+
+def _shell_soon(module=None):
+    """Build the shell now, unless an import is under way (the shell's own imports could meet
+    a half-imported module): then at the next request boundary."""
+    global _want_shell
     if _shell is not None or _building:
         return
-    if any(_initializing(m) for m in ("IPython", "traitlets", "ipykernel", "ipykernel.zmqshell", "jupyter_client")):
-        return
+    this = getattr(module, "__name__", None)
+    for name, m in list(sys.modules.items()):
+        if name != this and getattr(getattr(m, "__spec__", None), "_initializing", False):
+            _want_shell = True
+            return
     shell()
 
 
@@ -507,6 +565,8 @@ def _startup_files():
 
 
 def _load_extensions():
+    if not hasattr(_shell, "extension_manager"):
+        return
     for ext in _section("extensions"):
         try:
             _shell.extension_manager.load_extension(ext)
@@ -554,7 +614,13 @@ def _error_content(e):
 
 
 def execute(code, silent, store_history, user_expressions_json):
-    sh = shell()
+    try:
+        sh = shell()
+        _check_interrupt()
+    except KeyboardInterrupt as e:
+        content = _error_content(e)
+        content.update(execution_count=0, user_expressions={}, payload=[])
+        return _json(content)
     _event_loop()
     if not silent:
         _publish("execute_input", "execute_input", {"code": code, "execution_count": sh.execution_count})
@@ -579,11 +645,16 @@ def execute(code, silent, store_history, user_expressions_json):
 def warm():
     """Import what apply requests need (ipyparallel's serialization) once the engine is up,
     instead of inside the first task. A missing ipyparallel is reported by apply."""
+    held = _hold_interrupts()
     try:
         import ipyparallel.serialize  # noqa: F401
+
+        _defer_can_map()
+        _event_loop()
     except Exception:
-        return
-    _defer_can_map()
+        pass
+    finally:
+        held()
 
 
 _deferred = False
@@ -675,8 +746,9 @@ def apply(bufs):
                 raise mismatch from None
             raise
         _complete_for(f)
-        if "IPython" in sys.modules:
+        if _want_shell or ("IPython" in sys.modules and _shell is None):
             _shell_soon()
+        _check_interrupt()
         result = f(*args, **kwargs)
         out = serialize_object(result, buffer_threshold=1024, item_threshold=64)
         out = [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in out]
