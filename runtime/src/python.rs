@@ -10,6 +10,12 @@
 //!
 //! The interpreter runs on the process main thread (so Python signal handling, i.e.
 //! KeyboardInterrupt from `signal_request`, works); the runtime thread never takes the GIL.
+//!
+//! The Python side is three modules compiled into the binary: `imports.py` (import hooks, lazy
+//! packages), `support.py` (namespace, shell, request handlers, event loop) and
+//! `bound_kernel.py` (`bind_kernel()`). Between requests the thread blocks on the [`JobQueue`]
+//! without the GIL, or, while the engine's asyncio loop has work (a dask Worker, a bound kernel),
+//! runs that loop, which hands each arriving request back through a [`Runner`].
 
 use crate::capture::Capture;
 use crate::kernel::{Job, JobQueue};
@@ -24,6 +30,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
+const IMPORTS: &str = include_str!("imports.py");
 const SUPPORT: &str = include_str!("support.py");
 const BOUND_KERNEL: &str = include_str!("bound_kernel.py");
 
@@ -259,6 +266,9 @@ impl Executor {
         startup: &Startup,
     ) -> Result<Executor> {
         Python::with_gil(|py| -> Result<Executor> {
+            let code = CString::new(IMPORTS)?;
+            PyModule::from_code(py, &code, c"_rpar_imports.py", c"_rpar_imports")
+                .context("loading the engine's import hooks")?;
             let code = CString::new(SUPPORT)?;
             let support = PyModule::from_code(py, &code, c"_rpar_engine.py", c"_rpar_engine")
                 .context("loading the engine's Python support module")?;
