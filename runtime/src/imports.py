@@ -120,6 +120,11 @@ def lazy_package(name):
     sys.modules[name] = mod
 
 
+def lazy_packages():
+    for name in LAZY_PACKAGES:
+        lazy_package(name)
+
+
 def complete(mod):
     """Run a lazy package's real __init__ (once)."""
     if _lazy.pop(mod.__name__, None) is None:

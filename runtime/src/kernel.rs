@@ -84,6 +84,7 @@ struct QueueState {
     running: bool,
     /// While the Python thread runs its event loop: one byte here per new job wakes it.
     waker: Option<UnixStream>,
+    serving: bool,
 }
 
 impl QueueState {
@@ -186,10 +187,17 @@ impl JobQueue {
         self.lock().running
     }
 
-    /// Nothing running and nothing queued.
-    pub fn is_idle(&self) -> bool {
+    /// The Python thread has started serving (its start-up is over).
+    pub fn mark_serving(&self) {
+        self.lock().serving = true;
+    }
+
+    /// Is there a request for a SIGINT to interrupt: one running, or one queued while the
+    /// Python thread serves (it holds an interrupt during its own imports and raises it in the
+    /// request, see imports.py)?
+    pub fn wants_interrupt(&self) -> bool {
         let st = self.lock();
-        !st.running && st.jobs.is_empty()
+        st.running || (st.serving && !st.jobs.is_empty())
     }
 
     /// Abort: the given msg_ids (queued ones are returned to be answered now, the others are
@@ -403,8 +411,10 @@ impl EngineCore {
             Action::Signal => {
                 let sig = req.content.get("sig").and_then(parse_signal);
                 let content = match sig {
-                    Some(libc::SIGINT) if self.queue.is_idle() => {
-                        info!("signal_request: SIGINT with no request queued or running: ignored");
+                    Some(libc::SIGINT) if !self.queue.wants_interrupt() => {
+                        // nothing to interrupt (Python idle or still starting: an interrupt
+                        // there would end the engine's start-up, and the job with it)
+                        info!("signal_request SIGINT: no request running; nothing interrupted");
                         json!({ "status": "ok" })
                     }
                     Some(libc::SIGINT) => {
@@ -595,7 +605,7 @@ mod tests {
         assert!(q.is_running());
         assert!(q.try_pop().is_none());
         assert!(!q.is_running());
-        assert!(q.is_idle());
+        assert!(!q.wants_interrupt());
         // nothing queued: nothing to read; a push and a stop each wake it
         assert!(r.read(&mut buf).is_err());
         q.push(request(Channel::Shell, "b"), false);

@@ -126,6 +126,27 @@ pub fn initialize(executable: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The import hooks module (`imports.py`), loaded once, with ipyparallel's and jupyter_client's
+/// packages made lazy: call right after [`initialize`], before anything imports them.
+pub fn prepare_imports() -> Result<()> {
+    Python::with_gil(|py| imports(py).map(|_| ()))
+}
+
+fn imports(py: Python<'_>) -> Result<Bound<'_, PyModule>> {
+    if let Ok(m) = py
+        .import("sys")?
+        .getattr("modules")?
+        .get_item("_rpar_imports")
+    {
+        return Ok(m.downcast_into::<PyModule>().map_err(PyErr::from)?);
+    }
+    let code = CString::new(IMPORTS)?;
+    let m = PyModule::from_code(py, &code, c"_rpar_imports.py", c"_rpar_imports")
+        .context("loading the engine's import hooks")?;
+    m.getattr("lazy_packages")?.call0()?;
+    Ok(m)
+}
+
 /// `sys.version`, `sys.prefix`, `sys.executable` of the running interpreter.
 pub fn describe() -> Result<(String, String, String)> {
     Python::with_gil(|py| {
@@ -266,9 +287,7 @@ impl Executor {
         startup: &Startup,
     ) -> Result<Executor> {
         Python::with_gil(|py| -> Result<Executor> {
-            let code = CString::new(IMPORTS)?;
-            PyModule::from_code(py, &code, c"_rpar_imports.py", c"_rpar_imports")
-                .context("loading the engine's import hooks")?;
+            imports(py)?;
             let code = CString::new(SUPPORT)?;
             let support = PyModule::from_code(py, &code, c"_rpar_engine.py", c"_rpar_engine")
                 .context("loading the engine's Python support module")?;
@@ -319,6 +338,7 @@ impl Executor {
     /// kernel, tasks engine code scheduled), the loop runs between requests and hands them back.
     pub fn serve(&self, queue: &Arc<JobQueue>) {
         let inner = &self.inner;
+        queue.mark_serving();
         // The engine is registered and its heart beats (runtime thread): load the serializer now
         // so the first task does not pay for the import.
         inner.call0("warm");

@@ -365,8 +365,7 @@ def setup(publisher, engine_id, engine_uuid, config_json, profile_dir, eager):
     _ns["__builtins__"] = builtins
     _ns["get_ipython"] = _lazy_get_ipython
     sys.modules["__main__"] = _main
-    for name in imports.LAZY_PACKAGES:
-        imports.lazy_package(name)
+    imports.lazy_packages()
     for name in ("IPython", "ipykernel.zmqshell"):
         imports.after_import(name, _shell_soon)
     imports.after_import("ipyparallel.engine.app", _install_ipengine)
