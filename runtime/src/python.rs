@@ -425,9 +425,12 @@ impl Inner {
         let (mut content, buffers) = match self.run(req) {
             Ok(x) => x,
             Err(e) => (
-                json!({"status": "error", "ename": "EngineError",
-                       "evalue": format!("rpar-engine could not run the request: {e}"),
-                       "traceback": []}),
+                rpar_core::msg::error_content(
+                    "EngineError",
+                    &format!("rpar-engine could not run the request: {e}"),
+                    "rpar-engine",
+                    json!({}),
+                ),
                 vec![],
             ),
         };
