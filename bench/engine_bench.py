@@ -2,11 +2,14 @@
 """rpar-engine vs Python ipengine, same controller (Python ipcontroller) and client.
 
 Prints, for each engine kind, and the ratio rpar / python:
-  * time from `mpiexec` to all engines registered, for 4 and 16 ranks;
+  * time from `mpiexec` to all engines registered, and to the first result from every engine
+    (a direct apply on all, sent as soon as they are registered), for 4 and 16 ranks;
+  * engine CPU time per engine until that first result;
   * engine CPU time per no-op task (utime+stime of every process under mpiexec, nannies included);
-  * memory per engine (sum of PSS from /proc/<pid>/smaps_rollup / N).
+  * memory per engine (sum of PSS from /proc/<pid>/smaps_rollup / N, after the first result).
 
 Usage: . ci/env.sh && python bench/engine_bench.py [--tasks 400] [--sizes 4,16]
+       [--rpar-engine PATH] [--kinds rpar,python]   (another rpar-engine build, e.g. a baseline)
 No assertions: numbers only.
 """
 
@@ -25,9 +28,12 @@ from common import cpu_seconds, descendants, pss_kib
 ROOT = Path(__file__).resolve().parent.parent
 
 
+RPAR_ENGINE = ROOT / "target/debug/rpar-engine"
+
+
 def engine_cmd(kind, n, profile_dir):
     if kind == "rpar":
-        return ["mpiexec", "-n", str(n), str(ROOT / "target/debug/rpar-engine"), f"--profile-dir={profile_dir}"]
+        return ["mpiexec", "-n", str(n), str(RPAR_ENGINE), f"--profile-dir={profile_dir}"]
     return ["mpiexec", "-n", str(n), sys.executable, "-m", "ipyparallel.engine", "--mpi",
             f"--profile-dir={profile_dir}"]
 
@@ -50,6 +56,10 @@ def run(kind, n, tasks, workdir):
                                start_new_session=True)
         rc.wait_for_engines(n, timeout=300)
         startup = time.monotonic() - t0
+        rc[:].apply_sync(os.getpid)
+        first = time.monotonic() - t0
+        # CPU the engines spent to get there (load-independent, unlike the times above)
+        cpu_first = cpu_seconds(descendants(job.pid)) / n
         time.sleep(1.0)
         pids = descendants(job.pid)
         mem = pss_kib(pids) / n
@@ -67,18 +77,24 @@ def run(kind, n, tasks, workdir):
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
         rc.close()
-        return {"startup_s": startup, "cpu_ms_per_task": cpu * 1000, "pss_mib_per_engine": mem / 1024}
+        return {"startup_s": startup, "first_result_s": first,
+                "cpu_s_per_engine_to_first_result": cpu_first, "cpu_ms_per_task": cpu * 1000, "pss_mib_per_engine": mem / 1024}
     finally:
         ctl.send_signal(signal.SIGTERM)
         ctl.wait(20)
 
 
 def main():
+    global RPAR_ENGINE
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=400)
     ap.add_argument("--sizes", default="4,16")
+    ap.add_argument("--rpar-engine", default=str(RPAR_ENGINE))
+    ap.add_argument("--kinds", default="rpar,python")
     a = ap.parse_args()
-    if not (ROOT / "target/debug/rpar-engine").exists():
+    RPAR_ENGINE = Path(a.rpar_engine)
+    kinds = a.kinds.split(",")
+    if not RPAR_ENGINE.exists():
         sys.exit("build rpar-engine first: cargo build -p rpar-engine")
     if shutil.which("mpiexec") is None:
         sys.exit("mpiexec not found")
@@ -86,10 +102,12 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         results = {}
         for n in sizes:
-            for kind in ("rpar", "python"):
+            for kind in kinds:
                 results[(kind, n)] = run(kind, n, a.tasks if n == sizes[0] else a.tasks // 4, d)
                 print(f"{kind:6} n={n:3}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[(kind, n)].items()),
                       flush=True)
+        if kinds != ["rpar", "python"]:
+            return
         print("\nratios rpar / python (lower is better for rpar):")
         for n in sizes:
             r, p = results[("rpar", n)], results[("python", n)]

@@ -9,6 +9,7 @@
 //! Schedulers are in crate `rpar-sched`, the task database in crate `rpar-taskdb`.
 
 pub mod cli;
+pub mod dask;
 pub mod errors;
 pub mod hub;
 pub mod server;

@@ -36,6 +36,8 @@
 //!   ([`schema::CLASSES`]); otherwise [`ConfigError::Unknown`] names the file and line (or the
 //!   command-line argument), what is wrong and the fix. Values are type-checked likewise.
 //!   A program that accepts more than the table lists calls [`Config::load_with`] with extras.
+//!   `ipengine` also accepts IPython's own classes ([`ipython::IPYTHON_CLASSES`]) with any trait;
+//!   [`Config::ipython_config`] returns those meant for the engine's shell.
 //! * **`.py` files are real Python**: they run in a `python3` subprocess (`$RPAR_PYTHON` to choose
 //!   another) with a recording `c` (and `get_config()`, `load_subconfig()`); each assignment comes
 //!   back with its file and line. A file of comments only needs no Python at all.
@@ -45,6 +47,7 @@
 //!   For string traits the text is taken as is (quotes removed); a list trait given a plain
 //!   string gets a one-item list.
 
+pub mod ipython;
 pub mod literal;
 pub mod schema;
 
@@ -147,6 +150,8 @@ pub struct Config {
     extra: Vec<(String, String, Kind)>,
     entries: Vec<Entry>,
     warnings: Vec<String>,
+    /// Debug notes (IPython settings accepted).
+    notes: Vec<String>,
     files: Vec<PathBuf>,
     /// Python interpreters to try for `.py` files (from `$RPAR_PYTHON`, else python3, python).
     python: Vec<String>,
@@ -161,6 +166,7 @@ impl Config {
             extra: Vec::new(),
             entries: Vec::new(),
             warnings: Vec::new(),
+            notes: Vec::new(),
             files: Vec::new(),
             python: python_candidates(),
         })
@@ -450,6 +456,49 @@ impl Config {
         Ok(())
     }
 
+    /// Notes on the IPython settings accepted (see [`ipython`]), one line each, for a debug log.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The effective settings of IPython's own classes ([`ipython::Effect::Shell`] ones), as a
+    /// traitlets config: `{"Class": {"trait": value}}`.
+    pub fn ipython_config(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for (class, trait_, s) in self.settings() {
+            let Some(ic) = ipython::ipython_class(&class) else {
+                continue;
+            };
+            if ic.effect != ipython::Effect::Shell {
+                continue;
+            }
+            if let Value::Object(traits) = out
+                .entry(class)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+            {
+                traits.insert(trait_, s.value.clone());
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn note_ipython(
+        &mut self,
+        ic: &ipython::IPythonClass,
+        class: &str,
+        trait_: &str,
+        source: &Source,
+    ) {
+        let what = match ic.effect {
+            ipython::Effect::Shell => "IPython setting, passed to the engine's shell".to_string(),
+            ipython::Effect::Ignored(why) => {
+                format!("IPython setting, accepted and not used: {why}")
+            }
+        };
+        self.notes
+            .push(format!("{source}: {class}.{trait_}: {what}"));
+    }
+
     /// Check that `cclass.ctrait` is something this program accepts; returns its kind.
     fn validate(
         &mut self,
@@ -473,7 +522,15 @@ impl Config {
         } else {
             String::new()
         };
+        let foreign = match app {
+            App::Engine => ipython::ipython_class(cclass),
+            _ => None,
+        };
         let Some(def) = schema::class(cclass) else {
+            if let Some(ic) = foreign {
+                self.note_ipython(ic, class, trait_, source);
+                return Ok(Kind::Any);
+            }
             let names = schema::CLASSES
                 .iter()
                 .map(|c| c.name)
@@ -510,6 +567,10 @@ impl Config {
             });
         }
         let Some((_, tdef)) = schema::find_trait(cclass, ctrait) else {
+            if let Some(ic) = foreign {
+                self.note_ipython(ic, class, trait_, source);
+                return Ok(Kind::Any);
+            }
             let all = schema::all_traits(cclass);
             let fix = match schema::closest(ctrait, all.iter().copied()) {
                 Some(s) => format!("did you mean {class}.{s}?"),
@@ -661,7 +722,9 @@ fn needs_python(text: &str) -> bool {
 }
 
 /// The Python interpreters tried, in order.
-fn python_candidates() -> Vec<String> {
+/// The Python interpreters rpar programs run helpers with: `$RPAR_PYTHON`, else `python3`, then
+/// `python` (config files, the controller's dask scheduler).
+pub fn python_candidates() -> Vec<String> {
     match std::env::var("RPAR_PYTHON") {
         Ok(p) if !p.is_empty() => vec![p],
         _ => vec!["python3".into(), "python".into()],

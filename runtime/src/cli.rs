@@ -155,6 +155,9 @@ pub struct Boot {
     /// The native transport's endpoint, when rank 0 uses it (else compat).
     pub native: Option<String>,
     pub warnings: Vec<String>,
+    /// IPython settings accepted (debug log lines).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Startup work (serializable twin of [`python::Startup`]).
@@ -162,15 +165,9 @@ pub struct Boot {
 pub struct StartupCfg {
     pub script: Option<String>,
     pub command: Option<String>,
-}
-
-impl From<&StartupCfg> for python::Startup {
-    fn from(s: &StartupCfg) -> Self {
-        python::Startup {
-            script: s.script.clone(),
-            command: s.command.clone(),
-        }
-    }
+    /// IPython's own settings for the engine's shell, `{"Class": {"trait": value}}`.
+    #[serde(default)]
+    pub ipython_config: serde_json::Value,
 }
 
 /// Engine settings from the profile's config files and `--Class.trait=value`.
@@ -187,6 +184,10 @@ pub struct FileSettings {
     pub transport: Option<String>,
     pub gpus: Option<String>,
     pub warnings: Vec<String>,
+    /// IPython's settings for the shell ([`Config::ipython_config`]).
+    pub ipython_config: serde_json::Value,
+    /// Debug lines on the IPython settings accepted.
+    pub notes: Vec<String>,
 }
 
 /// The one place config files are read (rpar-core's loader: `.py` and `.json`, old class names
@@ -213,6 +214,8 @@ pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings>
             .map(|v| v.value.to_string().trim_matches('"').to_string()),
         gpus: nonempty(s("gpus")?),
         warnings: cfg.warnings().to_vec(),
+        ipython_config: cfg.ipython_config(),
+        notes: cfg.notes().to_vec(),
     })
 }
 
@@ -359,10 +362,12 @@ impl Boot {
             startup: StartupCfg {
                 script: fs.startup_script,
                 command: fs.startup_command,
+                ipython_config: fs.ipython_config,
             },
             uuids,
             native,
             warnings,
+            notes: fs.notes,
         })
     }
 
@@ -372,7 +377,15 @@ impl Boot {
     }
 
     pub fn startup(&self) -> python::Startup {
-        (&self.startup).into()
+        python::Startup {
+            script: self.startup.script.clone(),
+            command: self.startup.command.clone(),
+            ipython_config: match &self.startup.ipython_config {
+                serde_json::Value::Object(_) => self.startup.ipython_config.to_string(),
+                _ => "{}".into(),
+            },
+            profile_dir: self.profile_dir.display().to_string(),
+        }
     }
 }
 
@@ -512,6 +525,23 @@ mod tests {
         assert_eq!(s.startup_script.as_deref(), Some("/s.py"));
         assert_eq!(s.work_dir.as_deref(), Some("/tmp"));
         assert_eq!(s.timeout, Some(9.0));
+        // IPython's classes: accepted, handed to the shell
+        let s = load_settings(
+            t.path(),
+            &[
+                "--InteractiveShell.colors=nocolor".to_string(),
+                "--Session.debug=True".to_string(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.ipython_config,
+            serde_json::json!({"InteractiveShell": {"colors": "nocolor"}})
+        );
+        assert_eq!(s.notes.len(), 2);
+        // rpar's own classes stay strict
+        let e = load_settings(t.path(), &["--IPEngine.startup_scrip=x".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("startup_script"), "{e}");
     }
 
     #[test]

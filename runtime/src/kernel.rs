@@ -13,6 +13,9 @@ use rpar_core::wire::{Limits, Signer, WireMessage};
 use rpar_core::Header;
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use tracing::{debug, info, warn};
 
@@ -79,6 +82,18 @@ struct QueueState {
     /// msg_ids to refuse when they arrive (abort_request for something not yet queued).
     aborted: HashSet<String>,
     running: bool,
+    /// While the Python thread runs its event loop: one byte here per new job wakes it.
+    waker: Option<UnixStream>,
+    serving: bool,
+}
+
+impl QueueState {
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            // a full socket already holds a wake-up: nothing is lost
+            let _ = (&*w).write(&[1]);
+        }
+    }
 }
 
 /// The hand-over between the runtime thread and the Python thread.
@@ -109,6 +124,7 @@ impl JobQueue {
         } else {
             st.jobs.push_back(job);
         }
+        st.wake();
         self.cv.notify_one();
         None
     }
@@ -117,7 +133,36 @@ impl JobQueue {
     pub fn stop(&self) {
         let mut st = self.lock();
         st.jobs.push_front(Job::Stop);
+        st.wake();
         self.cv.notify_one();
+    }
+
+    /// The next job if there is one (the event loop's side; it waits on [`JobQueue::arm`]'s
+    /// descriptor instead of the condition variable).
+    pub fn try_pop(&self) -> Option<Job> {
+        let mut st = self.lock();
+        let j = st.jobs.pop_front();
+        st.running = matches!(j, Some(Job::Run(_)));
+        j
+    }
+
+    /// Start waking an event loop: returns the descriptor it waits on (readable when jobs are
+    /// queued; already readable if some are).
+    pub fn arm(&self) -> std::io::Result<OwnedFd> {
+        let (r, w) = UnixStream::pair()?;
+        r.set_nonblocking(true)?;
+        w.set_nonblocking(true)?;
+        let mut st = self.lock();
+        st.waker = Some(w);
+        if !st.jobs.is_empty() {
+            st.wake();
+        }
+        Ok(OwnedFd::from(r))
+    }
+
+    /// Stop waking the event loop.
+    pub fn disarm(&self) {
+        self.lock().waker = None;
     }
 
     /// Wait for the next job (called without the GIL).
@@ -140,6 +185,19 @@ impl JobQueue {
 
     pub fn is_running(&self) -> bool {
         self.lock().running
+    }
+
+    /// The Python thread has started serving (its start-up is over).
+    pub fn mark_serving(&self) {
+        self.lock().serving = true;
+    }
+
+    /// Is there a request for a SIGINT to interrupt: one running, or one queued while the
+    /// Python thread serves (it holds an interrupt during its own imports and raises it in the
+    /// request, see imports.py)?
+    pub fn wants_interrupt(&self) -> bool {
+        let st = self.lock();
+        st.running || (st.serving && !st.jobs.is_empty())
     }
 
     /// Abort: the given msg_ids (queued ones are returned to be answered now, the others are
@@ -353,7 +411,7 @@ impl EngineCore {
             Action::Signal => {
                 let sig = req.content.get("sig").and_then(parse_signal);
                 let content = match sig {
-                    Some(libc::SIGINT) if !self.queue.is_running() => {
+                    Some(libc::SIGINT) if !self.queue.wants_interrupt() => {
                         // nothing to interrupt (Python idle or still starting: an interrupt
                         // there would end the engine's start-up, and the job with it)
                         info!("signal_request SIGINT: no request running; nothing interrupted");
@@ -532,6 +590,32 @@ mod tests {
         q.stop();
         assert!(matches!(q.pop(), Job::Stop));
         assert!(matches!(q.pop(), Job::Run(_)));
+    }
+
+    #[test]
+    fn event_loop_waker() {
+        use std::io::Read;
+        let q = JobQueue::new();
+        q.push(request(Channel::Shell, "a"), false);
+        // armed with a job queued: readable at once
+        let fd = q.arm().unwrap();
+        let mut r = std::fs::File::from(fd);
+        let mut buf = [0u8; 16];
+        assert_eq!(r.read(&mut buf).unwrap(), 1);
+        assert!(matches!(q.try_pop(), Some(Job::Run(j)) if j.msg_id == "a"));
+        assert!(q.is_running());
+        assert!(q.try_pop().is_none());
+        assert!(!q.is_running());
+        assert!(!q.wants_interrupt());
+        // nothing queued: nothing to read; a push and a stop each wake it
+        assert!(r.read(&mut buf).is_err());
+        q.push(request(Channel::Shell, "b"), false);
+        q.stop();
+        assert_eq!(r.read(&mut buf).unwrap(), 2);
+        assert!(matches!(q.try_pop(), Some(Job::Stop)));
+        // disarmed: the writer is gone
+        q.disarm();
+        assert_eq!(r.read(&mut buf).unwrap(), 0);
     }
 
     fn core(key: &[u8]) -> (EngineCore, OutboxRx, Arc<JobQueue>, MessageBuilder) {

@@ -164,6 +164,11 @@ fn run() -> Result<i32> {
             warn!("{w}");
         }
     }
+    for n in &boot.notes {
+        if rank == 0 {
+            tracing::debug!("{n}");
+        }
+    }
     match gpu_line {
         Ok(Some(line)) => info!("{line}"),
         Ok(None) => {}
@@ -171,6 +176,7 @@ fn run() -> Result<i32> {
     }
     let exe = python::choose_executable(boot.python_venv.as_deref());
     python::initialize(exe.as_deref())?;
+    python::prepare_imports()?;
     // pre-flight: every rank can run requests, or the job exits before registering anything
     if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref(), local.0 == 0)
         .is_err()

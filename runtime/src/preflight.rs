@@ -49,7 +49,10 @@ def _rpar_facts(with_mpi4py, full=True):
         if full:
             import ipyparallel.serialize  # noqa: F401
             import ipyparallel
-            d["ipyparallel"] = ipyparallel.__version__
+            # its version from where the package takes it: its __init__ may not have run yet
+            # (rpar-engine imports the package lazily, see imports.py)
+            from ipyparallel._version import __version__
+            d["ipyparallel"] = __version__
             d["ipyparallel_path"] = ipyparallel.__file__
         else:
             for name in ("ipyparallel.serialize", "IPython", "zmq"):

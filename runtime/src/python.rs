@@ -10,6 +10,12 @@
 //!
 //! The interpreter runs on the process main thread (so Python signal handling, i.e.
 //! KeyboardInterrupt from `signal_request`, works); the runtime thread never takes the GIL.
+//!
+//! The Python side is three modules compiled into the binary: `imports.py` (import hooks, lazy
+//! packages), `support.py` (namespace, shell, request handlers, event loop) and
+//! `bound_kernel.py` (`bind_kernel()`). Between requests the thread blocks on the [`JobQueue`]
+//! without the GIL, or, while the engine's asyncio loop has work (a dask Worker, a bound kernel),
+//! runs that loop, which hands each arriving request back through a [`Runner`].
 
 use crate::capture::Capture;
 use crate::kernel::{Job, JobQueue};
@@ -20,10 +26,13 @@ use pyo3::types::{PyBytes, PyList, PyModule};
 use serde_json::{json, Value};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
+const IMPORTS: &str = include_str!("imports.py");
 const SUPPORT: &str = include_str!("support.py");
+const BOUND_KERNEL: &str = include_str!("bound_kernel.py");
 
 /// The Python this binary was built against.
 pub const BUILD_PYTHON_VERSION: &str = env!("RPAR_PYTHON_VERSION");
@@ -117,6 +126,27 @@ pub fn initialize(executable: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The import hooks module (`imports.py`), loaded once, with ipyparallel's and jupyter_client's
+/// packages made lazy: call right after [`initialize`], before anything imports them.
+pub fn prepare_imports() -> Result<()> {
+    Python::with_gil(|py| imports(py).map(|_| ()))
+}
+
+fn imports(py: Python<'_>) -> Result<Bound<'_, PyModule>> {
+    if let Ok(m) = py
+        .import("sys")?
+        .getattr("modules")?
+        .get_item("_rpar_imports")
+    {
+        return Ok(m.downcast_into::<PyModule>().map_err(PyErr::from)?);
+    }
+    let code = CString::new(IMPORTS)?;
+    let m = PyModule::from_code(py, &code, c"_rpar_imports.py", c"_rpar_imports")
+        .context("loading the engine's import hooks")?;
+    m.getattr("lazy_packages")?.call0()?;
+    Ok(m)
+}
+
 /// `sys.version`, `sys.prefix`, `sys.executable` of the running interpreter.
 pub fn describe() -> Result<(String, String, String)> {
     Python::with_gil(|py| {
@@ -137,17 +167,21 @@ struct Publisher {
     parent: std::sync::Mutex<Vec<u8>>,
 }
 
+impl Publisher {
+    fn parent(&self) -> Vec<u8> {
+        self.parent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 #[pymethods]
 impl Publisher {
     /// publish(kind, msg_type, content_json): an IOPub message with the current request as parent.
     fn publish(&self, kind: &str, msg_type: &str, content_json: &str) {
         // text written before this display/result goes out first
         self.capture.flush();
-        let parent = self
-            .parent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let md = if matches!(
             msg_type,
             "execute_result" | "display_data" | "update_display_data"
@@ -159,9 +193,29 @@ impl Publisher {
         self.outbox.send(self.session.iopub_raw(
             kind,
             msg_type,
-            &parent,
+            &self.parent(),
             &md,
             content_json.as_bytes().to_vec(),
+        ));
+    }
+
+    /// publish_data(content_json, buffers): a `data_message` (ipyparallel's datapub: topic
+    /// `datapub`, the data as serialized buffers), sent at once, while the request runs.
+    fn publish_data(&self, content_json: &str, buffers: Vec<Vec<u8>>) {
+        self.capture.flush();
+        let s = &self.session;
+        let frames = s.build_raw(
+            vec![b"datapub".to_vec()],
+            "data_message",
+            &self.parent(),
+            &json!({ "engine": s.uuid }),
+            content_json.as_bytes().to_vec(),
+            buffers,
+        );
+        self.outbox.send(crate::relay::Packet::new(
+            crate::relay::Channel::IoPub,
+            s.rank,
+            frames,
         ));
     }
 }
@@ -171,10 +225,14 @@ impl Publisher {
 pub struct Startup {
     pub script: Option<String>,
     pub command: Option<String>,
+    /// IPython's own settings for the shell (`{"Class": {"trait": value}}`, JSON).
+    pub ipython_config: String,
+    /// The profile directory (startup files, the bound kernel's connection file).
+    pub profile_dir: String,
 }
 
-/// The Python side of one engine.
-pub struct Executor {
+/// What the Python thread works with.
+struct Inner {
     support: Py<PyModule>,
     publisher: Py<Publisher>,
     session: Arc<Session>,
@@ -182,8 +240,46 @@ pub struct Executor {
     capture: Arc<Capture>,
 }
 
+/// The Python side of one engine.
+pub struct Executor {
+    inner: Rc<Inner>,
+}
+
+/// Handed to the support module's event loop: runs the requests queued meanwhile.
+#[pyclass(unsendable)]
+struct Runner {
+    inner: Rc<Inner>,
+    queue: Arc<JobQueue>,
+}
+
+#[pymethods]
+impl Runner {
+    /// Run every queued request; False once the engine is to stop.
+    fn run_pending(&self) -> bool {
+        while let Some(job) = self.queue.try_pop() {
+            match job {
+                Job::Stop => return false,
+                Job::Run(req) => {
+                    self.inner.handle(&req);
+                    self.queue.finished();
+                }
+            }
+        }
+        true
+    }
+}
+
+fn log_py_error(py: Python<'_>, what: &str, e: &PyErr) {
+    let tb = e
+        .traceback(py)
+        .and_then(|t| t.format().ok())
+        .unwrap_or_default();
+    warn!("{what}: {e}\n{tb}");
+}
+
 impl Executor {
-    /// Load the support module, create the shell and run the startup script/command.
+    /// Load the support modules, set up the namespace (the shell is built when first needed)
+    /// and run the startup files, lines and script/command.
     pub fn new(
         session: Arc<Session>,
         outbox: Outbox,
@@ -191,9 +287,13 @@ impl Executor {
         startup: &Startup,
     ) -> Result<Executor> {
         Python::with_gil(|py| -> Result<Executor> {
+            imports(py)?;
             let code = CString::new(SUPPORT)?;
             let support = PyModule::from_code(py, &code, c"_rpar_engine.py", c"_rpar_engine")
                 .context("loading the engine's Python support module")?;
+            let code = CString::new(BOUND_KERNEL)?;
+            PyModule::from_code(py, &code, c"_rpar_bound_kernel.py", c"_rpar_bound_kernel")
+                .context("loading the engine's bound-kernel module")?;
             let publisher = Py::new(
                 py,
                 Publisher {
@@ -203,13 +303,16 @@ impl Executor {
                     parent: std::sync::Mutex::new(b"{}".to_vec()),
                 },
             )?;
+            let eager = startup.script.is_some() || startup.command.is_some();
             let kind: String = support
                 .getattr("setup")?
                 .call1((
                     publisher.clone_ref(py),
                     session.engine_id,
                     session.uuid.as_str(),
-                    true,
+                    startup.ipython_config.as_str(),
+                    startup.profile_dir.as_str(),
+                    eager,
                 ))?
                 .extract()?;
             info!("user namespace: {kind} shell");
@@ -217,45 +320,88 @@ impl Executor {
                 startup.script.clone().unwrap_or_default(),
                 startup.command.clone().unwrap_or_default(),
             )) {
-                let tb = e
-                    .traceback(py)
-                    .and_then(|t| t.format().ok())
-                    .unwrap_or_default();
-                warn!("startup script/command failed: {e}\n{tb}");
+                log_py_error(py, "startup code failed", &e);
             }
             Ok(Executor {
-                support: support.unbind(),
-                publisher,
-                session,
-                outbox,
-                capture,
+                inner: Rc::new(Inner {
+                    support: support.unbind(),
+                    publisher,
+                    session,
+                    outbox,
+                    capture,
+                }),
             })
         })
     }
 
-    /// Run jobs until told to stop.
-    pub fn serve(&self, queue: &JobQueue) {
+    /// Run jobs until told to stop. While the event loop has work (a dask Worker, a bound
+    /// kernel, tasks engine code scheduled), the loop runs between requests and hands them back.
+    pub fn serve(&self, queue: &Arc<JobQueue>) {
+        let inner = &self.inner;
+        queue.mark_serving();
         // The engine is registered and its heart beats (runtime thread): load the serializer now
         // so the first task does not pay for the import.
-        Python::with_gil(|py| {
-            if let Err(e) = self
-                .support
-                .bind(py)
-                .getattr("warm")
-                .and_then(|f| f.call0())
-            {
-                debug!("warm-up: {e}");
-            }
-        });
+        inner.call0("warm");
         loop {
+            if inner.call0("loop_busy") {
+                match self.run_loop(queue) {
+                    Ok(false) => return,
+                    Ok(true) => continue,
+                    Err(e) => warn!("event loop: {e:#}; requests are served without it"),
+                }
+            }
             match queue.pop() {
                 Job::Stop => return,
                 Job::Run(req) => {
-                    self.handle(&req);
+                    inner.handle(&req);
                     queue.finished();
                 }
             }
         }
+    }
+
+    /// Hand the thread to the event loop until it is idle (true) or the engine stops (false).
+    fn run_loop(&self, queue: &Arc<JobQueue>) -> Result<bool> {
+        let fd = queue.arm()?;
+        let res = Python::with_gil(|py| -> PyResult<bool> {
+            let runner = Py::new(
+                py,
+                Runner {
+                    inner: self.inner.clone(),
+                    queue: queue.clone(),
+                },
+            )?;
+            self.inner
+                .support
+                .bind(py)
+                .getattr("run_loop")?
+                .call1((std::os::fd::AsRawFd::as_raw_fd(&fd), runner))?
+                .extract()
+        });
+        queue.disarm();
+        drop(fd);
+        Ok(res?)
+    }
+}
+
+impl Inner {
+    /// Call a support function without arguments; its result as a bool (false on error).
+    fn call0(&self, name: &str) -> bool {
+        Python::with_gil(|py| {
+            match self
+                .support
+                .bind(py)
+                .getattr(name)
+                .and_then(|f| f.call0())
+                .and_then(|r| r.is_truthy())
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    debug!("{name}: {e}");
+                    false
+                }
+            }
+        })
     }
 
     fn set_parent(&self, parent: &[u8]) {

@@ -1,20 +1,41 @@
-"""rpar-engine's Python side: the user namespace and the request handlers that need Python.
+"""rpar-engine's Python side: the user namespace, the shell, and the request handlers.
 
 Loaded into the embedded interpreter of every rank as module ``_rpar_engine``. The Rust side calls
 ``setup``, then ``execute`` / ``apply`` / ``clear`` once per request, on the main thread, one at a
-time. IOPub side effects (execute_input, execute_result, display_data, error) go through the
-``publisher`` object Rust passes in: ``publisher.publish(kind, msg_type, content_json)``.
-Replies are returned to Rust as JSON text (plus buffers for apply).
+time. IOPub side effects (execute_input, execute_result, display_data, error, data_message) go
+through the ``publisher`` object Rust passes in. Replies are returned to Rust as JSON text (plus
+buffers for apply).
+
+The shell is what engine-side code expects of an ipengine's: ``get_ipython()`` and
+``ZMQInteractiveShell.instance()`` return it; it has ``kernel``, ``data_pub``, ``display_pub`` and
+``displayhook``. It is built when something needs it (an execute_request, start-up code, an import
+of IPython, ipykernel's shell or ipyparallel's engine app), not at start: apply requests only need
+ipyparallel's serializer, and an engine that only runs apply never pays for IPython's start-up.
+
+Between requests the engine's asyncio event loop runs while it has work (a dask Worker, a bound
+kernel, any task engine code scheduled): Rust asks ``loop_busy()`` after each request and, if so,
+calls ``run_loop``, which runs the loop and hands each arriving request back to Rust.
 """
 
 import ast
 import json
+import os
 import sys
 import traceback
 
+import _rpar_imports as imports
+
 _pub = None
 _shell = None
+_shell_failed = False
+_building = False
+_main = None
+_ns = None
+_config = {}
 _engine = {}
+_loop = None
+# the bound kernel (bind_kernel), when one is running: it takes IOPub output of its requests
+_sink = None
 
 
 def _json(obj):
@@ -30,12 +51,19 @@ def _json(obj):
     return json.dumps(obj, default=default, ensure_ascii=False, allow_nan=False)
 
 
-def _publish(kind, msg_type, content):
+def _flush_std():
     for s in (sys.stdout, sys.stderr):
         try:
             s.flush()
         except Exception:
             pass
+
+
+def _publish(kind, msg_type, content):
+    _flush_std()
+    if _sink is not None:
+        _sink(msg_type, content)
+        return
     try:
         text = _json(content)
     except ValueError:
@@ -43,15 +71,73 @@ def _publish(kind, msg_type, content):
     _pub.publish(kind, msg_type, text)
 
 
+# ------------------------------------------------------------------------------ the shell
+
+
+class EngineKernel:
+    """What engine-side code finds at ``get_ipython().kernel`` (an ipengine's kernel object):
+    the engine's ids, a logger, the event loop, and the slot a dask Worker is kept in."""
+
+    def __init__(self, shell):
+        import logging
+
+        self.shell = shell
+        self.engine_id = self.int_id = _engine.get("engine_id")
+        self.ident = _engine.get("engine_uuid")
+        self.log = logging.getLogger("rpar-engine")
+        self.distributed_worker = None
+        self.eventloop = None
+        self.session = None
+
+    @property
+    def user_ns(self):
+        return _ns
+
+    @property
+    def io_loop(self):
+        from tornado.ioloop import IOLoop
+
+        _event_loop()
+        return IOLoop.current()
+
+
+class _DataPub:
+    """``shell.data_pub``: ``publish_data(dict)`` sends a ``data_message`` on IOPub (topic
+    ``datapub``, content ``{"keys": [...]}``, the dict serialized as ipyparallel's buffers), with
+    the running request as parent; the client merges it into ``AsyncResult.data``."""
+
+    topic = b"datapub"
+
+    def set_parent(self, parent):
+        pass
+
+    def publish_data(self, data):
+        from ipyparallel.serialize import serialize_object
+
+        bufs = serialize_object(data, buffer_threshold=1024, item_threshold=64)
+        bufs = [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in bufs]
+        _flush_std()
+        _pub.publish_data(_json({"keys": list(data.keys())}), bufs)
+
+
 def _make_ipython_shell():
     from IPython.core.displayhook import DisplayHook
     from IPython.core.displaypub import DisplayPublisher
-    from IPython.core.interactiveshell import InteractiveShell
     from traitlets import Type
     from traitlets.config import Config
 
+    try:
+        from ipykernel.zmqshell import ZMQInteractiveShell as Base
+    except ImportError:
+        from IPython.core.interactiveshell import InteractiveShell as Base
+
     class EngineDisplayHook(DisplayHook):
         """execute_result on IOPub instead of an Out[] prompt on stdout."""
+
+        topic = b"execute_result"
+
+        def set_parent(self, parent):
+            pass
 
         def start_displayhook(self):
             self._rpar = {"data": {}, "metadata": {}}
@@ -70,6 +156,11 @@ def _make_ipython_shell():
     class EngineDisplayPublisher(DisplayPublisher):
         """display() → display_data / update_display_data on IOPub."""
 
+        topic = b"displaypub"
+
+        def set_parent(self, parent):
+            pass
+
         def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
             content = {"data": data, "metadata": metadata or {}, "transient": transient or {}}
             _publish("displaypub", "update_display_data" if update else "display_data", content)
@@ -77,7 +168,7 @@ def _make_ipython_shell():
         def clear_output(self, wait=False):
             _publish("clear_output", "clear_output", {"wait": wait})
 
-    class EngineShell(InteractiveShell):
+    class EngineShell(Base):
         displayhook_class = Type(EngineDisplayHook)
         display_pub_class = Type(EngineDisplayPublisher)
 
@@ -95,12 +186,17 @@ def _make_ipython_shell():
         def enable_gui(self, gui=None):
             pass
 
-    cfg = Config()
-    # Many engines share one profile: no history database (sqlite locks under N writers).
-    cfg.HistoryManager.enabled = False
-    cfg.HistoryManager.hist_file = ":memory:"
-    shell = EngineShell.instance(config=cfg)
+    cfg = Config(json.loads(json.dumps(_config)))
+    # Many engines share one profile: no history database (sqlite locks under N writers),
+    # unless the configuration asks for one.
+    if "enabled" not in cfg.HistoryManager:
+        cfg.HistoryManager.enabled = False
+    if "hist_file" not in cfg.HistoryManager:
+        cfg.HistoryManager.hist_file = ":memory:"
+    shell = EngineShell.instance(config=cfg, user_module=_main)
     shell._last_traceback = None
+    shell.kernel = EngineKernel(shell)
+    shell.data_pub = _DataPub()
     return shell
 
 
@@ -109,15 +205,15 @@ class _PlainShell:
 
     def __init__(self):
         import builtins
-        import types
 
-        self.user_module = types.ModuleType("__main__")
-        self.user_ns = self.user_module.__dict__
+        self.user_module = _main
+        self.user_ns = _ns
         self.user_ns["__builtins__"] = builtins
-        sys.modules["__main__"] = self.user_module
         self.user_global_ns = self.user_ns
         self.execution_count = 1
         self._last_traceback = None
+        self.kernel = EngineKernel(self)
+        self.data_pub = _DataPub()
 
     def showtraceback(self):
         etype, evalue, tb = sys.exc_info()
@@ -172,40 +268,167 @@ class _PlainShell:
         return out
 
     def reset(self, new_session=True):
-        keep = {k: self.user_ns[k] for k in ("__builtins__", "__name__") if k in self.user_ns}
-        self.user_ns.clear()
-        self.user_ns.update(keep)
+        _reset_ns()
 
 
-def setup(publisher, engine_id, engine_uuid, use_ipython=True):
-    """Create the shell and user namespace. Returns a description of what runs."""
-    global _pub, _shell
+def _reset_ns():
+    keep = {k: _ns[k] for k in ("__builtins__", "__name__", "get_ipython") if k in _ns}
+    _ns.clear()
+    _ns.update(keep)
+
+
+def shell():
+    """The shell, built now if it is not yet."""
+    global _shell, _shell_failed, _building, _want_shell
+    if _shell is not None:
+        return _shell
+    _building = True
+    held = imports.hold_interrupts()
+    try:
+        if not _shell_failed:
+            try:
+                _shell = _make_ipython_shell()
+            except ImportError:
+                import importlib.util
+
+                if importlib.util.find_spec("IPython") is not None:
+                    raise
+                _shell_failed = True
+        if _shell is None:
+            _shell = _PlainShell()
+    finally:
+        _building = False
+        held()
+    _want_shell = False
+    _event_loop()
+    _load_extensions()
+    return _shell
+
+
+_want_shell = False
+
+
+def _shell_soon(module=None):
+    """Build the shell now, unless an import is under way (the shell's own imports could meet
+    a half-imported module): then at the next request boundary."""
+    global _want_shell
+    if _shell is not None or _building:
+        return
+    this = getattr(module, "__name__", None)
+    for name, m in list(sys.modules.items()):
+        if name != this and getattr(getattr(m, "__spec__", None), "_initializing", False):
+            _want_shell = True
+            return
+    shell()
+
+
+def _lazy_get_ipython():
+    """``get_ipython`` in the namespace before the shell exists; the shell replaces it."""
+    return shell()
+
+
+def _install_ipengine(module):
+    """Once ipyparallel's engine app is imported, make ``IPEngine.instance()`` this engine, so
+    ``ipyparallel.bind_kernel()`` finds an engine to bind."""
+    base = module.IPEngine
+
+    class RparEngine(base):
+        def bind_kernel(self, **kwargs):
+            from _rpar_bound_kernel import bind_kernel
+
+            return bind_kernel(shell(), _engine, _event_loop(), **kwargs)
+
+    if not base.initialized():
+        app = RparEngine()
+        for cls in RparEngine.mro():
+            if hasattr(cls, "_instance"):
+                cls._instance = app
+    _shell_soon()
+
+
+def setup(publisher, engine_id, engine_uuid, config_json, profile_dir, eager):
+    """Create the user namespace (the shell follows when needed). Returns what runs."""
+    global _pub, _main, _ns, _config
+    import types
+
     _pub = publisher
-    _engine.update(engine_id=engine_id, engine_uuid=engine_uuid)
+    _engine.update(engine_id=engine_id, engine_uuid=engine_uuid, profile_dir=profile_dir)
+    _config = json.loads(config_json or "{}")
     # signal_request(SIGINT) interrupts running code (mpiexec may start us with SIGINT ignored)
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    kind = "plain"
-    if use_ipython:
+    import builtins
+
+    _main = types.ModuleType("__main__")
+    _ns = _main.__dict__
+    _ns["__builtins__"] = builtins
+    _ns["get_ipython"] = _lazy_get_ipython
+    sys.modules["__main__"] = _main
+    imports.lazy_packages()
+    for name in ("IPython", "ipykernel.zmqshell"):
+        imports.after_import(name, _shell_soon)
+    imports.after_import("ipyparallel.engine.app", _install_ipengine)
+    if eager or _startup_files():
+        return "IPython" if not isinstance(shell(), _PlainShell) else "plain"
+    return "lazy"
+
+
+def _section(key):
+    """A start-up trait, from IPKernelApp or else InteractiveShellApp (as ipengine reads it)."""
+    for app in ("IPKernelApp", "InteractiveShellApp"):
+        sec = _config.get(app) or {}
+        if key in sec:
+            return list(sec[key] or [])
+    return []
+
+
+def _startup_files():
+    """The profile's startup/*.py and *.ipy, and $PYTHONSTARTUP, as IPython runs them."""
+    out = []
+    env = os.environ.get("PYTHONSTARTUP")
+    if env and os.path.isfile(env):
+        out.append(env)
+    d = os.path.join(_engine.get("profile_dir") or "", "startup")
+    if os.path.isdir(d):
+        out += sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith((".py", ".ipy")))
+    return out
+
+
+def _load_extensions():
+    if not hasattr(_shell, "extension_manager"):
+        return
+    for ext in _section("extensions"):
         try:
-            _shell = _make_ipython_shell()
-            kind = "IPython"
-        except ImportError:
-            _shell = None
-    if _shell is None:
-        _shell = _PlainShell()
-    return kind
+            _shell.extension_manager.load_extension(ext)
+        except Exception:
+            traceback.print_exc()
 
 
 def run_startup(script, command):
-    """IPEngine.startup_script then startup_command, in the user namespace."""
-    if script:
-        with open(script) as f:
+    """What ipengine runs at start, in its order: the profile's startup files, exec_lines (and
+    IPEngine.startup_command), exec_files (and IPEngine.startup_script). A failure raises."""
+    lines = _section("exec_lines") + ([command] if command else [])
+    files = _section("exec_files") + ([script] if script else [])
+    files = _startup_files() + files
+    if not (lines or files):
+        return
+    sh = shell()
+    for path in files:
+        if path.endswith(".ipy") and hasattr(sh, "safe_execfile_ipy"):
+            sh.safe_execfile_ipy(path, raise_exceptions=True)
+            continue
+        with open(path) as f:
             code = f.read()
-        exec(compile(code, script, "exec"), _shell.user_ns)
-    if command:
-        exec(compile(command, "<startup_command>", "exec"), _shell.user_ns)
+        exec(compile(code, path, "exec"), sh.user_ns)
+    for line in lines:
+        if hasattr(sh, "input_transformer_manager"):
+            res = sh.run_cell(line, store_history=False)
+            err = res.error_before_exec or res.error_in_exec
+            if err is not None:
+                raise err
+        else:
+            exec(compile(line, "<startup_command>", "exec"), sh.user_ns)
 
 
 def _error_content(e):
@@ -222,34 +445,47 @@ def _error_content(e):
 
 
 def execute(code, silent, store_history, user_expressions_json):
-    shell = _shell
+    try:
+        sh = shell()
+        imports.check_interrupt()
+    except KeyboardInterrupt as e:
+        content = _error_content(e)
+        content.update(execution_count=0, user_expressions={}, payload=[])
+        return _json(content)
+    _event_loop()
     if not silent:
-        _publish("execute_input", "execute_input", {"code": code, "execution_count": shell.execution_count})
-    shell._last_traceback = None
-    res = shell.run_cell(code, store_history=store_history, silent=silent)
+        _publish("execute_input", "execute_input", {"code": code, "execution_count": sh.execution_count})
+    sh._last_traceback = None
+    res = sh.run_cell(code, store_history=store_history, silent=silent)
     err = res.error_before_exec or res.error_in_exec
     if err is not None:
         content = _error_content(err)
     else:
         content = {"status": "ok"}
-    content["execution_count"] = shell.execution_count - 1
+    content["execution_count"] = sh.execution_count - 1
     exprs = json.loads(user_expressions_json or "{}")
     if content["status"] == "ok" and exprs:
-        content["user_expressions"] = shell.user_expressions(exprs)
+        content["user_expressions"] = sh.user_expressions(exprs)
     else:
         content["user_expressions"] = {}
     content["payload"] = []
-    shell._last_traceback = None
+    sh._last_traceback = None
     return _json(content)
 
 
 def warm():
-    """Import what apply requests need (ipyparallel's serialization, ~0.1 s of CPU) once the
-    engine is up, instead of inside the first task. A missing ipyparallel is reported by apply."""
+    """Import what apply requests need (ipyparallel's serialization) once the engine is up,
+    instead of inside the first task. A missing ipyparallel is reported by apply."""
+    held = imports.hold_interrupts()
     try:
         import ipyparallel.serialize  # noqa: F401
+
+        imports.defer_can_map()
+        _event_loop()
     except Exception:
         pass
+    finally:
+        held()
 
 
 class PythonVersionMismatch(RuntimeError):
@@ -281,34 +517,127 @@ def _foreign_code(e):
     return None
 
 
+def _showtraceback():
+    if _shell is not None:
+        _shell.showtraceback()
+        return
+    etype, evalue, tb = sys.exc_info()
+    stb = traceback.format_exception(etype, evalue, tb)
+    _publish("error", "error", {"ename": etype.__name__, "evalue": str(evalue), "traceback": stb})
+    return stb
+
+
 def apply(bufs):
     """apply_request: f(*args, **kwargs) with ipyparallel's own serialization."""
     from ipyparallel.serialize import serialize_object, unpack_apply_message
 
-    shell = _shell
-    shell._last_traceback = None
+    imports.defer_can_map()
+    if _shell is not None:
+        _shell._last_traceback = None
+    _event_loop()
     try:
         try:
-            f, args, kwargs = unpack_apply_message(bufs, shell.user_ns, copy=False)
+            f, args, kwargs = unpack_apply_message(bufs, _ns, copy=False)
         except Exception as e:
             mismatch = _foreign_code(e)
             if mismatch is not None:
                 raise mismatch from None
             raise
+        imports.complete_for(f)
+        if _want_shell or ("IPython" in sys.modules and _shell is None):
+            _shell_soon()
+        imports.check_interrupt()
         result = f(*args, **kwargs)
         out = serialize_object(result, buffer_threshold=1024, item_threshold=64)
         out = [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in out]
         return _json({"status": "ok"}), out
     except BaseException as e:
+        stb = None
         try:
-            shell.showtraceback()
+            stb = _showtraceback()
         except Exception:
             pass
         content = _error_content(e)
-        shell._last_traceback = None
+        if stb and not content["traceback"]:
+            content["traceback"] = stb
+        if _shell is not None:
+            _shell._last_traceback = None
         return _json(content), []
 
 
 def clear():
-    _shell.reset(False)
+    if _shell is not None:
+        _shell.reset(False)
+    else:
+        _reset_ns()
     return _json({"status": "ok"})
+
+
+# ---------------------------------------------------------------------------- event loop
+
+
+def _event_loop():
+    """This thread's asyncio loop (created once, and current again if engine code replaced it,
+    as ``asyncio.run`` does)."""
+    global _loop
+    import asyncio
+
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+    if asyncio._get_running_loop() is None:
+        asyncio.set_event_loop(_loop)
+    return _loop
+
+
+def loop_busy():
+    """Does the event loop have work (tasks, timers, callbacks) to run between requests?"""
+    loop = _loop
+    if loop is None or loop.is_closed():
+        return False
+    if getattr(loop, "_ready", None) or getattr(loop, "_scheduled", None):
+        return True
+    import asyncio
+
+    return any(not t.done() for t in asyncio.all_tasks(loop))
+
+
+def run_loop(fd, runner):
+    """Run the event loop until it has nothing left to do; a byte on ``fd`` means requests are
+    queued: ``runner.run_pending()`` runs them (in the loop, as an ipengine does) and returns
+    False once the engine is to stop. Returns whether to go on serving."""
+    loop = _event_loop()
+    state = {"go_on": True}
+
+    def on_wake():
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        if not runner.run_pending():
+            state["go_on"] = False
+            loop.stop()
+        elif not _loop_busy_besides_us(loop):
+            loop.stop()
+
+    loop.add_reader(fd, on_wake)
+    loop.call_soon(on_wake)
+    try:
+        while True:
+            try:
+                loop.run_forever()
+                break
+            except KeyboardInterrupt:
+                # an interrupt (signal_request) that arrived while no request ran
+                continue
+    finally:
+        loop.remove_reader(fd)
+    return state["go_on"]
+
+
+def _loop_busy_besides_us(loop):
+    import asyncio
+
+    if getattr(loop, "_scheduled", None):
+        return True
+    return any(not t.done() for t in asyncio.all_tasks(loop))

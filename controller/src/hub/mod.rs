@@ -16,6 +16,7 @@
 //! Every incoming message is size-checked and HMAC-verified (with replay protection) before it
 //! is acted on; anything malformed is logged and dropped, never a panic.
 
+mod dask;
 mod heart;
 mod monitor;
 mod native;
@@ -25,6 +26,7 @@ mod records;
 mod revive;
 mod routing;
 
+pub use dask::{DaskAction, DaskInfo};
 pub use heart::Heart;
 pub use monitor::SOCKETS;
 pub use parked::Parked;
@@ -151,6 +153,8 @@ pub struct Hub {
     recent_regs: VecDeque<(Instant, u32)>,
     /// Counters for the status views ([`Hub::snapshot`]).
     monitor: monitor::Monitor,
+    /// `become_dask`'s scheduler.
+    dask: dask::Dask,
     native: native::Jobs,
     /// When recent registrations were last published again, and when they are due again
     /// (subscriptions within [`RENOTIFY_GAP`] of a replay share one later replay).
@@ -159,6 +163,13 @@ pub struct Hub {
     /// Engines unregistered for a lost heartbeat, registered again if they answer.
     lost: revive::Lost,
     pub stats: Stats,
+}
+
+/// The host a dask scheduler listens on by default: the engines' interface (`tcp://10.0.0.5`),
+/// or none (distributed's default) when the controller listens on every interface.
+fn dask_host(interface: &str) -> Option<String> {
+    let host = interface.rsplit("://").next().unwrap_or_default();
+    (!matches!(host, "" | "*" | "0.0.0.0" | "::" | "[::]")).then(|| host.to_string())
 }
 
 /// An engine id as a peer wrote it: an integer 0..=`u32::MAX`, anything else is no engine's id
@@ -209,6 +220,7 @@ impl Hub {
             tasks,
             exit_at: None,
             monitor: monitor::Monitor::new(now),
+            dask: dask::Dask::new(dask_host(&cfg.engine_info.interface)),
             stats: Stats::default(),
             cfg,
         }
@@ -442,6 +454,8 @@ impl Hub {
             "db_request" => self.db_request(&msg, &content, out),
             "purge_request" => self.purge_request(&msg, &content, out),
             "resubmit_request" => self.resubmit_request(&msg, &content, now, out),
+            "become_dask_request" => self.become_dask_request(&msg, &content, out),
+            "stop_distributed_request" => self.stop_distributed_request(&msg, out),
             "shutdown_request" => {
                 info!("hub shutdown requested by a client");
                 self.reply(&msg, "shutdown_reply", json!({"status": "ok"}), vec![], out);

@@ -911,4 +911,75 @@ fn snapshot_of_a_big_job() {
     assert_eq!(s.engine_rows.len(), n as usize);
 }
 
+#[test]
+fn become_dask_starts_one_scheduler_and_answers_every_waiter() {
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    let cl = Peer::new("dasker");
+    let ask = |h: &mut Hub, args: Value| {
+        let m = cl.msg(
+            vec![b"q".to_vec()],
+            "become_dask_request",
+            b"{}",
+            json!({}),
+            json!({ "scheduler_args": args }),
+        );
+        h.on_message(Sock::Registration, m.into_frames(), t0)
+    };
+    // two clients ask before it is up: one start (on the engines' interface), no reply yet
+    assert!(sends(&ask(&mut h, json!({})), Sock::Registration).is_empty());
+    assert!(sends(&ask(&mut h, json!({"port": 0})), Sock::Registration).is_empty());
+    assert!(h.dask_starting());
+    assert_eq!(
+        h.take_dask_actions(),
+        vec![DaskAction::Start {
+            scheduler_args: json!({"host": "127.0.0.1"})
+        }]
+    );
+    let info = DaskInfo {
+        address: "tcp://127.0.0.1:8786".into(),
+        ip: "127.0.0.1".into(),
+        port: 8786,
+    };
+    let replies = sends(&h.dask_started(Ok(info)), Sock::Registration);
+    assert_eq!(replies.len(), 2);
+    for r in &replies {
+        assert_eq!(msg_type(r), "become_dask_reply");
+        assert_eq!(content(r)["address"], json!("tcp://127.0.0.1:8786"));
+        assert_eq!(content(r)["port"], json!(8786));
+    }
+    // running: answered at once, nothing started
+    let c = query(&mut h, "become_dask_request", json!({}), t0);
+    assert_eq!(c["status"], json!("ok"));
+    assert!(h.take_dask_actions().is_empty());
+    // stop, twice: one Stop action, both replies ok
+    assert_eq!(
+        query(&mut h, "stop_distributed_request", json!({}), t0)["status"],
+        json!("ok")
+    );
+    assert_eq!(
+        query(&mut h, "stop_distributed_request", json!({}), t0)["status"],
+        json!("ok")
+    );
+    assert_eq!(h.take_dask_actions(), vec![DaskAction::Stop]);
+    // a start that fails: the error reaches the client in ipyparallel's shape
+    assert!(sends(
+        &ask(&mut h, json!({"host": "10.1.1.1"})),
+        Sock::Registration
+    )
+    .is_empty());
+    assert_eq!(
+        h.take_dask_actions(),
+        vec![DaskAction::Start {
+            scheduler_args: json!({"host": "10.1.1.1"})
+        }]
+    );
+    let out = h.dask_started(Err(("ImportError".into(), "no distributed".into())));
+    let r = sends(&out, Sock::Registration);
+    assert_eq!(content(&r[0])["status"], json!("error"));
+    assert_eq!(content(&r[0])["ename"], json!("ImportError"));
+    assert!(!h.dask_starting());
+    // a late report of a start nobody waits for is ignored
+    assert!(h.dask_started(Err(("X".into(), "y".into()))).is_empty());
+}
 mod native;

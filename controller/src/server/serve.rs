@@ -24,7 +24,14 @@ pub(super) fn serve(
     let mut effects = hub.tick(Instant::now());
     let mut state_dirty = false;
     let mut parked = Parked::default();
+    let mut dask = crate::dask::DaskShell::default();
     loop {
+        for a in hub.take_dask_actions() {
+            dask.act(a);
+        }
+        if let Some(r) = dask.poll() {
+            effects.extend(hub.dask_started(r));
+        }
         for e in effects.drain(..) {
             run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
         }
@@ -53,7 +60,11 @@ pub(super) fn serve(
                 .map_or(hub.next_deadline(), |r| r.min(hub.next_deadline()))
                 .saturating_duration_since(now);
             // round up, so a deadline less than 1 ms away is not a busy loop
-            let timeout = (wait.as_micros().div_ceil(1000)).min(1000) as i32;
+            let mut timeout = (wait.as_micros().div_ceil(1000)).min(1000) as i32;
+            if dask.starting() {
+                // the scheduler's address arrives on a thread: look often
+                timeout = timeout.min(20);
+            }
             if !readers.wait(timeout)? {
                 continue;
             }

@@ -640,3 +640,63 @@ fn every_schema_default_is_documented_and_unique() {
         assert!(schema::class(a.new_class).is_some(), "{}", a.new_class);
     }
 }
+
+#[test]
+fn ipython_classes_on_the_engine() {
+    let d = profile(&[(
+        "ipengine_config.py",
+        "c.InteractiveShell.xmode = 'Plain'\nc.Session.debug = False\nc.IPKernelApp.exec_lines = ['a = 1']\n",
+    )]);
+    let cli = vec![
+        "--InteractiveShell.colors=nocolor".to_string(),
+        "--HistoryManager.enabled=True".to_string(),
+    ];
+    let cfg = Config::load(d.path(), "ipengine", &cli).unwrap();
+    assert_eq!(
+        cfg.ipython_config(),
+        json!({
+            "InteractiveShell": {"xmode": "Plain", "colors": "nocolor"},
+            "IPKernelApp": {"exec_lines": ["a = 1"]},
+            "HistoryManager": {"enabled": true},
+        })
+    );
+    // Session.debug is IPython's, accepted and noted, not passed to the shell
+    assert!(cfg
+        .notes()
+        .iter()
+        .any(|n| n.contains("ipengine_config.py:2") && n.contains("Session.debug")));
+    // rpar's own classes stay strict, on the engine too
+    let e = Config::load(
+        d.path(),
+        "ipengine",
+        &["--IPEngine.startup_comand=x".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("did you mean IPEngine.startup_command"), "{e}");
+    let e = load("ipengine", "ipengine_config.py", "c.MPI.usee = 'mpi4py'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ipengine_config.py:1") && e.contains("MPI has no setting usee"),
+        "{e}"
+    );
+    // a known IPython trait keeps its type
+    let e = load(
+        "ipengine",
+        "ipengine_config.py",
+        "c.IPKernelApp.exec_lines = 3\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("must be a list"), "{e}");
+    // the controller does not read IPython's shell classes
+    let e = Config::load(
+        d.path(),
+        "ipcontroller",
+        &["--InteractiveShell.colors=nocolor".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no configurable class InteractiveShell"), "{e}");
+}
