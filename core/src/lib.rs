@@ -5,6 +5,7 @@
 //! * [`msg`]: message headers and the builder that stamps them.
 //! * [`ids`]: session/engine ids, timestamps in the client's format, newtype ids.
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
+//! * [`curve`]: CurveZMQ keys (Z85 text, checked) and the `IPP_CURVE_*` variables.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod curve;
 pub mod fdlimit;
 pub mod ids;
 pub mod msg;

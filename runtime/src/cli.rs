@@ -62,6 +62,13 @@ pub struct Args {
     /// Directory to change into at start (IPEngine.work_dir).
     #[arg(long = "work-dir")]
     pub work_dir: Option<PathBuf>,
+    /// SSH server to tunnel the controller connections through, `[user@]host[:port]`
+    /// (IPEngine.sshserver; default: the connection file's `ssh`).
+    #[arg(long = "ssh", value_name = "SERVER")]
+    pub ssh: Option<String>,
+    /// SSH private key for the tunnel (IPEngine.sshkey).
+    #[arg(long = "sshkey", value_name = "FILE")]
+    pub sshkey: Option<String>,
     /// Do not fork a nanny process on rank 0.
     #[arg(long = "no-nanny")]
     pub no_nanny: bool,
@@ -168,6 +175,12 @@ pub struct Boot {
     pub startup: StartupCfg,
     pub uuids: Vec<String>,
     pub warnings: Vec<String>,
+    /// Rank 0's ssh tunnel to the controller, if any.
+    #[serde(default)]
+    pub ssh: Option<crate::tunnel::SshSpec>,
+    /// Rank 0's CurveZMQ keys, if the controller uses CURVE.
+    #[serde(default)]
+    pub curve: Option<crate::curve::ClientCurve>,
 }
 
 /// Startup work (serializable twin of [`python::Startup`]).
@@ -197,6 +210,10 @@ pub struct FileSettings {
     pub startup_command: Option<String>,
     pub work_dir: Option<String>,
     pub log_level: Option<String>,
+    pub sshserver: Option<String>,
+    pub sshkey: Option<String>,
+    pub ssh_cmd: Option<Vec<String>>,
+    pub curve: crate::curve::CurveSettings,
     pub warnings: Vec<String>,
 }
 
@@ -221,6 +238,16 @@ pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings>
         log_level: cfg
             .get("Application", "log_level")
             .map(|v| v.value.to_string().trim_matches('"').to_string()),
+        sshserver: nonempty(s("sshserver")?),
+        sshkey: nonempty(s("sshkey")?),
+        ssh_cmd: cfg
+            .str_list("IPEngine", "ssh_cmd")
+            .map_err(|e| anyhow!("{e}"))?,
+        curve: crate::curve::CurveSettings {
+            serverkey: nonempty(s("curve_serverkey")?),
+            publickey: nonempty(s("curve_publickey")?),
+            secretkey: nonempty(s("curve_secretkey")?),
+        },
         warnings: cfg.warnings().to_vec(),
     })
 }
@@ -302,6 +329,17 @@ impl Boot {
                 conn.pack
             ));
         }
+        // ipengine: the flag or config names the server, else the connection file does
+        let ssh = crate::tunnel::SshSpec {
+            server: a
+                .ssh
+                .clone()
+                .or(fs.sshserver)
+                .unwrap_or_else(|| conn.ssh.clone()),
+            key: a.sshkey.clone().or(fs.sshkey),
+            cmd: fs.ssh_cmd.unwrap_or_default(),
+        };
+        let curve = crate::curve::resolve(conn.curve_serverkey.as_deref(), &fs.curve)?;
         let uuids = (0..size).map(|_| rpar_core::ids::new_id()).collect();
         let mut warnings = fs.warnings;
         if let Some(m) = &a.mpi {
@@ -335,6 +373,8 @@ impl Boot {
             },
             uuids,
             warnings,
+            ssh: ssh.wanted().then_some(ssh),
+            curve,
         })
     }
 

@@ -31,6 +31,7 @@
 mod broker;
 mod capture;
 mod cli;
+mod curve;
 mod doorbell;
 mod kernel;
 mod link;
@@ -40,6 +41,7 @@ mod python;
 mod relay;
 mod runtime;
 mod session;
+mod tunnel;
 
 use anyhow::{Context, Result};
 use mpi::traits::*;
@@ -160,20 +162,35 @@ fn run() -> Result<i32> {
         .conn
         .clone()
         .context("no connection info in the boot message")?;
-    let addrs = net::Addrs::from_info(&conn);
+    let mut addrs = net::Addrs::from_info(&conn);
     let key = conn.key.as_bytes().to_vec();
     let mut ctx_socks: Option<(net::Contexts, Vec<zmq::Socket>)> = None;
+    // rank 0's ssh tunnel (its ssh process lives as long as this)
+    let mut _tunnel: Option<tunnel::Tunnel> = None;
     let reg = if rank == 0 {
-        let mut ctx = net::Contexts::new();
-        let r = net::ensure_fd_limit(boot.uuids.len()).and_then(|()| {
-            net::register(
-                &mut ctx,
-                &addrs,
-                &key,
-                &boot.uuids,
-                Duration::from_secs_f64(boot.timeout_s),
-            )
-        });
+        let mut ctx = net::Contexts::new().with_curve(boot.curve.clone());
+        if boot.curve.is_some() {
+            info!("Using CurveZMQ security");
+        }
+        let tunnelled = match &boot.ssh {
+            Some(spec) => tunnel::open(spec, &addrs).map(|t| {
+                addrs = t.addrs.clone();
+                _tunnel = Some(t);
+            }),
+            None => Ok(()),
+        };
+        let r = tunnelled
+            .map_err(anyhow::Error::from)
+            .and_then(|()| net::ensure_fd_limit(boot.uuids.len()))
+            .and_then(|()| {
+                net::register(
+                    &mut ctx,
+                    &addrs,
+                    &key,
+                    &boot.uuids,
+                    Duration::from_secs_f64(boot.timeout_s),
+                )
+            });
         match r {
             Ok((socks, reg)) => {
                 ctx_socks = Some((ctx, socks));
@@ -269,6 +286,7 @@ fn run() -> Result<i32> {
             n.arm(
                 &addrs.registration,
                 &conn.key,
+                boot.curve.clone(),
                 boot.uuids
                     .iter()
                     .cloned()

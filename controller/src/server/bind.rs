@@ -10,6 +10,7 @@ use crate::hub::Sock;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::connection::{ClientInfo, EngineInfo};
+use rpar_core::curve::CurveKeyPair;
 
 /// Which peers connect to a socket, and so which interface it binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,9 +212,20 @@ fn bound_port(s: &zmq::Socket) -> Result<u16> {
     Ok(port.parse().unwrap_or(0))
 }
 
-/// A socket of this type with the controller's options.
-fn make(ctx: &zmq::Context, kind: zmq::SocketType, ident: Option<&[u8]>) -> Result<zmq::Socket> {
+/// A socket of this type with the controller's options. With CURVE every socket is a CURVE
+/// server: each role is bound and faces engines or clients, none connects out.
+fn make(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    ident: Option<&[u8]>,
+    curve: Option<&CurveKeyPair>,
+) -> Result<zmq::Socket> {
     let s = ctx.socket(kind)?;
+    if let Some(c) = curve {
+        s.set_curve_server(true)?;
+        s.set_curve_secretkey(c.secret.as_str().as_bytes())
+            .context("setting the CurveZMQ secret key")?;
+    }
     s.set_sndhwm(0)?;
     s.set_rcvhwm(0)?;
     s.set_linger(1000)?;
@@ -268,10 +280,10 @@ pub(super) fn bind_all(
         };
         let want = reused.and_then(|(c, e)| (role.reused)(c, e));
         let port = want.or_else(|| pool.pop()).unwrap_or(0);
-        let s = make(ctx, role.zmq, role.identity)?;
+        let s = make(ctx, role.zmq, role.identity, settings.curve.as_ref())?;
         let port = bind_one(&s, tr, ip, port, role.what)?;
         if role.sock == Sock::Registration && cip != eip {
-            let r2 = make(ctx, zmq::ROUTER, None)?;
+            let r2 = make(ctx, zmq::ROUTER, None, settings.curve.as_ref())?;
             bind_one(&r2, tr, cip, port, "client registration")?;
             socks.extra_registration = Some(r2);
         }
