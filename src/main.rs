@@ -194,6 +194,7 @@ fn start_args(f: &StartFlags, config_args: &[String]) -> StartArgs {
         co_start: f.co_start,
         config_args: config_args.to_vec(),
         controller_extra: f.extra.clone(),
+        queue: None,
     }
 }
 
@@ -280,11 +281,11 @@ fn run() -> Result<()> {
         Cmd::Jobscript(j) => {
             let role = Role::parse(&j.role)
                 .ok_or_else(|| anyhow::anyhow!("--role must be engine, controller or cluster"))?;
-            let mut cfg_args = config_args.clone();
-            if let Some(q) = &j.queue {
-                cfg_args.push(format!("--BatchSystemLauncher.queue={q}"));
-            }
-            let text = cluster::jobscript(&start_args(&j.s, &cfg_args), &j.batch, role)?;
+            let args = StartArgs {
+                queue: j.queue.clone(),
+                ..start_args(&j.s, &config_args)
+            };
+            let text = cluster::jobscript(&args, &j.batch, role)?;
             print!("{text}");
         }
     }

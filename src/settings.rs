@@ -1,69 +1,40 @@
 //! From `ipcluster_config.py` + the command line to launchers: which kind starts the controller
 //! and the engines, with which programs, arguments and batch settings.
 //!
-//! Launcher names are ipyparallel's entry-point names (`local`, `mpi`, `ssh`, `pbs`, `sge`,
-//! `slurm`, `lsf`, `htcondor`, `winhpc`, `batch`), case-insensitive, or class names in any
-//! spelling the old docs use (`IPython.parallel.apps.launcher.MPIExecEngineSetLauncher`,
-//! `PBSControllerLauncher`, `ipyparallel.cluster.launcher.SlurmEngineSetLauncher`).
+//! The kinds are [`LauncherKind`]s (parsed from ipyparallel's entry-point or class names);
+//! everything here is read before anything is started, and a setting that cannot be used is a
+//! [`SettingsError`] naming it.
 
 use crate::launcher::batch::{BatchLauncher, BatchSettings};
 use crate::launcher::local::{LocalLauncher, MpiCommand};
 use crate::launcher::ssh::{parse_engines, SshLauncher, SshSettings};
 use crate::launcher::winhpc::{WinHpcLauncher, WinHpcSettings};
-use crate::launcher::{Launcher, Role};
+use crate::launcher::{Launcher, LauncherKind, Role};
 use rpar_core::config::{Config, ConfigError};
 use std::path::{Path, PathBuf};
 
-/// The launcher kinds rpar knows.
-pub const KINDS: &[&str] = &[
-    "local", "mpi", "ssh", "pbs", "sge", "slurm", "lsf", "htcondor", "winhpc", "batch",
-];
-
-/// Normalize a launcher name or class name to a kind.
-pub fn launcher_kind(name: &str) -> Option<&'static str> {
-    let last = name.rsplit('.').next().unwrap_or(name);
-    let mut base = last.to_string();
-    for suffix in [
-        "EngineSetLauncher",
-        "ControllerLauncher",
-        "EngineLauncher",
-        "Launcher",
-    ] {
-        if let Some(b) = base.strip_suffix(suffix) {
-            base = b.to_string();
-            break;
-        }
-    }
-    let k = base.to_ascii_lowercase();
-    let k = match k.as_str() {
-        "mpiexec" | "mpi" => "mpi",
-        "torque" => "pbs",
-        "gridengine" => "sge",
-        "condor" => "htcondor",
-        "windowshpc" => "winhpc",
-        other => other,
-    };
-    KINDS.iter().copied().find(|x| *x == k)
-}
-
-/// The config class of a launcher kind and role, e.g. (slurm, Engine) → SlurmEngineSetLauncher.
-pub fn config_class(kind: &str, role: Role) -> String {
-    let prefix = match kind {
-        "local" => "Local",
-        "mpi" => "MPI",
-        "ssh" => "SSH",
-        "pbs" => "PBS",
-        "sge" => "SGE",
-        "slurm" => "Slurm",
-        "lsf" => "LSF",
-        "htcondor" => "HTCondor",
-        "winhpc" => "WindowsHPC",
-        _ => "Batch",
-    };
-    match role {
-        Role::Controller => format!("{prefix}ControllerLauncher"),
-        _ => format!("{prefix}EngineSetLauncher"),
-    }
+/// A launcher setting that cannot be used, naming the setting and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{class}.batch_template_file = {file:?}: no such file (looked in {looked}); fix the path in ipcluster_config.py")]
+    TemplateFile {
+        class: String,
+        file: String,
+        looked: String,
+    },
+    #[error("{class}.job_id_regexp {regexp:?} is not a regular expression: {err}")]
+    JobIdRegexp {
+        class: String,
+        regexp: String,
+        err: regex::Error,
+    },
+    #[error("{source_}: {message}")]
+    SshEngines { source_: String, message: String },
+    #[error("{0} is not a batch system")]
+    NotBatch(LauncherKind),
 }
 
 /// A program next to this executable (target/debug/rpar-engine beside target/debug/rpar), else
@@ -81,10 +52,6 @@ pub fn default_program(name: &str) -> String {
     name.to_string()
 }
 
-fn e2s(e: ConfigError) -> String {
-    e.to_string()
-}
-
 /// The programs and arguments for a launcher's role.
 #[derive(Debug, Clone, Default)]
 pub struct Programs {
@@ -96,32 +63,32 @@ pub struct Programs {
 
 /// Programs from config (`ControllerLauncher.controller_cmd`/`controller_args`,
 /// `EngineLauncher.engine_cmd`/`engine_args`, through the kind's class lineage).
-pub fn programs(cfg: &Config, ctrl_kind: &str, eng_kind: &str) -> Result<Programs, String> {
-    let cc = config_class(ctrl_kind, Role::Controller);
-    let ec = config_class(eng_kind, Role::Engine);
+pub fn programs(
+    cfg: &Config,
+    ctrl_kind: LauncherKind,
+    eng_kind: LauncherKind,
+) -> Result<Programs, SettingsError> {
+    let cc = ctrl_kind.config_class(Role::Controller);
+    let ec = eng_kind.config_class(Role::Engine);
     Ok(Programs {
         controller_cmd: cfg
-            .str_list(&cc, "controller_cmd")
-            .map_err(e2s)?
+            .str_list(&cc, "controller_cmd")?
             .unwrap_or_else(|| vec![default_program("rpar-controller")]),
-        controller_args: cfg
-            .str_list(&cc, "controller_args")
-            .map_err(e2s)?
-            .unwrap_or_default(),
+        controller_args: cfg.str_list(&cc, "controller_args")?.unwrap_or_default(),
         engine_cmd: cfg
-            .str_list(&ec, "engine_cmd")
-            .map_err(e2s)?
+            .str_list(&ec, "engine_cmd")?
             .unwrap_or_else(|| vec![default_program("rpar-engine")]),
-        engine_args: cfg
-            .str_list(&ec, "engine_args")
-            .map_err(e2s)?
-            .unwrap_or_default(),
+        engine_args: cfg.str_list(&ec, "engine_args")?.unwrap_or_default(),
     })
 }
 
 /// Read a batch template file: absolute, else relative to the working directory, else to the
 /// profile directory.
-fn read_template(file: &str, profile_dir: &Path, class: &str) -> Result<(String, String), String> {
+fn read_template(
+    file: &str,
+    profile_dir: &Path,
+    class: &str,
+) -> Result<(String, String), SettingsError> {
     let p = PathBuf::from(file);
     let candidates = if p.is_absolute() {
         vec![p.clone()]
@@ -133,23 +100,27 @@ fn read_template(file: &str, profile_dir: &Path, class: &str) -> Result<(String,
             return Ok((text, c.display().to_string()));
         }
     }
-    Err(format!(
-        "{class}.batch_template_file = {file:?}: no such file (looked in {}); fix the path in ipcluster_config.py",
-        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(" and ")
-    ))
+    Err(SettingsError::TemplateFile {
+        class: class.to_string(),
+        file: file.to_string(),
+        looked: candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+    })
 }
 
 /// Batch settings for a kind and role, from config.
 pub fn batch_settings(
     cfg: &Config,
-    kind: &str,
+    kind: LauncherKind,
     role: Role,
     profile_dir: &Path,
-) -> Result<BatchSettings, String> {
-    let class = config_class(kind, role);
-    let mut s =
-        BatchSettings::defaults(kind).ok_or_else(|| format!("{kind} is not a batch system"))?;
-    let get = |t: &str| cfg.str(&class, t).map_err(e2s);
+) -> Result<BatchSettings, SettingsError> {
+    let class = kind.config_class(role);
+    let mut s = BatchSettings::for_kind(kind).ok_or(SettingsError::NotBatch(kind))?;
+    let get = |t: &str| cfg.str(&class, t);
     if let Some(t) = get("batch_template")?.filter(|t| !t.is_empty()) {
         let src = cfg
             .get(&class, "batch_template")
@@ -193,7 +164,7 @@ pub fn batch_settings(
     .into_iter()
     .enumerate()
     {
-        if let Some(v) = cfg.str_list(&class, name).map_err(e2s)? {
+        if let Some(v) = cfg.str_list(&class, name)? {
             *field = v;
             explicit[i] = true;
         }
@@ -219,10 +190,16 @@ pub fn batch_settings(
         }
     }
     if let Some(r) = get("job_id_regexp")? {
-        regex::Regex::new(&r).map_err(|e| format!("{class}.job_id_regexp {r:?}: {e}"))?;
+        if let Err(err) = regex::Regex::new(&r) {
+            return Err(SettingsError::JobIdRegexp {
+                class,
+                regexp: r,
+                err,
+            });
+        }
         s.job_id_regexp = r;
     }
-    if let Some(g) = cfg.i64(&class, "job_id_regexp_group").map_err(e2s)? {
+    if let Some(g) = cfg.i64(&class, "job_id_regexp_group")? {
         s.job_id_regexp_group = g.max(0) as usize;
     }
     if let Some(ns) = cfg
@@ -246,18 +223,12 @@ pub fn batch_settings(
 }
 
 /// `MPILauncher.mpi_cmd` / `mpi_args`.
-pub fn mpi_command(cfg: &Config) -> Result<MpiCommand, String> {
+pub fn mpi_command(cfg: &Config) -> Result<MpiCommand, SettingsError> {
     let mut m = MpiCommand::default();
-    if let Some(c) = cfg
-        .str_list("MPIEngineSetLauncher", "mpi_cmd")
-        .map_err(e2s)?
-    {
+    if let Some(c) = cfg.str_list("MPIEngineSetLauncher", "mpi_cmd")? {
         m.mpi_cmd = c;
     }
-    if let Some(a) = cfg
-        .str_list("MPIEngineSetLauncher", "mpi_args")
-        .map_err(e2s)?
-    {
+    if let Some(a) = cfg.str_list("MPIEngineSetLauncher", "mpi_args")? {
         m.mpi_args = a;
     }
     Ok(m)
@@ -266,110 +237,75 @@ pub fn mpi_command(cfg: &Config) -> Result<MpiCommand, String> {
 /// Build the launcher of `kind` for `role`.
 pub fn make_launcher(
     cfg: &Config,
-    kind: &str,
+    kind: LauncherKind,
     role: Role,
     profile_dir: &Path,
-) -> Result<Box<dyn Launcher>, String> {
-    let class = config_class(kind, role);
+) -> Result<Box<dyn Launcher>, SettingsError> {
+    let class = kind.config_class(role);
     Ok(match kind {
-        "local" => {
-            let delay = cfg.f64(&class, "delay").map_err(e2s)?.unwrap_or(0.1);
+        LauncherKind::Local => {
+            let delay = cfg.f64(&class, "delay")?.unwrap_or(0.1);
             Box::new(LocalLauncher::local(mpi_command(cfg)?, delay))
         }
-        "mpi" => Box::new(LocalLauncher::mpi(mpi_command(cfg)?)),
-        "ssh" => {
+        LauncherKind::Mpi => Box::new(LocalLauncher::mpi(mpi_command(cfg)?)),
+        LauncherKind::Ssh => {
             let mut s = SshSettings::default();
-            if let Some(v) = cfg.str_list(&class, "ssh_cmd").map_err(e2s)? {
+            if let Some(v) = cfg.str_list(&class, "ssh_cmd")? {
                 s.ssh_cmd = v;
             }
-            if let Some(v) = cfg.str_list(&class, "ssh_args").map_err(e2s)? {
+            if let Some(v) = cfg.str_list(&class, "ssh_args")? {
                 s.ssh_args = v;
             }
-            if let Some(v) = cfg.str_list(&class, "scp_cmd").map_err(e2s)? {
+            if let Some(v) = cfg.str_list(&class, "scp_cmd")? {
                 s.scp_cmd = v;
             }
-            if let Some(v) = cfg.str_list(&class, "scp_args").map_err(e2s)? {
+            if let Some(v) = cfg.str_list(&class, "scp_args")? {
                 s.scp_args = v;
             }
-            s.user = cfg.str(&class, "user").map_err(e2s)?.unwrap_or_default();
-            s.hostname = cfg
-                .str(&class, "hostname")
-                .map_err(e2s)?
-                .unwrap_or_default();
+            s.user = cfg.str(&class, "user")?.unwrap_or_default();
+            s.hostname = cfg.str(&class, "hostname")?.unwrap_or_default();
             s.remote_profile_dir = cfg
-                .str(&class, "remote_profile_dir")
-                .map_err(e2s)?
+                .str(&class, "remote_profile_dir")?
                 .filter(|x| !x.is_empty());
             s.mpi = mpi_command(cfg)?;
-            s.program = cfg
-                .str_list(&class, "program")
-                .map_err(e2s)?
-                .filter(|p| !p.is_empty());
-            s.program_args = cfg.str_list(&class, "program_args").map_err(e2s)?;
+            s.program = cfg.str_list(&class, "program")?.filter(|p| !p.is_empty());
+            s.program_args = cfg.str_list(&class, "program_args")?;
             if role == Role::Controller {
-                s.reuse_files = cfg
-                    .bool(&class, "reuse_files")
-                    .map_err(e2s)?
-                    .unwrap_or(true);
+                s.reuse_files = cfg.bool(&class, "reuse_files")?.unwrap_or(true);
             }
-            if let Some(t) = cfg.f64(&class, "connection_info_timeout").map_err(e2s)? {
+            if let Some(t) = cfg.f64(&class, "connection_info_timeout")? {
                 s.connection_info_timeout = t;
             }
             if role != Role::Controller {
                 if let Some(e) = cfg.get(&class, "engines") {
                     s.engines =
-                        parse_engines(&e.value).map_err(|m| format!("{}: {m}", e.source))?;
+                        parse_engines(&e.value).map_err(|message| SettingsError::SshEngines {
+                            source_: e.source.to_string(),
+                            message,
+                        })?;
                 }
             }
             Box::new(SshLauncher { settings: s })
         }
-        "winhpc" => {
+        LauncherKind::WinHpc => {
             let mut s = WinHpcSettings::default();
-            if let Some(v) = cfg.str(&class, "job_cmd").map_err(e2s)? {
+            if let Some(v) = cfg.str(&class, "job_cmd")? {
                 s.job_cmd = v;
             }
-            s.scheduler = cfg
-                .str(&class, "scheduler")
-                .map_err(e2s)?
-                .unwrap_or_default();
-            s.job_file_name = cfg.str(&class, "job_file_name").map_err(e2s)?;
+            s.scheduler = cfg.str(&class, "scheduler")?.unwrap_or_default();
+            s.job_file_name = cfg.str(&class, "job_file_name")?;
             Box::new(WinHpcLauncher { settings: s })
         }
-        "pbs" | "sge" | "slurm" | "lsf" | "htcondor" | "batch" => Box::new(BatchLauncher::new(
-            batch_settings(cfg, kind, role, profile_dir)?,
-        )),
-        other => {
-            return Err(format!(
-                "unknown launcher {other:?}; choose one of {}",
-                KINDS.join(", ")
-            ))
-        }
+        LauncherKind::Pbs
+        | LauncherKind::Sge
+        | LauncherKind::Slurm
+        | LauncherKind::Lsf
+        | LauncherKind::HtCondor
+        | LauncherKind::Batch => Box::new(BatchLauncher::new(batch_settings(
+            cfg,
+            kind,
+            role,
+            profile_dir,
+        )?)),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn launcher_names() {
-        assert_eq!(
-            launcher_kind("IPython.parallel.apps.launcher.MPIExecEngineSetLauncher"),
-            Some("mpi")
-        );
-        assert_eq!(
-            launcher_kind("IPython.parallel.apps.launcher.PBSControllerLauncher"),
-            Some("pbs")
-        );
-        assert_eq!(
-            launcher_kind("ipyparallel.cluster.launcher.SlurmEngineSetLauncher"),
-            Some("slurm")
-        );
-        assert_eq!(launcher_kind("SSHEngineSetLauncher"), Some("ssh"));
-        assert_eq!(launcher_kind("WindowsHPCEngineSetLauncher"), Some("winhpc"));
-        assert_eq!(launcher_kind("MPI"), Some("mpi"));
-        assert_eq!(launcher_kind("Local"), Some("local"));
-        assert_eq!(launcher_kind("sshproxy"), None);
-        assert_eq!(config_class("sge", Role::Engine), "SGEEngineSetLauncher");
-    }
 }

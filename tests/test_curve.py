@@ -67,14 +67,16 @@ def test_client_and_python_engines_over_curve(make_controller, make_engines):
     assert eng.output().count("Using CurveZMQ security") == 2, eng.output()
 
 
-@pytest.mark.parametrize("kind", ["rpar", "python"])
-def test_rpar_engine_over_curve(make_controller, kind):
-    """IPP_ENABLE_CURVE=1 turns it on (in both controllers); rank 0 connects every socket of
-    the job as a CURVE client."""
+@pytest.mark.parametrize("kind,transport", [("rpar", "native"), ("rpar", "compat"), ("python", "compat")])
+def test_rpar_engine_over_curve(make_controller, kind, transport):
+    """IPP_ENABLE_CURVE=1 turns it on (in both controllers); rank 0 connects as a CURVE client,
+    on either transport."""
     ctl = make_controller("--ip=127.0.0.1", "--ping=500", kind=kind, env={"IPP_ENABLE_CURVE": "1"})
-    client, _ = curve_files(ctl)
+    client, engine = curve_files(ctl)
     assert zmtp_mechanism(client["registration"]) == "CURVE"
-    job = EngineJob("openmpi", 2, ctl.profile_dir)
+    if transport == "native":
+        assert zmtp_mechanism(engine["rpar_native"]["port"]) == "CURVE"
+    job = EngineJob("openmpi", 2, ctl.profile_dir, args=[f"--transport={transport}"])
     try:
         rc = connect(ctl, 2, job)
         try:
@@ -84,6 +86,8 @@ def test_rpar_engine_over_curve(make_controller, kind):
         finally:
             rc.close()
         assert "Using CurveZMQ security" in job.output(), job.output()
+        if transport == "native":
+            assert "native transport: one connection for the job's" in job.output(), job.output()
     finally:
         job.stop()
 

@@ -1,8 +1,8 @@
 """SSH tunnels for engines: a controller that listens for engines only on loopback INSIDE the
 network namespace of ci/services/sshd.sh (so nothing here can reach it directly), with
 `--enginessh=root@10.200.0.2` writing the `ssh` field of the engine connection file. Rank 0 of
-`mpiexec -n 2 rpar-engine --sshkey=...` tunnels every connection through that sshd, the engines
-register and compute, the ssh process is rank 0's child and goes away with the job. A key the
+`mpiexec -n 2 rpar-engine --sshkey=...` tunnels every connection through that sshd (native and
+compat transport), the engines register and compute, the ssh process is rank 0's child and goes away with the job. A key the
 server refuses fails the job before registering, with ssh's reason."""
 
 import socket
@@ -62,9 +62,11 @@ def hidden_controller(make_controller):
     return ctl
 
 
-def test_engines_register_and_run_through_an_ssh_tunnel(hidden_controller):
+@pytest.mark.parametrize("transport", ["native", "compat"])
+def test_engines_register_and_run_through_an_ssh_tunnel(hidden_controller, transport):
     ctl = hidden_controller
-    job = EngineJob("openmpi", 2, ctl.profile_dir, args=[f"--sshkey={KEY}", f"--IPEngine.ssh_cmd={SSH_CMD!r}"])
+    job = EngineJob("openmpi", 2, ctl.profile_dir,
+                    args=[f"--sshkey={KEY}", f"--IPEngine.ssh_cmd={SSH_CMD!r}", f"--transport={transport}"])
     try:
         rc = connect(ctl, 2, job)
         try:
@@ -78,6 +80,8 @@ def test_engines_register_and_run_through_an_ssh_tunnel(hidden_controller):
         tunnels = ssh_children(rank0)
         assert len(tunnels) == 1, (tunnels, job.output())
         assert "ssh tunnel through root@10.200.0.2 up" in job.output(), job.output()
+        native = "native transport: one connection for the job's" in job.output()
+        assert native == (transport == "native"), job.output()
     finally:
         job.stop()
     wait_for(lambda: not any(alive(p) for p in tunnels), timeout=20, what="the ssh tunnel to end with the job")

@@ -48,6 +48,9 @@ pub struct Settings {
     pub ssh_server: String,
     pub engine_ssh_server: String,
     pub hb_period: Duration,
+    /// How long after an engine is unregistered its tasks fail with EngineError: zero, since the
+    /// hub unregisters an engine only once it is known dead (issue 11: tasks failed 5 s late).
+    pub engine_death_grace: Duration,
     pub max_heartbeat_misses: u32,
     pub registration_timeout: Duration,
     pub scheme: String,
@@ -105,6 +108,14 @@ fn bad(cfg: &Config, class: &str, tr: &str, why: String) -> ConfigError {
     }
 }
 
+/// How long after an engine is unregistered its tasks fail: at once, whatever the heartbeat
+/// period. The hub unregisters an engine when its heart stopped (more than
+/// `max_heartmonitor_misses` periods of silence), when its rank 0 reported it dead, or when it
+/// said goodbye; none of these leaves a reply worth waiting for.
+fn engine_death_grace(_hb_period: Duration) -> Duration {
+    Duration::ZERO
+}
+
 impl Settings {
     pub fn resolve(cfg: Config) -> Result<Settings, ConfigError> {
         let ip = cfg
@@ -144,6 +155,7 @@ impl Settings {
             Some(k) => Some(k),
             None => std::env::var("IPP_SESSION_KEY").ok(),
         };
+        let hb_period = Duration::from_millis(period_ms as u64);
         Ok(Settings {
             engine_ip: cfg
                 .str("IPController", "engine_ip")?
@@ -159,7 +171,8 @@ impl Settings {
             engine_ssh_server: cfg
                 .str("IPController", "engine_ssh_server")?
                 .unwrap_or_default(),
-            hb_period: Duration::from_millis(period_ms as u64),
+            hb_period,
+            engine_death_grace: engine_death_grace(hb_period),
             max_heartbeat_misses: cfg
                 .i64("HeartMonitor", "max_heartmonitor_misses")?
                 .unwrap_or(10)
@@ -255,6 +268,13 @@ mod tests {
         assert_eq!(s.registration_timeout, Duration::from_secs(30));
         assert_eq!(s.hwm, 1);
         assert_eq!(s.db_class, "DictDB");
+    }
+
+    #[test]
+    fn tasks_of_a_dead_engine_fail_at_once_whatever_the_period() {
+        assert_eq!(cfg(&[]).unwrap().engine_death_grace, Duration::ZERO);
+        let s = cfg(&["--HeartMonitor.period=1000"]).unwrap();
+        assert_eq!(s.engine_death_grace, Duration::ZERO);
     }
 
     #[test]

@@ -6,36 +6,6 @@
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// An engine's integer id (for MPI engines: its rank).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EngineId(pub u32);
-
-impl fmt::Display for EngineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// A message id (`header.msg_id`); opaque text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct MsgId(pub String);
-
-impl fmt::Display for MsgId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for MsgId {
-    fn from(s: &str) -> Self {
-        MsgId(s.to_string())
-    }
-}
 
 /// jupyter_client's `new_id()`: 16 random bytes rendered `xxxxxxxx-xxxxxxxxxxxxxxxxxxxxxxxx`.
 pub fn new_id() -> String {

@@ -3,11 +3,14 @@
 //! * [`wire`]: Jupyter/ipyparallel multipart framing, HMAC-SHA256 signing and verification,
 //!   replay protection and size limits.
 //! * [`msg`]: message headers and the builder that stamps them.
-//! * [`ids`]: session/engine ids, timestamps in the client's format, newtype ids.
+//! * [`ids`]: session/engine uuids and timestamps in the client's format (engine ids are plain
+//!   `u32`, converted from peer numbers with `try_from`).
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`curve`]: CurveZMQ keys (Z85 text, checked) and the `IPP_CURVE_*` variables.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
+//! * [`native`]: the native engine transport's messages (one connection per MPI job).
+//! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
@@ -19,9 +22,10 @@ pub mod curve;
 pub mod fdlimit;
 pub mod ids;
 pub mod msg;
+pub mod native;
 pub mod profile;
+pub mod signals;
 pub mod wire;
 
-pub use ids::{EngineId, MsgId};
 pub use msg::{Header, MessageBuilder};
 pub use wire::{Frames, Signer, WireError, WireMessage};

@@ -2,8 +2,9 @@
 //!
 //! The controller's public key is the connection file's `curve_serverkey` (first), else
 //! `IPEngine.curve_serverkey`, else `$IPP_CURVE_SERVERKEY`. With a server key every socket rank 0
-//! opens (both transports: they all come from [`crate::net::Contexts`]) connects as a CURVE
-//! client with the job's key pair: `IPEngine.curve_publickey` / `curve_secretkey`, else
+//! opens (the compat sockets, made by [`crate::net::Contexts`]; the native job connection,
+//! [`crate::native::JobConn::connect`]; the nanny's) connects as a CURVE client with the job's
+//! key pair: `IPEngine.curve_publickey` / `curve_secretkey`, else
 //! `$IPP_CURVE_PUBLICKEY` / `$IPP_CURVE_SECRETKEY`, else a new pair made at start. Without a
 //! server key nothing changes.
 

@@ -7,18 +7,19 @@
 //! `job_id_regexp`. Status and cancel use the system's commands ([`job_liveness`],
 //! [`super::Handle::stop`]). Errors carry the system, the job id and the script path.
 
+use super::LauncherKind;
 use super::{
     write_log_file, CmdOutput, Handle, LaunchError, LaunchSpec, Launcher, Liveness, Role, Runner,
 };
-use crate::jobscript::{self, ScriptVars, System};
+use crate::jobscript::{self, ScriptVars};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 
 /// The settings of one batch launcher (from `ipcluster_config.py` and the command line).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchSettings {
-    /// `pbs`, `sge`, `slurm`, `lsf`, `htcondor` or `batch`.
-    pub kind: String,
+    /// A batch kind: pbs, sge, slurm, lsf, htcondor or batch.
+    pub kind: LauncherKind,
     /// A user template: (text, where it came from).
     pub template: Option<(String, String)>,
     pub queue: String,
@@ -40,44 +41,49 @@ pub struct BatchSettings {
 }
 
 impl BatchSettings {
-    /// The defaults of a system (`kind`: pbs, sge, slurm, lsf, htcondor, batch).
+    /// The defaults of a system named `kind` (pbs, sge, slurm, lsf, htcondor, batch).
     pub fn defaults(kind: &str) -> Option<BatchSettings> {
+        Self::for_kind(LauncherKind::parse(kind)?)
+    }
+
+    /// The defaults of a batch kind; `None` for a kind that is not a batch system.
+    pub fn for_kind(kind: LauncherKind) -> Option<BatchSettings> {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (submit, delete, status, re, group) = match kind {
-            "pbs" => (v(&["qsub"]), v(&["qdel"]), v(&["qstat"]), r"\d+", 0),
-            "sge" => (
+            LauncherKind::Pbs => (v(&["qsub"]), v(&["qdel"]), v(&["qstat"]), r"\d+", 0),
+            LauncherKind::Sge => (
                 v(&["qsub"]),
                 v(&["qdel"]),
                 v(&["qstat", "-u", "*"]),
                 r"\d+",
                 0,
             ),
-            "slurm" => (
+            LauncherKind::Slurm => (
                 v(&["sbatch"]),
                 v(&["scancel"]),
                 v(&["squeue", "-h", "-o", "%T", "-j"]),
                 r"\d+",
                 0,
             ),
-            "lsf" => (
+            LauncherKind::Lsf => (
                 v(&["bsub"]),
                 v(&["bkill"]),
                 v(&["bjobs", "-noheader", "-o", "stat"]),
                 r"\d+",
                 0,
             ),
-            "htcondor" => (
+            LauncherKind::HtCondor => (
                 v(&["condor_submit"]),
                 v(&["condor_rm"]),
                 v(&["condor_q", "-af", "JobStatus"]),
                 r"cluster (\d+)",
                 1,
             ),
-            "batch" => (Vec::new(), Vec::new(), Vec::new(), r"\d+", 0),
+            LauncherKind::Batch => (Vec::new(), Vec::new(), Vec::new(), r"\d+", 0),
             _ => return None,
         };
         Some(BatchSettings {
-            kind: kind.to_string(),
+            kind,
             template: None,
             queue: String::new(),
             account: String::new(),
@@ -108,10 +114,6 @@ pub struct BatchLauncher {
 impl BatchLauncher {
     pub fn new(settings: BatchSettings) -> Self {
         BatchLauncher { settings }
-    }
-
-    fn system(&self) -> Option<System> {
-        System::parse(&self.settings.kind)
     }
 
     /// Where the script goes: `<profile>/log/<stem>.<kind>`.
@@ -158,25 +160,16 @@ impl BatchLauncher {
         }
     }
 
-    /// Render the job script (pure).
+    /// Render the job script (pure; the dry run).
     pub fn render(&self, spec: &LaunchSpec, role: Role) -> Result<String, LaunchError> {
         let vars = self.vars(spec, role);
         if let Some((text, origin)) = &self.settings.template {
             return Ok(jobscript::render(text, origin, &vars)?);
         }
-        let system = self.system().ok_or_else(|| {
-            LaunchError::Config(format!(
-                "the `{}` launcher needs a template: set c.BatchSystemLauncher.batch_template_file (or batch_template) in ipcluster_config.py",
-                self.settings.kind
-            ))
-        })?;
-        let text = jobscript::builtin(system, role).ok_or_else(|| {
-            LaunchError::Config(format!(
-                "{} has no built-in {} template; give one with batch_template_file",
-                self.settings.kind,
-                role.name()
-            ))
-        })?;
+        let kind = self.settings.kind;
+        let system = kind.system().ok_or(LaunchError::NeedsTemplate { kind })?;
+        let text = jobscript::builtin(system, role)
+            .ok_or(LaunchError::NoBuiltinTemplate { kind, role })?;
         Ok(jobscript::render(
             text,
             &jobscript::builtin_name(system, role),
@@ -194,8 +187,12 @@ impl BatchLauncher {
 }
 
 impl Launcher for BatchLauncher {
-    fn kind(&self) -> &'static str {
-        self.system().map(System::name).unwrap_or("batch")
+    fn kind(&self) -> LauncherKind {
+        self.settings.kind
+    }
+
+    fn render(&self, spec: &LaunchSpec, role: Role) -> Result<String, LaunchError> {
+        BatchLauncher::render(self, spec, role)
     }
 
     fn start(
@@ -209,14 +206,11 @@ impl Launcher for BatchLauncher {
         let script = self.script_path(spec, role);
         write_log_file(spec, &script, &text)?;
         if s.submit_command.is_empty() {
-            return Err(LaunchError::Config(format!(
-                "no submit command for the `{}` launcher: set c.BatchSystemLauncher.submit_command",
-                s.kind
-            )));
+            return Err(LaunchError::NoSubmitCommand { kind: s.kind });
         }
-        let stdin_submit = s.kind == "lsf";
+        let stdin_submit = s.kind == LauncherKind::Lsf;
         let mut argv = s.submit_command.clone();
-        if s.kind == "pbs" {
+        if s.kind == LauncherKind::Pbs {
             // command-line output options win over the script's with every qsub (Torque's,
             // PBS Pro's, and Slurm's PBS front end, which otherwise writes to the cwd)
             let out = self.output_path(spec, role).display().to_string();
@@ -229,7 +223,7 @@ impl Launcher for BatchLauncher {
         let out = runner
             .run(&argv, stdin_submit.then_some(text.as_str()), &spec.env)
             .map_err(|e| LaunchError::Submit {
-                system: s.kind.clone(),
+                system: s.kind,
                 command: command.clone(),
                 code: None,
                 stderr: e.to_string(),
@@ -237,7 +231,7 @@ impl Launcher for BatchLauncher {
             })?;
         if !out.success() {
             return Err(LaunchError::Submit {
-                system: s.kind.clone(),
+                system: s.kind,
                 command,
                 code: out.code,
                 stderr: format!("{} {}", out.stderr.trim(), out.stdout.trim())
@@ -249,7 +243,7 @@ impl Launcher for BatchLauncher {
         let job_id = self
             .parse_job_id(&out.stdout)
             .ok_or_else(|| LaunchError::NoJobId {
-                system: s.kind.clone(),
+                system: s.kind,
                 command: command.clone(),
                 regexp: s.job_id_regexp.clone(),
                 output: out.stdout.clone(),
@@ -257,7 +251,7 @@ impl Launcher for BatchLauncher {
             })?;
         tracing::info!(system = %s.kind, %job_id, script = %script.display(), "submitted");
         Ok(vec![Handle::Job {
-            system: s.kind.clone(),
+            system: s.kind,
             job_id,
             script,
             output: self.output_path(spec, role),
@@ -269,7 +263,7 @@ impl Launcher for BatchLauncher {
 
 /// Ask the batch system about a job.
 pub fn job_liveness(
-    system: &str,
+    system: LauncherKind,
     job_id: &str,
     status_command: &[String],
     runner: &dyn Runner,
@@ -278,7 +272,7 @@ pub fn job_liveness(
         return Liveness::Unknown;
     }
     let mut argv = status_command.to_vec();
-    if system != "sge" {
+    if system != LauncherKind::Sge {
         // SGE's qstat takes no job id (qstat -j has another format): the table is searched
         argv.push(job_id.to_string());
     }
@@ -289,10 +283,10 @@ pub fn job_liveness(
 }
 
 /// Interpret a status command's output (pure).
-pub fn parse_status(system: &str, job_id: &str, out: &CmdOutput) -> Liveness {
+pub fn parse_status(system: LauncherKind, job_id: &str, out: &CmdOutput) -> Liveness {
     let text = out.stdout.trim();
     match system {
-        "slurm" => {
+        LauncherKind::Slurm => {
             if !out.success() || text.is_empty() {
                 return Liveness::Finished;
             }
@@ -304,7 +298,7 @@ pub fn parse_status(system: &str, job_id: &str, out: &CmdOutput) -> Liveness {
                 _ => Liveness::Finished,
             }
         }
-        "sge" | "pbs" => {
+        LauncherKind::Sge | LauncherKind::Pbs => {
             if !out.success() {
                 return Liveness::Finished;
             }
@@ -324,19 +318,19 @@ pub fn parse_status(system: &str, job_id: &str, out: &CmdOutput) -> Liveness {
                     Liveness::Pending(s.to_string())
                 }
                 "C" | "E" | "F" => Liveness::Finished,
-                s if s.contains('E') && system == "sge" => {
+                s if s.contains('E') && system == LauncherKind::Sge => {
                     Liveness::Pending(format!("error state {s}"))
                 }
                 _ => Liveness::Running,
             }
         }
-        "lsf" => match text {
+        LauncherKind::Lsf => match text {
             "" => Liveness::Finished,
             "RUN" => Liveness::Running,
             "PEND" | "PSUSP" | "USUSP" | "SSUSP" => Liveness::Pending(text.to_string()),
             _ => Liveness::Finished,
         },
-        "htcondor" => match text {
+        LauncherKind::HtCondor => match text {
             "" => Liveness::Finished,
             "2" => Liveness::Running,
             "1" | "5" | "7" => Liveness::Pending(text.to_string()),
@@ -398,30 +392,46 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(
-            parse_status("slurm", "3", &out(0, "RUNNING\n")),
+            parse_status(LauncherKind::Slurm, "3", &out(0, "RUNNING\n")),
             Liveness::Running
         );
         assert!(matches!(
-            parse_status("slurm", "3", &out(0, "PENDING\n")),
+            parse_status(LauncherKind::Slurm, "3", &out(0, "PENDING\n")),
             Liveness::Pending(_)
         ));
-        assert_eq!(parse_status("slurm", "3", &out(0, "")), Liveness::Finished);
-        assert_eq!(parse_status("slurm", "3", &out(1, "")), Liveness::Finished);
+        assert_eq!(
+            parse_status(LauncherKind::Slurm, "3", &out(0, "")),
+            Liveness::Finished
+        );
+        assert_eq!(
+            parse_status(LauncherKind::Slurm, "3", &out(1, "")),
+            Liveness::Finished
+        );
         let sge = "job-ID  prior   name       user         state submit/start at     queue  slots ja-task-ID\n\
                    -----------------------------------------------------------------\n\
                    5 0.55500 rpar-engin root         qw    11/24/2026 08:00:00                 4\n";
         assert!(matches!(
-            parse_status("sge", "5", &out(0, sge)),
+            parse_status(LauncherKind::Sge, "5", &out(0, sge)),
             Liveness::Pending(_)
         ));
-        assert_eq!(parse_status("sge", "6", &out(0, sge)), Liveness::Finished);
         assert_eq!(
-            parse_status("sge", "5", &out(0, &sge.replace(" qw ", " r  "))),
+            parse_status(LauncherKind::Sge, "6", &out(0, sge)),
+            Liveness::Finished
+        );
+        assert_eq!(
+            parse_status(
+                LauncherKind::Sge,
+                "5",
+                &out(0, &sge.replace(" qw ", " r  "))
+            ),
             Liveness::Running
         );
-        assert_eq!(parse_status("lsf", "1", &out(0, "RUN")), Liveness::Running);
         assert_eq!(
-            parse_status("htcondor", "1", &out(0, "")),
+            parse_status(LauncherKind::Lsf, "1", &out(0, "RUN")),
+            Liveness::Running
+        );
+        assert_eq!(
+            parse_status(LauncherKind::HtCondor, "1", &out(0, "")),
             Liveness::Finished
         );
     }

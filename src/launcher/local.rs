@@ -2,7 +2,8 @@
 //! (`mpiexec -n N rpar-engine`, every rank one engine) or as N single processes when no mpiexec
 //! is found. The `mpi` kind is the same with mpiexec required and configurable.
 
-use super::{spawn_process, Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
+use super::{spawn_process, Handle, LaunchError, LaunchSpec, Launcher, LauncherKind, Role, Runner};
+use crate::jobscript::{self, ScriptVars, System};
 
 /// How to call mpiexec: `mpi_cmd -n N mpi_args program args`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,12 +83,41 @@ impl LocalLauncher {
 }
 
 impl Launcher for LocalLauncher {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> LauncherKind {
         if self.require_mpi {
-            "mpi"
+            LauncherKind::Mpi
         } else {
-            "local"
+            LauncherKind::Local
         }
+    }
+
+    /// The built-in mpiexec job script (`jobscripts/mpiexec.<role>`) with this launcher's
+    /// programs, and its mpiexec command when one is configured.
+    fn render(&self, spec: &LaunchSpec, role: Role) -> Result<String, LaunchError> {
+        let system = System::Mpiexec;
+        let text = jobscript::builtin(system, role).ok_or(LaunchError::NoBuiltinTemplate {
+            kind: self.kind(),
+            role,
+        })?;
+        let mut vars = ScriptVars {
+            n: (role != Role::Controller).then_some(spec.n),
+            profile_dir: spec.profile_dir.display().to_string(),
+            cluster_id: spec.cluster_id.clone(),
+            engine: jobscript::shell_join(&spec.engine_cmd),
+            controller: jobscript::shell_join(&spec.controller_cmd),
+            role: Some(role),
+            ..Default::default()
+        };
+        if self.mpi != MpiCommand::default() {
+            vars.mpiexec = jobscript::shell_join(
+                &[self.mpi.mpi_cmd.clone(), self.mpi.mpi_args.clone()].concat(),
+            );
+        }
+        Ok(jobscript::render(
+            text,
+            &jobscript::builtin_name(system, role),
+            &vars,
+        )?)
     }
 
     fn start(

@@ -6,16 +6,25 @@
 //! system plus submit / status / cancel), [`ssh`] (engines or the controller on other hosts, with
 //! the connection files copied by scp) and [`winhpc`] (Windows HPC job XML).
 //!
-//! Every external command goes through the [`Runner`] trait, so tests and `--dry-run` can use a
-//! runner that records instead of executing. What a launcher started is a list of [`Handle`]s,
+//! Every external command goes through the [`Runner`] trait, so tests use a [`RecordingRunner`]
+//! that records commands and answers with scripted outputs instead of executing; the dry run
+//! (`rpar jobscript`) is [`Launcher::render`], which runs nothing. What a launcher started is a
+//! list of [`Handle`]s,
 //! which are serializable: the cluster file stores them, and `rpar cluster stop` in another shell
 //! stops them (SIGTERM, then SIGKILL after 5 s for processes; the batch system's delete command
 //! for jobs).
 
 pub mod batch;
+pub mod kind;
 pub mod local;
+mod recording;
 pub mod ssh;
+#[cfg(test)]
+mod tests;
 pub mod winhpc;
+
+pub use kind::LauncherKind;
+pub use recording::RecordingRunner;
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -31,7 +40,7 @@ pub use crate::jobscript::Role;
 pub enum LaunchError {
     #[error("{system}: `{command}` failed (exit {code:?}){script}: {stderr}", script = fmt_script(.script))]
     Submit {
-        system: String,
+        system: LauncherKind,
         command: String,
         code: Option<i32>,
         stderr: String,
@@ -39,7 +48,7 @@ pub enum LaunchError {
     },
     #[error("{system}: no job id in the output of `{command}` (job_id_regexp {regexp:?}){script}: {output:?}", script = fmt_script(.script))]
     NoJobId {
-        system: String,
+        system: LauncherKind,
         command: String,
         regexp: String,
         output: String,
@@ -47,7 +56,7 @@ pub enum LaunchError {
     },
     #[error("{system}: cannot cancel job {job_id} with `{command}`: {stderr}")]
     Cancel {
-        system: String,
+        system: LauncherKind,
         job_id: String,
         command: String,
         stderr: String,
@@ -62,6 +71,16 @@ pub enum LaunchError {
     Template(#[from] crate::jobscript::TemplateError),
     #[error("{what}: {err}")]
     Io { what: String, err: io::Error },
+    #[error("the `{kind}` launcher needs a template: set c.BatchSystemLauncher.batch_template_file (or batch_template) in ipcluster_config.py")]
+    NeedsTemplate { kind: LauncherKind },
+    #[error("{kind} has no built-in {} template (a batch system takes one from c.BatchSystemLauncher.batch_template_file)", role.name())]
+    NoBuiltinTemplate { kind: LauncherKind, role: Role },
+    #[error(
+        "no submit command for the `{kind}` launcher: set c.BatchSystemLauncher.submit_command"
+    )]
+    NoSubmitCommand { kind: LauncherKind },
+    #[error("the `{kind}` launcher has no {} job script to show (only batch systems, mpiexec and winhpc do)", role.name())]
+    NoJobScript { kind: LauncherKind, role: Role },
     #[error("{0}")]
     Config(String),
 }
@@ -220,7 +239,7 @@ pub enum Handle {
     },
     /// A batch job.
     Job {
-        system: String,
+        system: LauncherKind,
         job_id: String,
         script: PathBuf,
         output: PathBuf,
@@ -304,7 +323,7 @@ impl Handle {
                 job_id,
                 status_command,
                 ..
-            } => batch::job_liveness(system, job_id, status_command, runner),
+            } => batch::job_liveness(*system, job_id, status_command, runner),
             Handle::Remote { host, ssh, pid, .. } => {
                 let argv = remote_argv(ssh, host, format!("kill -0 {pid}"));
                 match runner.run(&argv, None, &[]) {
@@ -336,14 +355,14 @@ impl Handle {
                 let out = runner
                     .run(&argv, None, &[])
                     .map_err(|e| LaunchError::Cancel {
-                        system: system.clone(),
+                        system: *system,
                         job_id: job_id.clone(),
                         command: argv.join(" "),
                         stderr: e.to_string(),
                     })?;
                 if !out.success() && !matches!(self.liveness(runner), Liveness::Finished) {
                     return Err(LaunchError::Cancel {
-                        system: system.clone(),
+                        system: *system,
                         job_id: job_id.clone(),
                         command: argv.join(" "),
                         stderr: format!("{}{}", out.stdout.trim(), out.stderr.trim()),
@@ -492,7 +511,7 @@ impl LaunchSpec {
 /// Starts one part (the controller, or a set of engines, or both in one job) of a cluster.
 pub trait Launcher {
     /// The launcher's kind, as in `--engines=KIND`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> LauncherKind;
     /// Start, returning what to watch and stop.
     fn start(
         &self,
@@ -500,6 +519,19 @@ pub trait Launcher {
         role: Role,
         runner: &dyn Runner,
     ) -> Result<Vec<Handle>, LaunchError>;
+    /// The job script (or job description) `start` would submit, for the dry run
+    /// (`rpar jobscript`); pure.
+    fn render(&self, _spec: &LaunchSpec, role: Role) -> Result<String, LaunchError> {
+        Err(LaunchError::NoJobScript {
+            kind: self.kind(),
+            role,
+        })
+    }
+    /// How many engines `start` starts when asked for `n` (the ssh launcher's hosts dict
+    /// decides its own count).
+    fn engine_count(&self, n: usize) -> usize {
+        n
+    }
 }
 
 /// Create the log directory, mapping errors.

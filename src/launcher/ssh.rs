@@ -10,7 +10,7 @@
 //! with scp into the local profile's `security/`.
 
 use super::local::MpiCommand;
-use super::{remote_argv, Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
+use super::{remote_argv, Handle, LaunchError, LaunchSpec, Launcher, LauncherKind, Role, Runner};
 use crate::jobscript::{shell_join, shell_quote};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -199,7 +199,7 @@ impl SshLauncher {
             })?;
         if !out.success() {
             return Err(LaunchError::Submit {
-                system: "ssh".into(),
+                system: LauncherKind::Ssh,
                 command: format!("{what}: {}", shell_join(argv)),
                 code: out.code,
                 stderr: out.stderr.trim().to_string(),
@@ -252,7 +252,7 @@ impl SshLauncher {
             .filter_map(|l| l.trim().parse::<u32>().ok())
             .next_back()
             .ok_or_else(|| LaunchError::Submit {
-                system: "ssh".into(),
+                system: LauncherKind::Ssh,
                 command: shell_join(ssh),
                 code: Some(0),
                 stderr: format!("no pid in the output: {stdout:?}"),
@@ -282,8 +282,16 @@ fn remote_env(spec: &LaunchSpec, rprof: &str) -> Vec<(String, String)> {
 }
 
 impl Launcher for SshLauncher {
-    fn kind(&self) -> &'static str {
-        "ssh"
+    fn kind(&self) -> LauncherKind {
+        LauncherKind::Ssh
+    }
+
+    fn engine_count(&self, n: usize) -> usize {
+        if self.settings.engines.is_empty() {
+            n
+        } else {
+            self.settings.engines.iter().map(|h| h.n).sum()
+        }
     }
 
     fn start(

@@ -2,7 +2,9 @@
 //! `job submit /jobfile:<file> [/scheduler:<host>]` when the `job` command exists; cancelled
 //! with `job cancel <id>`.
 
-use super::{write_log_file, Handle, LaunchError, LaunchSpec, Launcher, Role, Runner};
+use super::{
+    write_log_file, Handle, LaunchError, LaunchSpec, Launcher, LauncherKind, Role, Runner,
+};
 use crate::jobscript::shell_join;
 
 /// Windows HPC settings.
@@ -92,8 +94,12 @@ impl WinHpcLauncher {
 }
 
 impl Launcher for WinHpcLauncher {
-    fn kind(&self) -> &'static str {
-        "winhpc"
+    fn kind(&self) -> LauncherKind {
+        LauncherKind::WinHpc
+    }
+
+    fn render(&self, spec: &LaunchSpec, role: Role) -> Result<String, LaunchError> {
+        Ok(WinHpcLauncher::render(self, spec, role))
     }
 
     fn start(
@@ -111,7 +117,7 @@ impl Launcher for WinHpcLauncher {
         write_log_file(spec, &file, &self.render(spec, role))?;
         if runner.which(&s.job_cmd).is_none() {
             return Err(LaunchError::Submit {
-                system: "winhpc".into(),
+                system: LauncherKind::WinHpc,
                 command: s.job_cmd.clone(),
                 code: None,
                 stderr: "the Windows HPC `job` command is not found on this machine; submit the job file yourself with `job submit /jobfile:FILE`".into(),
@@ -129,7 +135,7 @@ impl Launcher for WinHpcLauncher {
         let out = runner
             .run(&argv, None, &spec.env)
             .map_err(|e| LaunchError::Submit {
-                system: "winhpc".into(),
+                system: LauncherKind::WinHpc,
                 command: argv.join(" "),
                 code: None,
                 stderr: e.to_string(),
@@ -140,7 +146,7 @@ impl Launcher for WinHpcLauncher {
             .and_then(|re| re.find(&out.stdout).map(|m| m.as_str().to_string()))
             .filter(|_| out.success())
             .ok_or_else(|| LaunchError::Submit {
-                system: "winhpc".into(),
+                system: LauncherKind::WinHpc,
                 command: argv.join(" "),
                 code: out.code,
                 stderr: format!("{} {}", out.stdout.trim(), out.stderr.trim()),
@@ -151,7 +157,7 @@ impl Launcher for WinHpcLauncher {
             delete.push(format!("/scheduler:{}", s.scheduler));
         }
         Ok(vec![Handle::Job {
-            system: "winhpc".into(),
+            system: LauncherKind::WinHpc,
             job_id: id,
             output: spec.log_dir().join(format!("{}.out", spec.stem(role))),
             script: file,

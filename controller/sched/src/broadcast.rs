@@ -7,6 +7,8 @@
 //!
 //! * Request from the client: `[client_id, DELIM, …]`, metadata
 //!   `{"targets": [[uuid, id], …], "is_broadcast": true, "is_coalescing": bool}`.
+//!   A target listed twice is served once (as ipyparallel's leaf scheduler, which keys replies by
+//!   engine); the work per request is linear in the number of targets.
 //! * To each target: `[uuid, client_id, DELIM, …]` with a derived request: the client's header
 //!   with only `msg_id` changed to `"<orig>_<uuid>"` (session, date… kept: the client filters
 //!   IOPub by `parent_header.session`), metadata with `targets = [[uuid, id]]` and
@@ -305,15 +307,17 @@ impl BroadcastScheduler {
             warn!("broadcast request without header.msg_id; dropped");
             return out;
         };
-        let md = match WireMessage::parse_part("metadata", &msg.metadata) {
+        let mut md = match WireMessage::parse_part("metadata", &msg.metadata) {
             Ok(Value::Object(m)) => m,
             _ => {
                 self.refuse(&msg, client, "metadata is not a dict", &mut out);
                 return out;
             }
         };
-        let targets = match parse_targets(md.get("targets")) {
-            Ok(t) => t,
+        // taken out: each derived request carries only its own target, and copying the whole
+        // list into every one of them cost O(n²) for n targets
+        let targets = match parse_targets(md.remove("targets").as_ref()) {
+            Ok(t) => dedup_targets(t),
             Err(why) => {
                 self.refuse(&msg, client, &why, &mut out);
                 return out;
@@ -564,6 +568,27 @@ impl BroadcastScheduler {
         );
         out.push(BroadcastAction::ToClient(m.into_frames()));
     }
+}
+
+/// The targets with each engine once, in first-seen order. ipyparallel's leaf scheduler keys a
+/// broadcast's replies by engine, so `targets=[0, 0]` runs once there and coalesces to one
+/// result (`[8]` for `pow(2, 3)`); sending the same derived request twice would make the engine
+/// drop the second as a replay and the broadcast would never complete.
+fn dedup_targets(targets: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
+    let n = targets.len();
+    let out: Vec<(String, Value)> = targets
+        .into_iter()
+        .filter(|(u, _)| seen.insert(u.clone()))
+        .collect();
+    if out.len() < n {
+        debug!(
+            targets = n,
+            distinct = out.len(),
+            "broadcast to repeated targets: each engine once"
+        );
+    }
+    out
 }
 
 /// `[[uuid, id], …]` (an id may be anything; it is echoed back). A bare uuid string is accepted.

@@ -46,7 +46,9 @@ pub struct TaskConfig {
     /// Most outstanding tasks per engine; 0 = unlimited. ipyparallel's default is 1.
     pub hwm: u32,
     /// How long after an engine is removed its unfinished tasks fail with `EngineError`
-    /// (late replies still count during this time). ipyparallel: 5 s.
+    /// (late replies still count during this time). ipyparallel: 5 s. Zero: they fail within
+    /// the `remove_engine` call (the controller's choice: it removes an engine only once it is
+    /// known dead).
     pub engine_death_grace: Duration,
     /// Seed for the random schemes (tests); `None` seeds from the OS.
     pub seed: Option<u64>,
@@ -339,6 +341,9 @@ impl TaskScheduler {
         );
         if e.pending.is_empty() {
             self.engines.remove(&k);
+        } else if self.cfg.engine_death_grace.is_zero() {
+            // known dead: its tasks fail now, not at the next tick
+            self.strand(k, now, &mut out);
         } else {
             self.stranded.insert((now + self.cfg.engine_death_grace, k));
         }
@@ -607,7 +612,7 @@ impl TaskScheduler {
             }
         };
         let Some(&seq) = self.ids.get(&msg_id) else {
-            warn!(%msg_id, "reply for an unknown task; dropped");
+            self.relay_unknown(msg_id, msg, status == "ok", out);
             return;
         };
         let Some(mut job) = self.jobs.remove(&seq) else {
@@ -666,6 +671,38 @@ impl TaskScheduler {
         );
         out.push(TaskAction::Finished {
             msg_id: job.msg_id,
+            engine_uuid: Some(engine_uuid),
+            reply: msg,
+        });
+    }
+
+    /// A reply for a task this scheduler never saw: it was submitted to a controller that died
+    /// and was restarted (`--restore`/`--reuse`) while the task ran. Its routing frames name the
+    /// client, so it is relayed (and recorded by the hub) rather than dropped: the client would
+    /// otherwise wait forever. The task is remembered as finished, for `after`/`follow` and so
+    /// that a second copy is dropped.
+    fn relay_unknown(
+        &mut self,
+        msg_id: String,
+        mut msg: WireMessage,
+        ok: bool,
+        out: &mut Vec<TaskAction>,
+    ) {
+        info!(%msg_id, "reply for a task submitted before a controller restart; relayed to its client");
+        let engine_uuid = msg.idents[0].clone();
+        msg.idents = vec![msg.idents[1].clone(), engine_uuid.clone()];
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ids.insert(msg_id.clone(), seq);
+        let engine = self.by_uuid.get(&engine_uuid).copied();
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        self.record(seq, outcome, engine);
+        out.push(TaskAction::Finished {
+            msg_id,
             engine_uuid: Some(engine_uuid),
             reply: msg,
         });

@@ -319,3 +319,63 @@ fn malformed_requests_and_replies() {
         1
     );
 }
+
+#[test]
+fn duplicate_targets_are_served_once_and_the_broadcast_completes() {
+    // issue 11: `targets=[0, 0]` sent two byte-identical requests; the engine dropped the second
+    // as a replay and the broadcast never completed.
+    let now = Instant::now();
+    for coalescing in [true, false] {
+        let mut s = sched(Some(Duration::from_secs(5)), 2, now);
+        let reqs = to_engine(&s.submit(bcast("orig", &[0, 0, 1, 0], coalescing), now));
+        assert_eq!(reqs.len(), 2, "each engine once");
+        assert_ne!(reqs[0].signature, reqs[1].signature);
+        let mut got = Vec::new();
+        for r in &reqs {
+            let i = reqs.iter().position(|x| x == r).unwrap();
+            got.extend(to_client(s.on_engine_reply(
+                answer(r, "ok", vec![format!("r{i}").into_bytes()]),
+                now,
+            )));
+        }
+        assert_eq!(s.in_flight(), 0, "complete");
+        if coalescing {
+            assert_eq!(got.len(), 1);
+            let md = got[0].metadata_value().unwrap();
+            assert_eq!(md["broadcast_targets"], targets(&[0, 1]));
+            assert_eq!(got[0].buffers, vec![b"r0".to_vec(), b"r1".to_vec()]);
+        } else {
+            assert_eq!(got.len(), 2);
+        }
+    }
+}
+
+#[test]
+fn a_16384_target_broadcast_does_linear_work() {
+    // issue 11: every derived request copied the whole target list (O(n²): 16 000 targets froze
+    // the controller's loop for 36 s). Each derived request now carries one target, and the
+    // request is fanned out, answered and coalesced in one pass over the targets.
+    let n = 16_384u32;
+    let now = Instant::now();
+    let mut s = sched(Some(Duration::from_secs(5)), n, now);
+    let ids: Vec<u32> = (0..n).rev().collect();
+    let acts = s.submit(bcast("big", &ids, true), now);
+    let reqs = to_engine(&acts);
+    assert_eq!(reqs.len(), n as usize);
+    let first_md = reqs[0].metadata.len();
+    for (r, &i) in reqs.iter().zip(&ids) {
+        assert_eq!(r.idents[0], uuid(i));
+        // one target per request: the metadata does not grow with n
+        assert!(r.metadata.len() <= first_md + 8, "{}", r.metadata.len());
+    }
+    let mut done = Vec::new();
+    for r in &reqs {
+        done = to_client(s.on_engine_reply(answer(r, "ok", vec![r.idents[0].clone()]), now));
+    }
+    assert_eq!(done.len(), 1);
+    let md = done[0].metadata_value().unwrap();
+    assert_eq!(md["broadcast_targets"], targets(&ids));
+    let want: Vec<Vec<u8>> = ids.iter().map(|&i| uuid(i)).collect();
+    assert_eq!(done[0].buffers, want);
+    assert_eq!(s.in_flight(), 0);
+}

@@ -17,11 +17,15 @@
 //! is acted on; anything malformed is logged and dropped, never a panic.
 
 mod heart;
+mod native;
+mod parked;
 mod queries;
 mod records;
+mod revive;
 mod routing;
 
 pub use heart::Heart;
+pub use parked::Parked;
 pub use records::Db;
 
 /// Open the task database the settings name (`IPController.db_class` and the backend's own
@@ -59,6 +63,8 @@ pub enum Sock {
     BcastEngine,
     IopubEngine,
     IopubClient,
+    /// The native ROUTER: one connection per MPI job ([`native`]).
+    Native,
 }
 
 /// What the core asks the I/O layer to do.
@@ -81,7 +87,10 @@ pub struct HubConfig {
     pub engine_info: EngineInfo,
     pub scheme: String,
     pub hwm: u64,
-    /// How long after an engine dies its load-balanced tasks fail with EngineError.
+    /// How long after an engine is unregistered its tasks (load-balanced, broadcast and
+    /// direct) fail with EngineError. The controller passes zero: the hub unregisters an engine
+    /// only once it is known dead (its heart stopped, its rank 0 reported it, or it said
+    /// goodbye), so there are no late replies worth waiting for.
     pub engine_death_grace: Duration,
 }
 
@@ -138,6 +147,13 @@ pub struct Hub {
     exit_at: Option<Instant>,
     /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
     recent_regs: VecDeque<(Instant, u32)>,
+    native: native::Jobs,
+    /// When recent registrations were last published again, and when they are due again
+    /// (subscriptions within [`RENOTIFY_GAP`] of a replay share one later replay).
+    last_replay: Option<Instant>,
+    replay_at: Option<Instant>,
+    /// Engines unregistered for a lost heartbeat, registered again if they answer.
+    lost: revive::Lost,
     pub stats: Stats,
 }
 
@@ -149,6 +165,11 @@ pub(crate) fn engine_id(v: &Value) -> Option<u32> {
 
 /// How far back a new notification subscriber is told of registrations again.
 const RENOTIFY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The least time between two such replays, however many subscriptions arrive: each replay goes
+/// to every subscriber, so without a bound a stream of subscriptions (junk ones included)
+/// multiplied the recent registrations at every subscriber.
+const RENOTIFY_GAP: Duration = Duration::from_secs(1);
 
 /// The routing id the hub uses for the resubmissions it feeds into the task scheduler.
 pub(crate) const HUB_RESUBMIT_IDENT: &[u8] = b"\x00rpar-hub-resubmit";
@@ -172,6 +193,10 @@ impl Hub {
             task_engine: HashMap::new(),
             unassigned: HashSet::new(),
             recent_regs: VecDeque::new(),
+            native: native::Jobs::new(key, cfg.hb_period, cfg.max_heartbeat_misses, now),
+            last_replay: None,
+            replay_at: None,
+            lost: revive::Lost::default(),
             completed_on: HashMap::new(),
             pending: HashSet::new(),
             all_completed: HashSet::new(),
@@ -206,6 +231,12 @@ impl Hub {
         }
         if let Some(e) = self.exit_at {
             t = t.min(e);
+        }
+        if let Some(n) = self.native.next_deadline() {
+            t = t.min(n);
+        }
+        if let Some(r) = self.replay_at {
+            t = t.min(r);
         }
         for (at, ..) in &self.stranded {
             t = t.min(*at);
@@ -253,6 +284,18 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let start = out.len();
+        if sock == Sock::Native {
+            self.on_native(frames, now, out);
+        } else {
+            self.dispatch(sock, frames, now, out);
+        }
+        self.native_shutdown(out);
+        self.native_outgoing(start, out);
+    }
+
+    /// Act on one message read on `sock` (a native job's engine traffic comes here too).
+    fn dispatch(&mut self, sock: Sock, frames: Frames, now: Instant, out: &mut Vec<Effect>) {
         if sock == Sock::HbPong {
             self.on_pong(frames, now, out);
             return;
@@ -275,7 +318,8 @@ impl Hub {
             Sock::BcastClient => self.on_bcast_request(msg, now, out),
             Sock::BcastEngine => self.on_bcast_reply(msg, now, out),
             Sock::IopubEngine => self.on_iopub(msg, now, out),
-            Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong => {}
+            Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong | Sock::Native => {
+            }
         }
     }
 
@@ -287,11 +331,7 @@ impl Hub {
             out.push(Effect::Send(Sock::HbPing, vec![p]));
         }
         for uuid in dead {
-            if let Some(e) = self.engines.get(&uuid) {
-                warn!(engine = e.id, uuid = %e.uuid, "heartbeat lost");
-                let id = e.id;
-                self.unregister(id, now, &mut out);
-            }
+            self.heartbeat_lost(&uuid, now, &mut out);
         }
         // pending registrations that never sent a heartbeat
         let stale: Vec<Vec<u8>> = self
@@ -313,6 +353,12 @@ impl Hub {
         self.update_fast_ping(now);
         self.tick_tasks(now, &mut out);
         self.fail_stranded(now);
+        self.native_tick(now, &mut out);
+        self.native_shutdown(&mut out);
+        self.native_outgoing(0, &mut out);
+        if self.replay_at.is_some_and(|r| now >= r) {
+            self.replay_registrations(now, &mut out);
+        }
         out
     }
 
@@ -496,6 +542,7 @@ impl Hub {
                 "unpack",
                 "signature_scheme",
                 "curve_serverkey",
+                "rpar_native",
             ] {
                 o.remove(k);
             }
@@ -560,6 +607,8 @@ impl Hub {
         {
             e.heart_seen = true;
             self.finish_ready_registrations(now, out);
+        } else {
+            self.revive(uuid, now, out);
         }
     }
 
@@ -627,13 +676,35 @@ impl Hub {
     /// registers engines seconds after their heart starts, which made that rare; rpar registers
     /// within milliseconds, so it happened. A new subscriber is told again of the engines
     /// registered in the last few seconds (the client takes a known engine twice without harm).
+    ///
+    /// Bounded: only a subscription that can receive notifications counts (its topic a prefix of
+    /// their first frame, `<IDS|MSG>`; the client subscribes to everything), and replays are at
+    /// least [`RENOTIFY_GAP`] apart: subscriptions arriving sooner share one replay at the end of
+    /// the gap, so a flood of subscriptions costs at most one replay a second.
     fn on_subscription(&mut self, frames: &Frames, now: Instant, out: &mut Vec<Effect>) {
         let [f] = frames.as_slice() else {
             return;
         };
-        if f.first() != Some(&1) {
+        let Some((&1, topic)) = f.split_first() else {
+            return;
+        };
+        if !rpar_core::wire::DELIM.starts_with(topic) {
+            debug!("notification subscription to a topic no notification has; ignored");
             return;
         }
+        match self.last_replay {
+            Some(last) if now < last + RENOTIFY_GAP => {
+                if self.replay_at.is_none() {
+                    self.replay_at = Some(last + RENOTIFY_GAP);
+                }
+            }
+            _ => self.replay_registrations(now, out),
+        }
+    }
+
+    /// Publish the registrations of the last [`RENOTIFY_WINDOW`] again.
+    fn replay_registrations(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.replay_at = None;
         self.prune_recent_regs(now);
         let again: Vec<(u32, String)> = self
             .recent_regs
@@ -643,12 +714,14 @@ impl Hub {
                 e.registered.then(|| (*id, e.uuid.clone()))
             })
             .collect();
-        if !again.is_empty() {
-            debug!(
-                n = again.len(),
-                "new notification subscriber: recent registrations sent again"
-            );
+        if again.is_empty() {
+            return;
         }
+        self.last_replay = Some(now);
+        debug!(
+            n = again.len(),
+            "new notification subscriber: recent registrations sent again"
+        );
         for (id, uuid) in again {
             self.notify(
                 "registration_notification",
@@ -701,6 +774,7 @@ impl Hub {
     /// Forget an engine (pending or registered) in every table that names it.
     fn drop_engine(&mut self, uuid: &[u8]) -> Option<Engine> {
         let e = self.engines.remove(uuid)?;
+        self.native.forget_engine(uuid, e.id);
         self.ids.remove(&e.id);
         self.pending_regs.remove(&e.id);
         Some(e)
@@ -730,11 +804,14 @@ impl Hub {
         if let Some(left) = self.mux_pending.remove(&id) {
             if !left.is_empty() {
                 self.stranded.push((
-                    now + self.cfg.registration_timeout.min(Duration::from_secs(5)),
+                    now + self.cfg.engine_death_grace,
                     e.uuid.clone(),
                     id,
                     left.into_iter().collect(),
                 ));
+                if self.cfg.engine_death_grace.is_zero() {
+                    self.fail_stranded(now);
+                }
             }
         }
         out.push(Effect::SaveEngines);

@@ -75,48 +75,79 @@ impl Records {
 
     /// A final reply (`out` / `outtask`). Returns true when the task was aborted.
     pub fn result(&mut self, msg_id: &str, reply: &WireMessage, engine_uuid: Option<&str>) -> bool {
-        let result_header = reply.header_value().ok();
-        let result_metadata = reply.metadata_value().ok();
-        let result_content = reply.content_value().ok();
-        let aborted = result_content
-            .as_ref()
-            .and_then(|c| c.get("status"))
-            .and_then(Value::as_str)
-            == Some("aborted");
-        let started = result_metadata
-            .as_ref()
-            .and_then(|m| m.get("started"))
-            .and_then(Value::as_str)
-            .and_then(parse_iso);
-        let completed = result_header
-            .as_ref()
-            .and_then(|h| h.get("date"))
-            .and_then(Value::as_str)
-            .and_then(parse_iso);
-        let engine = engine_uuid.map(str::to_string).or_else(|| {
-            result_metadata
-                .as_ref()
-                .and_then(|m| m.get("engine"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-        let upd = TaskRecord {
-            result_header,
-            result_metadata,
-            result_content,
-            result_buffers: Some(reply.buffers.clone()),
-            received: Some(now()),
-            started,
-            completed: completed.or_else(|| Some(now())),
-            engine_uuid: engine,
-            ..Default::default()
-        };
-        if let Err(e) = self.db.update_record(msg_id, upd) {
-            debug!(msg_id, error = %e, "recording result");
+        let (upd, aborted) = result_patch(reply, engine_uuid);
+        match self.db.update_record(msg_id, upd) {
+            Err(e) if e.is_missing() => {
+                // a reply for a request this controller never saw (sent before a restart):
+                // recorded from what the reply says of its request
+                let parent = reply.parent_value().ok();
+                let field = |k: &str| {
+                    parent
+                        .as_ref()
+                        .and_then(|p| p.get(k))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                let rec = TaskRecord {
+                    msg_id: Some(msg_id.to_string()),
+                    submitted: field("date").as_deref().and_then(parse_iso),
+                    client_uuid: field("session"),
+                    header: parent.clone(),
+                    ..result_patch(reply, engine_uuid).0
+                };
+                if let Err(e) = self.db.add_record(rec) {
+                    debug!(msg_id, error = %e, "recording the result of an unknown request");
+                }
+            }
+            Err(e) => debug!(msg_id, error = %e, "recording result"),
+            Ok(()) => {}
         }
         aborted
     }
+}
 
+/// The record update a final reply makes, and whether the task was aborted.
+fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (TaskRecord, bool) {
+    let result_header = reply.header_value().ok();
+    let result_metadata = reply.metadata_value().ok();
+    let result_content = reply.content_value().ok();
+    let aborted = result_content
+        .as_ref()
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        == Some("aborted");
+    let started = result_metadata
+        .as_ref()
+        .and_then(|m| m.get("started"))
+        .and_then(Value::as_str)
+        .and_then(parse_iso);
+    let completed = result_header
+        .as_ref()
+        .and_then(|h| h.get("date"))
+        .and_then(Value::as_str)
+        .and_then(parse_iso);
+    let engine = engine_uuid.map(str::to_string).or_else(|| {
+        result_metadata
+            .as_ref()
+            .and_then(|m| m.get("engine"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let upd = TaskRecord {
+        result_header,
+        result_metadata,
+        result_content,
+        result_buffers: Some(reply.buffers.clone()),
+        received: Some(now()),
+        started,
+        completed: completed.or_else(|| Some(now())),
+        engine_uuid: engine,
+        ..Default::default()
+    };
+    (upd, aborted)
+}
+
+impl Records {
     /// Output of a task, from IOPub.
     pub fn iopub(&mut self, msg_id: &str, msg_type: &str, content: &Value) {
         let res = match msg_type {

@@ -30,6 +30,7 @@ fn engine_info() -> EngineInfo {
         pack: "json".into(),
         unpack: "json".into(),
         signature_scheme: "hmac-sha256".into(),
+        rpar_native: None,
     }
 }
 
@@ -38,7 +39,11 @@ fn hub(now: Instant) -> Hub {
 }
 
 fn hub_with(now: Instant, scheme: &str) -> Hub {
-    let cfg = HubConfig {
+    hub_from(test_config(scheme), now)
+}
+
+fn test_config(scheme: &str) -> HubConfig {
+    HubConfig {
         hb_period: Duration::from_millis(100),
         max_heartbeat_misses: 2,
         registration_timeout: Duration::from_secs(5),
@@ -46,7 +51,10 @@ fn hub_with(now: Instant, scheme: &str) -> Hub {
         scheme: scheme.into(),
         hwm: 1,
         engine_death_grace: Duration::from_millis(500),
-    };
+    }
+}
+
+fn hub_from(cfg: HubConfig, now: Instant) -> Hub {
     let db: Db = Box::new(MemoryDb::new(DbLimits::default()));
     Hub::new(cfg, KEY, "hub-session".into(), db, now)
 }
@@ -790,3 +798,4 @@ fn random_peer_input_never_panics() {
 }
 
 mod hostile;
+mod native;

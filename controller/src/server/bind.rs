@@ -5,8 +5,7 @@
 //! Ports come, in table order, from the reused files, else from the configured port lists, else
 //! from the system.
 
-use super::parked::Parked;
-use crate::hub::Sock;
+use crate::hub::{Parked, Sock};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::connection::{ClientInfo, EngineInfo};
@@ -33,7 +32,7 @@ pub(super) struct Role {
 }
 
 /// The controller's sockets, in binding (and port-list) order.
-pub(super) const ROLES: [Role; 14] = [
+pub(super) const ROLES: [Role; 15] = [
     Role {
         sock: Sock::Registration,
         zmq: zmq::ROUTER,
@@ -145,6 +144,15 @@ pub(super) const ROLES: [Role; 14] = [
         side: Side::Client,
         what: "client broadcast",
         reused: |c, _| Some(c.broadcast),
+    },
+    // the native transport: one connection per MPI job (`hub::native`)
+    Role {
+        sock: Sock::Native,
+        zmq: zmq::ROUTER,
+        identity: None,
+        side: Side::Engine,
+        what: "native engine",
+        reused: |_, e| e.rpar_native.as_ref().map(|n| n.port),
     },
 ];
 

@@ -6,17 +6,13 @@
 //! * [`bind`]: the table of socket roles and binding;
 //! * [`files`]: the connection files, `--reuse` and the engine-state file (`--restore`);
 //! * [`serve`]: the loop, over [`poll`] (which sockets have input) and [`frames`] (one message
-//!   in or out);
-//! * [`parked`]: messages waiting for an engine's socket to connect;
-//! * [`signals`]: the stopping signals.
+//!   in or out); messages for engines not connected yet wait in the core's [`crate::hub::Parked`];
 
 mod bind;
 mod files;
 mod frames;
-mod parked;
 mod poll;
 mod serve;
-mod signals;
 
 pub use files::Files;
 
@@ -24,8 +20,9 @@ use crate::hub::{Hub, HubConfig};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::profile::ProfileDir;
-use std::time::{Duration, Instant};
-use tracing::info;
+use rpar_core::signals;
+use std::time::Instant;
+use tracing::{info, warn};
 
 /// Check the loaded settings, write files, serve until stopped.
 pub fn run(
@@ -35,7 +32,13 @@ pub fn run(
     session: String,
     db: crate::hub::Db,
 ) -> Result<()> {
-    signals::install();
+    // SIGINT, SIGTERM and SIGABRT stop the loop; without SA_RESTART, so its poll returns at once
+    if let Err(e) = signals::install(
+        &[libc::SIGINT, libc::SIGTERM, libc::SIGABRT],
+        signals::Restart::No,
+    ) {
+        warn!("{e}");
+    }
     profile
         .ensure()
         .with_context(|| format!("creating profile directory {}", profile.path.display()))?;
@@ -66,9 +69,7 @@ pub fn run(
         engine_info,
         scheme: settings.scheme.clone(),
         hwm: settings.hwm,
-        engine_death_grace: Duration::from_secs(5)
-            .min(settings.hb_period * 2)
-            .max(Duration::from_millis(500)),
+        engine_death_grace: settings.engine_death_grace,
     };
     let mut hub = Hub::new(cfg, key.as_bytes(), session, db, now);
     if settings.restore_engines {

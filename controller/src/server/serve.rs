@@ -3,10 +3,8 @@
 use super::bind::Sockets;
 use super::files::Files;
 use super::frames::{recv_frames, send_frames};
-use super::parked::Parked;
 use super::poll::Readers;
-use super::signals;
-use crate::hub::{Effect, Hub, Sock};
+use crate::hub::{Effect, Hub, Parked, Sock};
 use anyhow::Result;
 use std::time::Instant;
 use tracing::{info, warn};
@@ -25,14 +23,14 @@ pub(super) fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()>
         for e in effects.drain(..) {
             run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
         }
-        if parked.due(Instant::now()) {
-            parked.retry(socks, &mut readers, Instant::now());
-        }
+        parked.tick(Instant::now(), |kind, frames| {
+            retry_send(socks, &mut readers, kind, frames)
+        });
         // one write per wake-up, however many engines (un)registered in it
         if std::mem::take(&mut state_dirty) {
             files.save_engines(&hub.engine_state());
         }
-        if signals::stop_requested() {
+        if rpar_core::signals::received().is_some() {
             info!("signal received: stopping");
             return Ok(());
         }
@@ -92,6 +90,27 @@ pub(super) fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()>
     }
 }
 
+/// Try a parked message again: `Err` gives it back while its engine is still not connected.
+fn retry_send(
+    socks: &Sockets,
+    readers: &mut Readers,
+    kind: Sock,
+    frames: rpar_core::wire::Frames,
+) -> Result<(), rpar_core::wire::Frames> {
+    let Some(s) = socks.get(kind) else {
+        return Ok(());
+    };
+    readers.touch(kind);
+    match send_frames(s, frames) {
+        Ok(()) => Ok(()),
+        Err((zmq::Error::EHOSTUNREACH, Some(frames))) => Err(frames),
+        Err((err, _)) => {
+            warn!(?kind, error = %err, "send failed");
+            Ok(())
+        }
+    }
+}
+
 fn run_effect(
     e: Effect,
     socks: &Sockets,
@@ -103,13 +122,9 @@ fn run_effect(
         Effect::Send(kind, frames) => {
             let Some(s) = socks.get(kind) else { return };
             readers.touch(kind);
-            if Parked::holds(kind) {
-                let peer = frames.first().map_or(&[][..], |f| &f[..]);
-                if parked.has(kind, peer) {
-                    parked.park(kind, frames, Instant::now());
-                    return;
-                }
-            }
+            let Some(frames) = parked.admit(kind, frames, Instant::now()) else {
+                return;
+            };
             let res = if kind == Sock::Registration && socks.extra_registration.is_some() {
                 // the peer is on one of the two registration sockets; ROUTERs drop what they
                 // cannot route, so sending on both reaches it exactly once
@@ -127,10 +142,10 @@ fn run_effect(
             };
             match res {
                 Ok(()) => {}
-                Err((zmq::Error::EHOSTUNREACH, Some(frames))) if Parked::holds(kind) => {
-                    parked.park(kind, frames, Instant::now());
+                Err((zmq::Error::EHOSTUNREACH, Some(frames))) => {
+                    parked.send_failed(kind, frames, Instant::now());
                 }
-                Err((zmq::Error::EHOSTUNREACH, _)) => {}
+                Err((zmq::Error::EHOSTUNREACH, None)) => {}
                 Err((err, _)) => warn!(?kind, error = %err, "send failed"),
             }
         }

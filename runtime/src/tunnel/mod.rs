@@ -2,10 +2,10 @@
 //!
 //! When the engine connection file has an `ssh` field (`rpar-controller --enginessh=user@gateway`,
 //! `c.IPController.engine_ssh_server`), or `--ssh` / `IPEngine.sshserver` names a server, rank 0
-//! starts the system `ssh` once, forwarding every controller port of the connection file
-//! (`-L 127.0.0.1:<free local port>:<host>:<port>`, the host as the ssh server sees it), and
-//! connects its sockets to the local ends instead. This covers every socket rank 0 opens, so both
-//! transports go through it. As ipengine: the key is `--sshkey` / `IPEngine.sshkey` (else ssh's
+//! starts the system `ssh` once, forwarding every controller port of the connection file, the
+//! native transport's included (`-L 127.0.0.1:<free local port>:<host>:<port>`, the host as the
+//! ssh server sees it), and connects its sockets to the local ends instead: both transports go
+//! through it. As ipengine: the key is `--sshkey` / `IPEngine.sshkey` (else ssh's
 //! own defaults and `~/.ssh/config`); a key with no server tunnels to the controller's host itself.
 //! Unlike ipengine there is no password prompt (`BatchMode=yes`): a batch job has no terminal, so
 //! a server that wants a password is an error naming the fix. `IPEngine.ssh_cmd` replaces `ssh`

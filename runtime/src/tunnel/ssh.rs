@@ -1,7 +1,7 @@
 //! The ssh process of a tunnel: started with the planned forwards, waited for until its local
 //! ends accept connections, stopped when the [`Tunnel`] is dropped.
 
-use super::{plan, server_for, ssh_argv, SshSpec, TunnelError};
+use super::{plan, server_for, ssh_argv, Plan, SshSpec, TunnelError};
 use crate::net::Addrs;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -18,8 +18,16 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Tunnel {
     child: Child,
     server: String,
+    plan: Plan,
     /// The addresses to connect to (the tunnel's local ends).
     pub addrs: Addrs,
+}
+
+impl Tunnel {
+    /// The local end for a controller address given to [`open`] (others unchanged).
+    pub fn local_url(&self, url: &str) -> String {
+        self.plan.local_url(url)
+    }
 }
 
 /// A free local TCP port (bound and released; ssh binds it a moment later).
@@ -41,12 +49,15 @@ fn tail(lines: &Mutex<Vec<String>>) -> String {
     }
 }
 
-/// Start ssh forwarding every address of `addrs` and wait until its local ends accept
-/// connections (ssh listens only once it has logged in).
-pub fn open(spec: &SshSpec, addrs: &Addrs) -> Result<Tunnel, TunnelError> {
+/// Start ssh forwarding every address of `addrs` and `native` (the native transport's
+/// endpoint, when rank 0 uses it) and wait until its local ends accept connections (ssh listens
+/// only once it has logged in).
+pub fn open(spec: &SshSpec, addrs: &Addrs, native: Option<&str>) -> Result<Tunnel, TunnelError> {
     let server = server_for(spec, &addrs.registration)?;
     let mut held = Vec::new();
-    let plan = plan(addrs.urls(), || free_port(&mut held))?;
+    let plan = plan(addrs.urls().into_iter().chain(native), || {
+        free_port(&mut held)
+    })?;
     drop(held);
     let argv = ssh_argv(spec, &server, &plan.forwards)?;
     let shown = argv.join(" ");
@@ -129,6 +140,7 @@ pub fn open(spec: &SshSpec, addrs: &Addrs) -> Result<Tunnel, TunnelError> {
     );
     Ok(Tunnel {
         addrs: plan.rewrite(addrs),
+        plan,
         child,
         server: server.dest,
     })
@@ -160,7 +172,7 @@ mod tests {
             key: None,
             cmd: vec!["false".into()],
         };
-        let e = match open(&spec, &addrs()) {
+        let e = match open(&spec, &addrs(), None) {
             Err(e) => e,
             Ok(_) => panic!("a tunnel through `false` came up"),
         };
@@ -176,7 +188,7 @@ mod tests {
             cmd: vec!["/nonexistent/ssh".into()],
         };
         assert!(matches!(
-            open(&missing, &addrs()),
+            open(&missing, &addrs(), None),
             Err(TunnelError::Spawn { .. })
         ));
     }
