@@ -86,7 +86,7 @@ fn abort_job(why: &str) -> ! {
 enum Net0 {
     /// Contexts and the per-engine registration sockets.
     Compat(net::Contexts, Vec<zmq::Socket>),
-    Native(native::JobConn),
+    Native(Box<native::JobConn>),
 }
 
 fn run() -> Result<i32> {
@@ -214,7 +214,10 @@ fn run() -> Result<i32> {
                     native::JobConn::connect(endpoint, &key, &boot.uuids, boot.curve.as_ref())
                         .and_then(|mut conn| {
                             let (ids, hb_period_ms) = conn.register(timeout)?;
-                            Ok((Net0::Native(conn), net::Registered { ids, hb_period_ms }))
+                            Ok((
+                                Net0::Native(Box::new(conn)),
+                                net::Registered { ids, hb_period_ms },
+                            ))
                         })
                 }
                 None => {
@@ -355,7 +358,7 @@ fn run() -> Result<i32> {
             Net0::Native(conn) => {
                 info!("native transport: one connection for the job's {size} engines");
                 let r0 = runtime::Rank0 {
-                    net: conn,
+                    net: *conn,
                     link,
                     core,
                     outbox: outbox_rx,
