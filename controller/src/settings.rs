@@ -66,9 +66,15 @@ pub struct Settings {
     pub session: Option<String>,
     /// The controller's CurveZMQ key pair when `enable_curve` is on (see [`Settings::resolve_curve`]).
     pub curve: Option<CurveKeyPair>,
+    /// `IPController.max_message_size`: ZMQ_MAXMSGSIZE of every socket peers connect to
+    /// (-1: no limit).
+    pub max_message_size: i64,
     /// Everything loaded, for the backends' own settings (`SQLiteDB.*`, ...).
     pub config: Config,
 }
+
+/// The default of `IPController.max_message_size`: generous for one array, finite (512 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 512 << 20;
 
 /// Parse a port pool: `10101-10120`, `1,3-5`, or a list of ints.
 pub fn parse_ports(v: &Value) -> Result<Vec<u16>, String> {
@@ -151,6 +157,18 @@ impl Settings {
                 return Err(bad(&cfg, "TaskScheduler", "scheme_name", e.to_string()));
             }
         }
+        let max_message_size = match cfg.i64("IPController", "max_message_size")? {
+            None => DEFAULT_MAX_MESSAGE_SIZE,
+            Some(n) if n == -1 || n > 0 => n,
+            Some(_) => {
+                return Err(bad(
+                    &cfg,
+                    "IPController",
+                    "max_message_size",
+                    "must be a positive number of bytes, or -1 for no limit".into(),
+                ))
+            }
+        };
         let key = match cfg.str("Session", "key")? {
             Some(k) => Some(k),
             None => std::env::var("IPP_SESSION_KEY").ok(),
@@ -194,6 +212,7 @@ impl Settings {
             keyfile: cfg.str("Session", "keyfile")?.filter(|k| !k.is_empty()),
             session: cfg.str("Session", "session")?,
             curve: None,
+            max_message_size,
             config: cfg,
         })
     }
@@ -268,6 +287,31 @@ mod tests {
         assert_eq!(s.registration_timeout, Duration::from_secs(30));
         assert_eq!(s.hwm, 1);
         assert_eq!(s.db_class, "DictDB");
+        assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn max_message_size_is_finite_unless_asked() {
+        assert_eq!(
+            cfg(&["--IPController.max_message_size=1048576"])
+                .unwrap()
+                .max_message_size,
+            1 << 20
+        );
+        assert_eq!(
+            cfg(&["--IPController.max_message_size=-1"])
+                .unwrap()
+                .max_message_size,
+            -1
+        );
+        let e = cfg(&["--IPController.max_message_size=0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("IPController.max_message_size") && e.contains("-1"),
+            "{e}"
+        );
     }
 
     #[test]

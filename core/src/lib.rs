@@ -9,6 +9,8 @@
 //! * [`curve`]: CurveZMQ keys (Z85 text, checked) and the `IPP_CURVE_*` variables.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
+//! * [`logging`]: the log-level parser and the logging set-up of every program.
+//! * [`flags`]: the profile flags and the `--foo_bar` spelling, for every command line.
 //! * [`native`]: the native engine transport's messages (one connection per MPI job).
 //! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
@@ -20,7 +22,9 @@ pub mod config;
 pub mod connection;
 pub mod curve;
 pub mod fdlimit;
+pub mod flags;
 pub mod ids;
+pub mod logging;
 pub mod msg;
 pub mod native;
 pub mod profile;

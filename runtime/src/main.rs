@@ -42,6 +42,7 @@ mod link;
 mod nanny;
 mod native;
 mod net;
+mod pace;
 mod preflight;
 mod python;
 mod relay;
@@ -146,7 +147,8 @@ fn run() -> Result<i32> {
     }
 
     // 4. GPUs for this rank (before Python reads its environment); capture, logging, Python
-    let gpu_line = preflight::bind_gpus(boot.gpus, preflight::node_rank(&relay_comm));
+    let local = preflight::node_rank(&relay_comm);
+    let gpu_line = preflight::bind_gpus(boot.gpus, local);
     let capture = capture::Capture::install().context("capturing stdout/stderr")?;
     cli::init_logging(&boot, rank, &capture);
     let span = tracing::info_span!("engine", rank);
@@ -172,7 +174,9 @@ fn run() -> Result<i32> {
     let exe = python::choose_executable(boot.python_venv.as_deref());
     python::initialize(exe.as_deref())?;
     // pre-flight: every rank can run requests, or the job exits before registering anything
-    if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref()).is_err() {
+    if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref(), local.0 == 0)
+        .is_err()
+    {
         return Ok(1);
     }
     let (py_version, py_prefix, py_exe) = python::describe()?;

@@ -492,12 +492,10 @@ impl Hub {
             // a counter value is consumed, as ipyparallel does
             self.next_id = self.next_id.saturating_add(1);
             warn!(uuid, "registration with a uuid already in use");
-            let c = json!({
-                "status": "error", "ename": "KeyError",
-                "evalue": format!("'Engine uuid {uuid} is already in use'"),
-                "traceback": [format!("KeyError: 'Engine uuid {uuid} is already in use'")],
-                "engine_info": {},
-            });
+            let c = crate::errors::wrap(
+                "KeyError",
+                &format!("'Engine uuid {uuid} is already in use'"),
+            );
             self.registration_reply(msg, &c, out);
             return;
         }

@@ -220,12 +220,13 @@ fn bound_port(s: &zmq::Socket) -> Result<u16> {
     Ok(port.parse().unwrap_or(0))
 }
 
-/// A socket of this type with the controller's options. With CURVE every socket is a CURVE
-/// server: each role is bound and faces engines or clients, none connects out.
+/// A socket of this type with the controller's options; `max_msg` is ZMQ_MAXMSGSIZE. With CURVE
+/// every socket is a CURVE server: each role is bound and faces engines or clients.
 fn make(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     ident: Option<&[u8]>,
+    max_msg: i64,
     curve: Option<&CurveKeyPair>,
 ) -> Result<zmq::Socket> {
     let s = ctx.socket(kind)?;
@@ -236,6 +237,10 @@ fn make(
     }
     s.set_sndhwm(0)?;
     s.set_rcvhwm(0)?;
+    // Every socket here is one peers connect to. ZeroMQ reads a frame's length before the
+    // frame: one over the limit drops that connection at once, so a peer (signed or not) cannot
+    // make the controller allocate, and then copy, a huge frame before its signature is checked.
+    s.set_maxmsgsize(max_msg)?;
     s.set_linger(1000)?;
     // An MPI job connects all its engines at once, six connections each; with ZeroMQ's
     // default listen backlog of 100 the kernel drops the surplus SYNs and those connections
@@ -288,10 +293,17 @@ pub(super) fn bind_all(
         };
         let want = reused.and_then(|(c, e)| (role.reused)(c, e));
         let port = want.or_else(|| pool.pop()).unwrap_or(0);
-        let s = make(ctx, role.zmq, role.identity, settings.curve.as_ref())?;
+        let curve = settings.curve.as_ref();
+        let s = make(
+            ctx,
+            role.zmq,
+            role.identity,
+            settings.max_message_size,
+            curve,
+        )?;
         let port = bind_one(&s, tr, ip, port, role.what)?;
         if role.sock == Sock::Registration && cip != eip {
-            let r2 = make(ctx, zmq::ROUTER, None, settings.curve.as_ref())?;
+            let r2 = make(ctx, zmq::ROUTER, None, settings.max_message_size, curve)?;
             bind_one(&r2, tr, cip, port, "client registration")?;
             socks.extra_registration = Some(r2);
         }

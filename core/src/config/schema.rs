@@ -267,6 +267,7 @@ pub static CLASSES: &[ClassDef] = &[
             t("engine_json_file", Str, "'ipcontroller-engine.json'", "Name of the engine connection file in security/."),
             t("client_json_file", Str, "'ipcontroller-client.json'", "Name of the client connection file in security/."),
             t("broadcast_scheduler_depth", Int, "1", "Depth of the broadcast scheduler tree."),
+            t("max_message_size", Int, "536870912", "Largest message frame, in bytes, any engine or client may send (512 MiB; -1: no limit). A larger frame drops the sender's connection before it is read, so it costs no memory, signed or not; raise it to move bigger single arrays."),
             ign("use_threads", Bool, "False", "rpar-controller always runs its schedulers in threads; ignored."),
             t("enable_curve", Bool, "$IPP_ENABLE_CURVE == '1'", "CurveZMQ encryption and authentication on every connection (the HMAC key is then empty unless Session.key is set)."),
             t("curve_publickey", Str, "$IPP_CURVE_PUBLICKEY", "The controller's CurveZMQ public key, written to the connection files as curve_serverkey (default: a new pair)."),
