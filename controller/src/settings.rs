@@ -6,6 +6,7 @@
 use crate::cli::CommandLine;
 use anyhow::Context;
 use rpar_core::config::{Config, ConfigError};
+use rpar_core::curve::{self, CurveKey, CurveKeyPair};
 use rpar_core::profile::ProfileDir;
 use serde_json::Value;
 use std::time::Duration;
@@ -32,7 +33,9 @@ pub fn load(profile: &ProfileDir, cmd: &CommandLine) -> anyhow::Result<Settings>
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
-    Settings::resolve(cfg).context("invalid controller settings")
+    let mut s = Settings::resolve(cfg).context("invalid controller settings")?;
+    s.resolve_curve()?;
+    Ok(s)
 }
 
 /// Everything the controller needs to start, resolved.
@@ -61,6 +64,8 @@ pub struct Settings {
     pub key: Option<String>,
     pub keyfile: Option<String>,
     pub session: Option<String>,
+    /// The controller's CurveZMQ key pair when `enable_curve` is on (see [`Settings::resolve_curve`]).
+    pub curve: Option<CurveKeyPair>,
     /// `IPController.max_message_size`: ZMQ_MAXMSGSIZE of every socket peers connect to
     /// (-1: no limit).
     pub max_message_size: i64,
@@ -231,10 +236,60 @@ impl Settings {
             key,
             keyfile: cfg.str("Session", "keyfile")?.filter(|k| !k.is_empty()),
             session: cfg.str("Session", "session")?,
+            curve: None,
             max_message_size,
             metrics: metrics_addr(&cfg)?,
             config: cfg,
         })
+    }
+}
+
+impl Settings {
+    /// CurveZMQ, as ipyparallel >= 7.1: `IPController.enable_curve` (default `$IPP_ENABLE_CURVE`
+    /// == "1") turns it on; the key pair is `IPController.curve_publickey` / `curve_secretkey`
+    /// (default `$IPP_CURVE_PUBLICKEY` / `$IPP_CURVE_SECRETKEY`), else a new one. Every socket is
+    /// then a CURVE server and the connection files carry the public key as `curve_serverkey`.
+    /// CURVE authenticates and encrypts every connection, so, as in ipyparallel, the HMAC key is
+    /// empty unless `Session.key` / `keyfile` (or `$IPP_SESSION_KEY`) sets one.
+    pub fn resolve_curve(&mut self) -> anyhow::Result<()> {
+        let cfg = &self.config;
+        let on = cfg
+            .bool("IPController", "enable_curve")?
+            .unwrap_or_else(curve::enabled_by_env);
+        if !on {
+            return Ok(());
+        }
+        if !curve::available() {
+            anyhow::bail!(
+                "IPController.enable_curve is on, but this rpar-controller's libzmq has no CURVE: \
+                 build rpar against a libzmq with libsodium (the README's build requirements: \
+                 apt-get install libzmq3-dev, then cargo build)"
+            );
+        }
+        let key = |tr: &str, var: &str| -> anyhow::Result<Option<CurveKey>> {
+            match cfg.str("IPController", tr)? {
+                Some(v) => Ok(curve::optional(&format!("IPController.{tr}"), Some(&v))?),
+                None => Ok(curve::from_env(var)?),
+            }
+        };
+        let public = key("curve_publickey", curve::PUBLICKEY_VAR)?;
+        let secret = key("curve_secretkey", curve::SECRETKEY_VAR)?;
+        let pair = match curve::pair(
+            public,
+            secret,
+            (
+                "IPController.curve_publickey",
+                "IPController.curve_secretkey",
+            ),
+        )? {
+            Some(p) => p,
+            None => curve::generate()?,
+        };
+        self.curve = Some(pair);
+        if self.key.is_none() && self.keyfile.is_none() {
+            self.key = Some(String::new());
+        }
+        Ok(())
     }
 }
 
@@ -319,6 +374,47 @@ mod tests {
             .to_string();
         assert!(
             e.contains("IPController.metrics") && e.contains("host:port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn curve_on_makes_a_pair_and_drops_the_hmac_key() {
+        let mut s = cfg(&["--IPController.enable_curve=True"]).unwrap();
+        s.resolve_curve().unwrap();
+        let pair = s.curve.clone().expect("a key pair");
+        assert_ne!(pair.public, pair.secret);
+        assert_eq!(s.key.as_deref(), Some(""));
+        // a configured key stays; a configured pair is used
+        let mine = curve::generate().unwrap();
+        let mut s = cfg(&[
+            "--IPController.enable_curve=True",
+            "--Session.key=abc",
+            &format!("--IPController.curve_publickey={}", mine.public.as_str()),
+            &format!("--IPController.curve_secretkey={}", mine.secret.as_str()),
+        ])
+        .unwrap();
+        s.resolve_curve().unwrap();
+        assert_eq!(s.curve, Some(mine));
+        assert_eq!(s.key.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn curve_off_by_default_and_bad_keys_are_named() {
+        if std::env::var_os(curve::ENABLE_VAR).is_none() {
+            let mut s = cfg(&[]).unwrap();
+            s.resolve_curve().unwrap();
+            assert!(s.curve.is_none());
+            assert_eq!(s.key, None);
+        }
+        let mut s = cfg(&[
+            "--IPController.enable_curve=True",
+            "--IPController.curve_secretkey=short",
+        ])
+        .unwrap();
+        let e = s.resolve_curve().unwrap_err().to_string();
+        assert!(
+            e.contains("IPController.curve_secretkey") && e.contains("40"),
             "{e}"
         );
     }

@@ -6,6 +6,7 @@
 //! * [`ids`]: session/engine uuids and timestamps in the client's format (engine ids are plain
 //!   `u32`, converted from peer numbers with `try_from`).
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
+//! * [`curve`]: CurveZMQ keys (Z85 text, checked) and the `IPP_CURVE_*` variables.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
 //! * [`logging`]: the log-level parser and the logging set-up of every program.
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod curve;
 pub mod fdlimit;
 pub mod flags;
 pub mod ids;

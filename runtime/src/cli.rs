@@ -52,6 +52,13 @@ pub struct Args {
     /// Directory to change into at start (IPEngine.work_dir).
     #[arg(long = "work-dir")]
     pub work_dir: Option<PathBuf>,
+    /// SSH server to tunnel the controller connections through, `[user@]host[:port]`
+    /// (IPEngine.sshserver; default: the connection file's `ssh`).
+    #[arg(long = "ssh", value_name = "SERVER")]
+    pub ssh: Option<String>,
+    /// SSH private key for the tunnel (IPEngine.sshkey).
+    #[arg(long = "sshkey", value_name = "FILE")]
+    pub sshkey: Option<String>,
     /// How rank 0 talks to the controller: `native` (one connection for the whole job;
     /// rpar-controller only), `compat` (the sockets a Python ipengine opens, per engine), or
     /// `auto` (native when the connection file offers it). IPEngine.transport.
@@ -158,6 +165,12 @@ pub struct Boot {
     /// IPython settings accepted (debug log lines).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Rank 0's ssh tunnel to the controller, if any.
+    #[serde(default)]
+    pub ssh: Option<crate::tunnel::SshSpec>,
+    /// Rank 0's CurveZMQ keys, if the controller uses CURVE.
+    #[serde(default)]
+    pub curve: Option<crate::curve::ClientCurve>,
 }
 
 /// Startup work (serializable twin of [`python::Startup`]).
@@ -181,6 +194,10 @@ pub struct FileSettings {
     pub startup_command: Option<String>,
     pub work_dir: Option<String>,
     pub log_level: Option<String>,
+    pub sshserver: Option<String>,
+    pub sshkey: Option<String>,
+    pub ssh_cmd: Option<Vec<String>>,
+    pub curve: crate::curve::CurveSettings,
     pub transport: Option<String>,
     pub gpus: Option<String>,
     pub warnings: Vec<String>,
@@ -212,6 +229,16 @@ pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings>
         log_level: cfg
             .get("Application", "log_level")
             .map(|v| v.value.to_string().trim_matches('"').to_string()),
+        sshserver: nonempty(s("sshserver")?),
+        sshkey: nonempty(s("sshkey")?),
+        ssh_cmd: cfg
+            .str_list("IPEngine", "ssh_cmd")
+            .map_err(|e| anyhow!("{e}"))?,
+        curve: crate::curve::CurveSettings {
+            serverkey: nonempty(s("curve_serverkey")?),
+            publickey: nonempty(s("curve_publickey")?),
+            secretkey: nonempty(s("curve_secretkey")?),
+        },
         gpus: nonempty(s("gpus")?),
         warnings: cfg.warnings().to_vec(),
         ipython_config: cfg.ipython_config(),
@@ -291,6 +318,17 @@ impl Boot {
                 conn.pack
             ));
         }
+        // ipengine: the flag or config names the server, else the connection file does
+        let ssh = crate::tunnel::SshSpec {
+            server: a
+                .ssh
+                .clone()
+                .or(fs.sshserver)
+                .unwrap_or_else(|| conn.ssh.clone()),
+            key: a.sshkey.clone().or(fs.sshkey),
+            cmd: fs.ssh_cmd.unwrap_or_default(),
+        };
+        let curve = crate::curve::resolve(conn.curve_serverkey.as_deref(), &fs.curve)?;
         let gpus = match (&a.gpus, &fs.gpus) {
             (Some(g), _) => crate::gpus::Mode::parse(g, "--gpus"),
             (None, Some(g)) => crate::gpus::Mode::parse(g, "IPEngine.gpus"),
@@ -368,6 +406,8 @@ impl Boot {
             native,
             warnings,
             notes: fs.notes,
+            ssh: ssh.wanted().then_some(ssh),
+            curve,
         })
     }
 

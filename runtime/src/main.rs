@@ -33,6 +33,7 @@
 mod broker;
 mod capture;
 mod cli;
+mod curve;
 mod doorbell;
 mod gpus;
 mod job;
@@ -47,6 +48,7 @@ mod python;
 mod relay;
 mod runtime;
 mod session;
+mod tunnel;
 
 use anyhow::{Context, Result};
 use mpi::traits::*;
@@ -196,28 +198,45 @@ fn run() -> Result<i32> {
         .conn
         .clone()
         .context("no connection info in the boot message")?;
-    let addrs = net::Addrs::from_info(&conn);
+    let mut addrs = net::Addrs::from_info(&conn);
     let key = conn.key.as_bytes().to_vec();
     let mut net0: Option<Net0> = None;
+    // rank 0's ssh tunnel (its ssh process lives as long as this)
+    let mut _tunnel: Option<tunnel::Tunnel> = None;
+    let mut native_endpoint = boot.native.clone();
     let reg = if rank == 0 {
         let timeout = Duration::from_secs_f64(boot.timeout_s);
-        let r = match &boot.native {
-            Some(endpoint) => {
-                native::JobConn::connect(endpoint, &key, &boot.uuids).and_then(|mut conn| {
-                    let (ids, hb_period_ms) = conn.register(timeout)?;
-                    Ok((
-                        Net0::Native(Box::new(conn)),
-                        net::Registered { ids, hb_period_ms },
-                    ))
-                })
-            }
-            None => {
-                let mut ctx = net::Contexts::new();
-                net::ensure_fd_limit(boot.uuids.len())
-                    .and_then(|()| net::register(&mut ctx, &addrs, &key, &boot.uuids, timeout))
-                    .map(|(socks, reg)| (Net0::Compat(ctx, socks), reg))
-            }
+        if boot.curve.is_some() {
+            info!("Using CurveZMQ security");
+        }
+        let tunnelled = match &boot.ssh {
+            Some(spec) => tunnel::open(spec, &addrs, native_endpoint.as_deref()).map(|t| {
+                addrs = t.addrs.clone();
+                native_endpoint = native_endpoint.as_deref().map(|e| t.local_url(e));
+                _tunnel = Some(t);
+            }),
+            None => Ok(()),
         };
+        let r = tunnelled
+            .map_err(anyhow::Error::from)
+            .and_then(|()| match &native_endpoint {
+                Some(endpoint) => {
+                    native::JobConn::connect(endpoint, &key, &boot.uuids, boot.curve.as_ref())
+                        .and_then(|mut conn| {
+                            let (ids, hb_period_ms) = conn.register(timeout)?;
+                            Ok((
+                                Net0::Native(Box::new(conn)),
+                                net::Registered { ids, hb_period_ms },
+                            ))
+                        })
+                }
+                None => {
+                    let mut ctx = net::Contexts::new().with_curve(boot.curve.clone());
+                    net::ensure_fd_limit(boot.uuids.len())
+                        .and_then(|()| net::register(&mut ctx, &addrs, &key, &boot.uuids, timeout))
+                        .map(|(socks, reg)| (Net0::Compat(ctx, socks), reg))
+                }
+            });
         match r {
             Ok((n, reg)) => {
                 net0 = Some(n);
@@ -304,6 +323,7 @@ fn run() -> Result<i32> {
             n.arm(
                 &addrs.registration,
                 &conn.key,
+                boot.curve.clone(),
                 boot.uuids
                     .iter()
                     .cloned()

@@ -9,6 +9,7 @@
 //! session with stdio on /dev/null so that mpiexec's process-group kill and output forwarding
 //! never wait on it, and it never outlives its job by more than its zmq linger (3 s).
 
+use crate::curve::ClientCurve;
 use crate::net::unregistration_request;
 use rpar_core::wire::Signer;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,8 @@ struct Arm {
     url: String,
     key: String,
     engines: Vec<(String, u32)>,
+    #[serde(default)]
+    curve: Option<ClientCurve>,
 }
 
 /// Rank 0's handle on its nanny.
@@ -58,11 +61,18 @@ impl Nanny {
     }
 
     /// Tell the nanny what to unregister should rank 0 vanish.
-    pub fn arm(&self, url: &str, key: &str, engines: Vec<(String, u32)>) {
+    pub fn arm(
+        &self,
+        url: &str,
+        key: &str,
+        curve: Option<ClientCurve>,
+        engines: Vec<(String, u32)>,
+    ) {
         let a = Arm {
             url: url.to_string(),
             key: key.to_string(),
             engines,
+            curve,
         };
         self.write(&serde_json::to_string(&a).unwrap_or_default());
     }
@@ -119,6 +129,11 @@ fn unregister(a: &Arm) {
         return;
     };
     let _ = s.set_linger(3000);
+    if let Some(c) = &a.curve {
+        if c.apply(&s).is_err() {
+            return;
+        }
+    }
     if s.connect(&a.url).is_err() {
         return;
     }

@@ -66,10 +66,18 @@ pub struct JobConn {
 }
 
 impl JobConn {
-    /// Connect (the job's id is its first engine's uuid).
-    pub fn connect(addr: &str, key: &[u8], uuids: &[String]) -> Result<JobConn> {
+    /// Connect (the job's id is its first engine's uuid), as a CurveZMQ client when `curve`.
+    pub fn connect(
+        addr: &str,
+        key: &[u8],
+        uuids: &[String],
+        curve: Option<&crate::curve::ClientCurve>,
+    ) -> Result<JobConn> {
         let ctx = zmq::Context::new();
         let sock = ctx.socket(zmq::DEALER)?;
+        if let Some(c) = curve {
+            c.apply(&sock).context("setting the CurveZMQ keys")?;
+        }
         let job = uuids.first().cloned().unwrap_or_default();
         sock.set_identity(format!("job-{job}").as_bytes())?;
         sock.set_linger(2000)?;

@@ -76,6 +76,7 @@ pub struct Contexts {
     list: Vec<zmq::Context>,
     in_last: usize,
     per_context: usize,
+    curve: Option<crate::curve::ClientCurve>,
 }
 
 impl Contexts {
@@ -93,7 +94,14 @@ impl Contexts {
             list: vec![zmq::Context::new()],
             in_last: 0,
             per_context,
+            curve: None,
         }
+    }
+
+    /// Every socket made from here on connects as a CurveZMQ client with these keys.
+    pub fn with_curve(mut self, curve: Option<crate::curve::ClientCurve>) -> Contexts {
+        self.curve = curve;
+        self
     }
 
     /// A new socket, in a context with room for it.
@@ -104,8 +112,13 @@ impl Contexts {
         }
         self.in_last += 1;
         let ctx = self.list.last().context("no ZeroMQ context")?;
-        ctx.socket(kind)
-            .with_context(|| format!("creating ZeroMQ socket {}", self.sockets()))
+        let s = ctx
+            .socket(kind)
+            .with_context(|| format!("creating ZeroMQ socket {}", self.sockets()))?;
+        if let Some(c) = &self.curve {
+            c.apply(&s).context("setting the CurveZMQ keys")?;
+        }
+        Ok(s)
     }
 
     /// How many sockets were made.

@@ -9,6 +9,7 @@ use crate::hub::{Parked, Sock};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::connection::{ClientInfo, EngineInfo};
+use rpar_core::curve::CurveKeyPair;
 
 /// Which peers connect to a socket, and so which interface it binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,14 +220,21 @@ fn bound_port(s: &zmq::Socket) -> Result<u16> {
     Ok(port.parse().unwrap_or(0))
 }
 
-/// A socket of this type with the controller's options; `max_msg` is ZMQ_MAXMSGSIZE.
+/// A socket of this type with the controller's options; `max_msg` is ZMQ_MAXMSGSIZE. With CURVE
+/// every socket is a CURVE server: each role is bound and faces engines or clients.
 fn make(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     ident: Option<&[u8]>,
     max_msg: i64,
+    curve: Option<&CurveKeyPair>,
 ) -> Result<zmq::Socket> {
     let s = ctx.socket(kind)?;
+    if let Some(c) = curve {
+        s.set_curve_server(true)?;
+        s.set_curve_secretkey(c.secret.as_str().as_bytes())
+            .context("setting the CurveZMQ secret key")?;
+    }
     s.set_sndhwm(0)?;
     s.set_rcvhwm(0)?;
     // Every socket here is one peers connect to. ZeroMQ reads a frame's length before the
@@ -285,10 +293,17 @@ pub(super) fn bind_all(
         };
         let want = reused.and_then(|(c, e)| (role.reused)(c, e));
         let port = want.or_else(|| pool.pop()).unwrap_or(0);
-        let s = make(ctx, role.zmq, role.identity, settings.max_message_size)?;
+        let curve = settings.curve.as_ref();
+        let s = make(
+            ctx,
+            role.zmq,
+            role.identity,
+            settings.max_message_size,
+            curve,
+        )?;
         let port = bind_one(&s, tr, ip, port, role.what)?;
         if role.sock == Sock::Registration && cip != eip {
-            let r2 = make(ctx, zmq::ROUTER, None, settings.max_message_size)?;
+            let r2 = make(ctx, zmq::ROUTER, None, settings.max_message_size, curve)?;
             bind_one(&r2, tr, cip, port, "client registration")?;
             socks.extra_registration = Some(r2);
         }

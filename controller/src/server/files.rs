@@ -29,12 +29,25 @@ impl Files {
         }
     }
 
-    /// `--reuse`: key and ports from the existing files, when they load and agree.
-    pub(super) fn reusable(&self) -> Option<(ClientInfo, EngineInfo)> {
+    /// `--reuse`: key and ports from the existing files, when they load and agree, and name
+    /// this controller's CURVE key (`serverkey`; `None`: no CURVE) — engines and clients with
+    /// the old files could not connect otherwise.
+    pub(super) fn reusable(&self, serverkey: Option<&str>) -> Option<(ClientInfo, EngineInfo)> {
         match (
             connection::read::<ClientInfo>(&self.client),
             connection::read::<EngineInfo>(&self.engine),
         ) {
+            (Ok(c), Ok(e))
+                if c.curve_serverkey.as_deref().filter(|k| !k.is_empty()) != serverkey
+                    || e.curve_serverkey.as_deref().filter(|k| !k.is_empty()) != serverkey =>
+            {
+                warn!(
+                    "the connection files' curve_serverkey is not this controller's CurveZMQ key \
+                     (set IPController.curve_publickey/curve_secretkey to keep one across restarts); \
+                     writing new ones"
+                );
+                None
+            }
             (Ok(c), Ok(e)) if c.key == e.key && c.registration == e.registration => Some((c, e)),
             (Ok(_), Ok(_)) => {
                 error!(
@@ -133,6 +146,10 @@ pub(super) fn connection_info(
         format!("{tr}://{ip}")
     };
     let port = |s: Sock| socks.port(s);
+    let serverkey = settings
+        .curve
+        .as_ref()
+        .map(|c| c.public.as_str().to_string());
     let engine_info = EngineInfo {
         ssh: settings.engine_ssh_server.clone(),
         interface: iface(&settings.engine_ip),
@@ -145,7 +162,7 @@ pub(super) fn connection_info(
         hb_pong: port(Sock::HbPong),
         broadcast: vec![port(Sock::BcastEngine)],
         key: key.to_string(),
-        curve_serverkey: None,
+        curve_serverkey: serverkey.clone(),
         location: location.clone(),
         pack: "json".into(),
         unpack: "json".into(),
@@ -167,7 +184,7 @@ pub(super) fn connection_info(
         notification: port(Sock::Notification),
         broadcast: port(Sock::BcastClient),
         key: key.to_string(),
-        curve_serverkey: None,
+        curve_serverkey: serverkey.clone(),
         location,
         pack: "json".into(),
         unpack: "json".into(),

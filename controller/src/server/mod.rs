@@ -44,12 +44,15 @@ pub fn run(
         .with_context(|| format!("creating profile directory {}", profile.path.display()))?;
     let files = Files::new(&profile, &cluster_id, settings.reuse_files);
     let reused = if settings.reuse_files {
-        files.reusable()
+        files.reusable(settings.curve.as_ref().map(|c| c.public.as_str()))
     } else {
         None
     };
     let key = files::session_key(&settings, reused.as_ref())?;
 
+    if settings.curve.is_some() {
+        info!("CurveZMQ on: every connection is encrypted and authenticated by the server key");
+    }
     let ctx = zmq::Context::new();
     let sockets = bind::bind_all(&ctx, &settings, reused.as_ref())?;
     let (client_info, engine_info) = files::connection_info(&settings, &sockets, &key);
