@@ -258,6 +258,52 @@ fn a_reply_for_a_task_sent_before_a_restart_is_relayed_and_recorded() {
         );
         assert_eq!(rr["completed"], json!([old_id.clone()]), "{rr}");
         assert_eq!(rr[&old_id]["result_content"]["status"], "ok");
+        // a client reconnected under a new routing id: once it sent anything on that socket,
+        // an old reply goes to the new id
+        let (fresh, sock) = if rep_sock == Sock::TaskEngine {
+            (
+                cl.msg(
+                    vec![b"cid2".to_vec()],
+                    "apply_request",
+                    b"{}",
+                    lb_md(),
+                    json!({}),
+                ),
+                Sock::TaskClient,
+            )
+        } else {
+            (
+                cl.msg(
+                    vec![b"cid2".to_vec(), b"w0".to_vec()],
+                    "apply_request",
+                    b"{}",
+                    json!({}),
+                    json!({}),
+                ),
+                Sock::MuxClient,
+            )
+        };
+        h.on_message(sock, fresh.into_frames(), t0);
+        let old2 = cl.msg(
+            vec![b"cid".to_vec()],
+            "apply_request",
+            b"{}",
+            lb_md(),
+            json!({}),
+        );
+        let rep2 = e.msg(
+            vec![b"w0".to_vec(), b"cid".to_vec()],
+            "apply_reply",
+            &old2.header,
+            json!({"status": "ok", "engine": "w0", "dependencies_met": true}),
+            json!({"status": "ok"}),
+        );
+        let relayed = raw_sends(&h.on_message(rep_sock, rep2.into_frames(), t0), back);
+        assert_eq!(
+            &relayed[0][..2],
+            &[b"cid2".to_vec(), b"w0".to_vec()],
+            "{rep_sock:?}"
+        );
         // a second copy of it is not relayed again by the task scheduler
         if rep_sock == Sock::TaskEngine {
             let again = e.msg(
