@@ -81,6 +81,28 @@ impl Hub {
         out.push(Effect::Send(Sock::MuxClient, msg.into_frames()));
     }
 
+    /// A task reply for a task this controller never saw: submitted to a controller that died
+    /// and was restarted (`--restore`/`--reuse`) while it ran. Its routing frames
+    /// (`[engine, client]`) name the client, so it is relayed and recorded rather than dropped
+    /// (ipyparallel drops it and the client waits forever). The scheduler never hears of it.
+    fn relay_orphan_task_reply(
+        &mut self,
+        mid: String,
+        mut msg: WireMessage,
+        out: &mut Vec<Effect>,
+    ) {
+        tracing::info!(msg_id = %mid, "reply for a task submitted before a controller restart; relayed to its client");
+        msg.idents.swap(0, 1);
+        msg.idents.truncate(2);
+        let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
+        let eid = self.engine_id_of(&msg.idents[1]);
+        let aborted = self.records.result(&mid, &msg, Some(&engine));
+        self.ledger
+            .finished(mid, eid, if aborted { None } else { eid });
+        self.reroute(Sock::TaskClient, &mut msg);
+        out.push(Effect::Send(Sock::TaskClient, msg.into_frames()));
+    }
+
     /// A reply for a request this controller never saw (sent before a restart) goes to the
     /// routing id its client session uses now, if the client sent anything on that socket
     /// since: a client without an explicit ZeroMQ identity gets a new one when it reconnects.
@@ -156,6 +178,15 @@ impl Hub {
     }
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
+        if let Some(mid) = rpar_core::msg::msg_id_of(&msg.parent) {
+            if msg.idents.len() >= 2
+                && !self.ledger.pending.contains(&mid)
+                && !self.ledger.is_completed(&mid)
+            {
+                self.relay_orphan_task_reply(mid, msg, out);
+                return;
+            }
+        }
         let actions = self.tasks.task.on_engine_reply(msg, now);
         self.apply_task_actions(actions, out);
     }

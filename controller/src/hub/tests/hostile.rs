@@ -348,3 +348,35 @@ fn a_heartbeat_lost_engine_that_answers_again_is_registered_again_not_a_zombie()
     assert!(sends(&pong(&mut h, "stranger", t0), Sock::Notification).is_empty());
     assert_eq!(h.registered().count(), 2);
 }
+
+#[test]
+fn the_hubs_bookkeeping_stays_bounded_after_many_tasks() {
+    // issue 11: the completed lists grew with every task, also after purge_results('all')
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    register(&mut h, "b0", None, t0);
+    let mut sizes = Vec::new();
+    for i in 0..(ledger::COMPLETED_KEPT as u64 * 3) {
+        let m = format!("task-{i}");
+        h.ledger.pending.insert(m.clone());
+        h.ledger.assigned(&m, Some(0));
+        assert!(h.ledger.finished(m, Some(0), Some(0)));
+        if i % 50_000 == 49_999 {
+            sizes.push(h.ledger.size());
+        }
+    }
+    let bound = 2 * ledger::COMPLETED_KEPT + 10;
+    assert!(sizes.iter().all(|&s| s <= bound), "{sizes:?}");
+    // counts stay exact; the kept list is the newest tasks
+    let qs = query(&mut h, "queue_request", json!({"targets": [0]}), t0);
+    assert_eq!(
+        qs["0"]["completed"],
+        json!(ledger::COMPLETED_KEPT as u64 * 3)
+    );
+    assert!(h
+        .ledger
+        .is_completed(&format!("task-{}", ledger::COMPLETED_KEPT * 3 - 1)));
+    assert!(!h.ledger.is_completed("task-0"));
+    query(&mut h, "purge_request", json!({"msg_ids": "all"}), t0);
+    assert!(h.ledger.size() <= 2, "{}", h.ledger.size());
+}
