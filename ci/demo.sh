@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The README's first command: on a fresh machine, install everything, build rpar, start a local
 # cluster whose 4 engines are ONE MPI job (`mpiexec -n 4 rpar-engine`), run a computation on it
-# with the unmodified ipyparallel client (mpi4py included), and stop the cluster.
+# with the unmodified ipyparallel client (mpi4py included), and stop the cluster. The programs are
+# installed on PATH (ci/install-prefix.sh: /usr/local/bin as root, else ~/.local/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install.sh
 . ci/env.sh
 cargo build --release -p rpar -p rpar-controller -p rpar-engine
-export PATH="$PWD/target/release:$PATH"
+# the programs go on PATH: /usr/local/bin as root, else ~/.local/bin (PREFIX=... for another place)
+bindir="$(RPAR_INSTALL_FROM=target/release bash ci/install-prefix.sh)"
+export PATH="$bindir:$PATH"
 export IPYTHONDIR="${IPYTHONDIR:-$(mktemp -d)}"
 echo "== rpar profile create --parallel --profile=demo  (IPYTHONDIR=$IPYTHONDIR)"
 rpar profile create --parallel --profile=demo

@@ -6,6 +6,7 @@
 //! never see clap types.
 
 pub mod cluster;
+pub mod engine_check;
 pub mod hub;
 pub mod jobscript;
 pub mod launcher;

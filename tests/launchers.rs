@@ -366,6 +366,37 @@ fn hand_usable_scripts_and_rendered_scripts_run_the_same_commands() {
             let by_hand = stubs.run(raw, &hand_env);
             let by_rpar = stubs.run(&rendered, &slots);
             assert_eq!(by_hand, by_rpar, "{what} with values");
+            // 3. no IPP_PROFILE_DIR: the profile resolves as in IPython, from IPYTHONDIR and a
+            // profile name (IPP_PROFILE), like the profile rendered in
+            let ipdir = stubs.dir.path().join("ipdir").display().to_string();
+            let named_env = vec![
+                ("NSLOTS", "4".to_string()),
+                ("STUB_SLEEP", sleep.to_string()),
+                ("IPYTHONDIR", ipdir.clone()),
+                ("IPP_PROFILE", "mpi".to_string()),
+            ];
+            let named_vars = ScriptVars {
+                profile_dir: format!("{ipdir}/profile_mpi"),
+                role: Some(role),
+                ..Default::default()
+            };
+            let named = stubs.run(raw, &named_env);
+            let named_rendered = jobscript::render(raw, "t", &named_vars).unwrap();
+            assert_eq!(
+                named,
+                stubs.run(&named_rendered, &slots),
+                "{what} with IPYTHONDIR and IPP_PROFILE"
+            );
+            assert!(
+                named.contains(&format!("--profile-dir={ipdir}/profile_mpi ")),
+                "{what}: {named}"
+            );
+            // and IPYTHONDIR alone gives its default profile
+            let default = stubs.run(raw, &named_env[..3]);
+            assert!(
+                default.contains(&format!("--profile-dir={ipdir}/profile_default ")),
+                "{what}: {default}"
+            );
             if role != Role::Controller {
                 assert!(
                     by_rpar.contains("mpiexec --bind-to none"),

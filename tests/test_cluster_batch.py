@@ -170,36 +170,113 @@ c.PBSLauncher.submit_command = ['{TORQUE_QSUB}']
         e.cleanup()
 
 
+HAND_JOB_VAR = {"slurm": "SLURM_JOB_ID", "pbs": "SLURM_JOB_ID", "sge": "JOB_ID"}
+
+
+def submit_by_hand(system, env, cwd, n):
+    """Submit jobscripts/<system>.engine as a user would (qsub for PBS goes through Slurm's
+    torque front end); the job id."""
+    from util_cluster import ROOT
+
+    script = str(ROOT / "jobscripts" / f"{system}.engine")
+    submit = {
+        "slurm": ["sbatch", f"--ntasks={n}", script],
+        "pbs": [TORQUE_QSUB, "-l", f"nodes=1:ppn={n}", script],
+        "sge": ["qsub", "-pe", "smp", str(n), script],
+    }[system]
+    out = subprocess.run(submit, env=env, cwd=cwd, capture_output=True, text=True, check=True).stdout
+    return __import__("re").search(r"\d+", out).group(0)
+
+
+def cancel_by_hand(system, job_ids):
+    """Cancel hand-submitted jobs and wait until they have left the queue."""
+    cancel = {"slurm": ["scancel"], "pbs": ["scancel"], "sge": ["qdel"]}[system]
+    subprocess.run(cancel + list(job_ids), capture_output=True)
+    ids_now = sge_ids if system == "sge" else squeue_ids
+    wait_dequeued(job_ids, ids_now, "the hand-submitted jobs to end")
+
+
 @pytest.mark.parametrize("system", ["slurm", "pbs", "sge"])
 def test_jobscripts_submitted_by_hand(tmp_path, system):
     """`sbatch --ntasks=2 jobscripts/slurm.engine` (and qsub for PBS and SGE) as the files stand:
     the engines join a running cluster, sized by the submit command line."""
     require_service("sge" if system == "sge" else "slurm")
-    from util_cluster import BIN, ROOT
+    from util_cluster import BIN
 
     e = RparEnv(tmp_path, profile="hand")
     try:
         e.create_profile()
         e.start("--n=1")
         env = dict(e.env, IPP_PROFILE_DIR=str(e.profile_dir), RPAR_ENGINE=str(BIN / "rpar-engine"))
-        script = str(ROOT / "jobscripts" / f"{system}.engine")
-        submit = {
-            "slurm": ["sbatch", "--ntasks=2", script],
-            "pbs": [TORQUE_QSUB, "-l", "nodes=1:ppn=2", script],
-            "sge": ["qsub", "-pe", "smp", "2", script],
-        }[system]
-        out = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-        job_id = __import__("re").search(r"\d+", out).group(0)
+        job_id = submit_by_hand(system, env, tmp_path, 2)
         try:
             rc = e.client(n=3, timeout=120)
-            var = "JOB_ID" if system == "sge" else "SLURM_JOB_ID"
-            ids = engine_env(rc, var)
+            ids = engine_env(rc, HAND_JOB_VAR[system])
             assert sorted(ids, key=str).count(job_id) == 2, (ids, job_id)
             rc.close()
         finally:
-            cancel = {"slurm": ["scancel"], "pbs": ["scancel"], "sge": ["qdel"]}[system]
-            subprocess.run(cancel + [job_id], capture_output=True)
-        ids_now = sge_ids if system == "sge" else squeue_ids
-        wait_dequeued([job_id], ids_now, "the hand-submitted job to end")
+            cancel_by_hand(system, [job_id])
+    finally:
+        e.cleanup()
+
+
+@pytest.mark.parametrize("system", ["slurm", "pbs", "sge"])
+def test_jobscripts_by_hand_find_the_profile_through_ipythondir(tmp_path, system):
+    """With IPYTHONDIR exported and no IPP_PROFILE_DIR (profiles on scratch, as HPC sites keep
+    them), a hand-submitted engine job finds its profile as every IPython program does:
+    $IPYTHONDIR/profile_default, and $IPYTHONDIR/profile_<IPP_PROFILE> for a named profile. Both
+    jobs join their running controllers and run a task."""
+    require_service("sge" if system == "sge" else "slurm")
+    from conftest import Controller
+    from util_cluster import BIN
+
+    ipdir = tmp_path / "scratch" / "ipython"
+    ipdir.mkdir(parents=True)
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("IPP_PROFILE_DIR", "IPP_PROFILE", "IPP_CLUSTER_ID", "IPP_CONNECTION_INFO")}
+    env.update(IPYTHONDIR=str(ipdir), RPAR_ENGINE=str(BIN / "rpar-engine"))
+    ctls, jobs = [], []
+    try:
+        for profile in ("default", "scratchprof"):
+            ctls.append(Controller(ipdir / f"profile_{profile}", env={"IPYTHONDIR": str(ipdir)}))
+        jobs.append(submit_by_hand(system, env, tmp_path, 1))
+        jobs.append(submit_by_hand(system, dict(env, IPP_PROFILE="scratchprof"), tmp_path, 1))
+        try:
+            for ctl, job_id in zip(ctls, jobs):
+                rc = ctl.client()
+                try:
+                    rc.wait_for_engines(1, timeout=120)
+                    assert engine_env(rc, HAND_JOB_VAR[system]) == [job_id], ctl.profile_dir
+                    assert rc[:].apply_sync(remote(lambda x: x * 3), 14) == [42]
+                finally:
+                    rc.close()
+        finally:
+            cancel_by_hand(system, jobs)
+    finally:
+        for c in ctls:
+            c.stop()
+
+
+def test_broken_engine_environment_fails_before_submitting(tmp_path):
+    """`rpar cluster start --engines=slurm` whose engines' Python lacks ipyparallel (VIRTUAL_ENV
+    names a bare venv): rpar runs `rpar-engine --check` first and fails in seconds, saying which
+    Python and why; no job reaches the queue and no controller is left."""
+    require_service("slurm")
+    import sys
+
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    e = RparEnv(tmp_path, profile="broken")
+    try:
+        e.create_profile()
+        e.env["VIRTUAL_ENV"] = str(venv)
+        r = e.rpar("cluster", "start", "--profile=broken", "--daemonize", "--n=2", "--engines=slurm", check=False)
+        assert r.returncode != 0, r.stderr
+        assert "no batch job was submitted" in r.stderr, r.stderr
+        assert f"{venv}/bin/python" in r.stderr and "cannot import ipyparallel" in r.stderr, r.stderr
+        out = subprocess.run(["squeue", "-h", "-o", "%i %o"], capture_output=True, text=True, check=True).stdout
+        assert str(tmp_path) not in out, out
+        assert not e.cluster_file().exists()
+        assert not (e.profile_dir / "security" / "ipcontroller-engine.json").exists()
     finally:
         e.cleanup()

@@ -233,6 +233,8 @@ def test_gil_holding_task_is_not_declared_dead(controller, job_factory):
 def test_signal_interrupts_running_code(controller, job_factory):
     job = job_factory("openmpi", controller, n=2)
     with connected(controller, job, n=2) as rc:
+        # the engine serves requests (its shell is built) before the interrupt is sent
+        assert rc[0].apply_sync(lambda: 1) == 1
         ar = rc[0].execute("import time\ntime.sleep(60)", block=False)
         time.sleep(1.5)
         rc.send_signal(signal.SIGINT, targets=[0], block=True)
@@ -284,7 +286,7 @@ def test_low_open_file_limit_is_raised_by_controller_and_rank_0(make_controller,
     raise it towards the hard limit and the job works."""
     low = ["prlimit", "--nofile=64:", "--"]
     ctl = make_controller("--ip=127.0.0.1", "--ping=500", prefix=low)
-    job = job_factory("openmpi", ctl, n=8, prefix=low)
+    job = job_factory("openmpi", ctl, n=8, prefix=low, args=["--transport=compat"])
     with connected(ctl, job, n=8) as rc:
         assert rc[:].apply_sync(lambda x: x + 1, 41) == [42] * 8
     assert "open-file limit raised from 64" in job.output()
@@ -294,7 +296,9 @@ def test_too_low_hard_open_file_limit_is_a_clear_error(make_controller, job_fact
     """When even the hard limit cannot hold rank 0's sockets the job fails at once and says
     what to change (it used to start and hang with unregistered engines)."""
     ctl = make_controller("--ip=127.0.0.1", "--ping=500")
-    job = job_factory("openmpi", ctl, n=8, prefix=["prlimit", "--nofile=100:100", "--"])
+    job = job_factory(
+        "openmpi", ctl, n=8, prefix=["prlimit", "--nofile=100:100", "--"], args=["--transport=compat"]
+    )
     assert job.wait(60) == 255
     out = job.output()
     assert "needs about 176 open files but the hard limit (ulimit -Hn) is 100" in out, out
@@ -307,7 +311,9 @@ def test_many_ranks_over_several_zeromq_contexts(make_controller, job_factory):
     must register, compute and reach the others through mpi4py."""
     n = 24
     ctl = make_controller("--ip=127.0.0.1", "--ping=1000")
-    job = job_factory("openmpi", ctl, n=n, env={"RPAR_ENGINE_SOCKETS_PER_CONTEXT": "16"})
+    job = job_factory(
+        "openmpi", ctl, n=n, env={"RPAR_ENGINE_SOCKETS_PER_CONTEXT": "16"}, args=["--transport=compat"]
+    )
     with connected(ctl, job, n=n) as rc:
         assert sorted(rc.ids) == list(range(n))
         assert rc[:].apply_sync(lambda x: x * 2, 21) == [42] * n

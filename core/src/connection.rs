@@ -72,6 +72,20 @@ pub struct EngineInfo {
     pub unpack: String,
     #[serde(default = "sha256_str")]
     pub signature_scheme: String,
+    /// rpar-controller's native engine transport (absent from ipyparallel's files; Python
+    /// engines and clients ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpar_native: Option<NativeInfo>,
+}
+
+/// The `rpar_native` field of `ipcontroller-engine.json`: where rank 0 of an MPI job connects
+/// its one job connection (see [`crate::native`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeInfo {
+    /// The native protocol version the controller speaks.
+    pub version: u16,
+    /// The port of its native ROUTER (on `interface`).
+    pub port: u16,
 }
 
 fn json_str() -> String {

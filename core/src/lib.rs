@@ -8,6 +8,8 @@
 //! * [`connection`]: the `ipcontroller-*.json` connection files.
 //! * [`profile`]: IPython profile directories (`$IPYTHONDIR/profile_<name>`).
 //! * [`config`]: `*_config.py` / `*_config.json` / `--Class.trait=value` for all three programs.
+//! * [`native`]: the native engine transport's messages (one connection per MPI job).
+//! * [`signals`]: the stopping-signal flag every program's loop checks.
 //! * [`fdlimit`]: the open-file limit, raised for the many connections of big jobs.
 //!
 //! Nothing here does I/O on sockets: the controller and the engine runtime own their sockets and
@@ -18,7 +20,9 @@ pub mod connection;
 pub mod fdlimit;
 pub mod ids;
 pub mod msg;
+pub mod native;
 pub mod profile;
+pub mod signals;
 pub mod wire;
 
 pub use msg::{Header, MessageBuilder};

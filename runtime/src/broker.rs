@@ -17,7 +17,8 @@ pub enum Socket {
     Shell(Rank),
     Control(Rank),
     Heart(Rank),
-    IoPub,
+    /// The IOPub PUB (compat: shared by all engines; native: routed as this rank's engine).
+    IoPub(Rank),
 }
 
 /// What to do with a message.
@@ -118,7 +119,7 @@ impl Broker {
         match p.header.channel {
             Channel::Shell => (Route::Zmq(Socket::Shell(rank), p.frames), None),
             Channel::Control => (Route::Zmq(Socket::Control(rank), p.frames), None),
-            Channel::IoPub => (Route::Zmq(Socket::IoPub, p.frames), None),
+            Channel::IoPub => (Route::Zmq(Socket::IoPub(rank), p.frames), None),
             Channel::Heartbeat => {
                 if self.done.contains(&rank) || self.exiting {
                     (Route::Drop("heartbeat of a finished engine"), None)
@@ -206,7 +207,7 @@ mod tests {
         let cases = [
             (Channel::Shell, Socket::Shell(Rank(1))),
             (Channel::Control, Socket::Control(Rank(1))),
-            (Channel::IoPub, Socket::IoPub),
+            (Channel::IoPub, Socket::IoPub(Rank(1))),
             (Channel::Heartbeat, Socket::Heart(Rank(1))),
         ];
         for (ch, sock) in cases {

@@ -62,9 +62,23 @@ pub struct Args {
     /// Directory to change into at start (IPEngine.work_dir).
     #[arg(long = "work-dir")]
     pub work_dir: Option<PathBuf>,
+    /// How rank 0 talks to the controller: `native` (one connection for the whole job;
+    /// rpar-controller only), `compat` (the sockets a Python ipengine opens, per engine), or
+    /// `auto` (native when the connection file offers it). IPEngine.transport.
+    #[arg(long, value_name = "auto|native|compat")]
+    pub transport: Option<String>,
     /// Do not fork a nanny process on rank 0.
     #[arg(long = "no-nanny")]
     pub no_nanny: bool,
+    /// GPUs per rank: `auto` gives each rank its share of the node's GPUs
+    /// (CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES / ZE_AFFINITY_MASK) from its node-local rank,
+    /// splitting a list the batch system set; `none` (default) leaves them alone. IPEngine.gpus
+    #[arg(long, value_name = "auto|none")]
+    pub gpus: Option<String>,
+    /// Print the environment the engines would run in (Python, venv, ipyparallel, MPI, mpi4py,
+    /// GPU binding) and exit: 0 if the engines can run, 1 if not.
+    #[arg(long)]
+    pub check: bool,
     /// Print the version and the Python this binary embeds.
     #[arg(long, short = 'V')]
     pub version: bool,
@@ -165,8 +179,12 @@ pub struct Boot {
     pub max_heartbeat_misses: u32,
     pub work_dir: Option<PathBuf>,
     pub python_venv: Option<PathBuf>,
+    /// GPU binding per rank (`--gpus` / `IPEngine.gpus`, validated).
+    pub gpus: crate::gpus::Mode,
     pub startup: StartupCfg,
     pub uuids: Vec<String>,
+    /// The native transport's endpoint, when rank 0 uses it (else compat).
+    pub native: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -197,6 +215,8 @@ pub struct FileSettings {
     pub startup_command: Option<String>,
     pub work_dir: Option<String>,
     pub log_level: Option<String>,
+    pub transport: Option<String>,
+    pub gpus: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -218,9 +238,11 @@ pub fn load_settings(profile_dir: &Path, cli: &[String]) -> Result<FileSettings>
         startup_script: nonempty(s("startup_script")?),
         startup_command: nonempty(s("startup_command")?),
         work_dir: nonempty(s("work_dir")?),
+        transport: nonempty(s("transport")?),
         log_level: cfg
             .get("Application", "log_level")
             .map(|v| v.value.to_string().trim_matches('"').to_string()),
+        gpus: nonempty(s("gpus")?),
         warnings: cfg.warnings().to_vec(),
     })
 }
@@ -302,8 +324,48 @@ impl Boot {
                 conn.pack
             ));
         }
+        let gpus = match (&a.gpus, &fs.gpus) {
+            (Some(g), _) => crate::gpus::Mode::parse(g, "--gpus"),
+            (None, Some(g)) => crate::gpus::Mode::parse(g, "IPEngine.gpus"),
+            (None, None) => Ok(crate::gpus::Mode::None),
+        }
+        .map_err(anyhow::Error::msg)?;
+        if gpus == crate::gpus::Mode::Auto {
+            if let Some(v) = std::env::var(crate::gpus::OVERRIDE_VAR)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+            {
+                crate::gpus::parse_override(&v).map_err(anyhow::Error::msg)?;
+            }
+        }
         let uuids = (0..size).map(|_| rpar_core::ids::new_id()).collect();
         let mut warnings = fs.warnings;
+        let transport = a
+            .transport
+            .clone()
+            .or(fs.transport)
+            .unwrap_or_else(|| "auto".into());
+        let native = match transport.trim().to_ascii_lowercase().as_str() {
+            "compat" => None,
+            "auto" => match crate::native::endpoint(&conn) {
+                Ok(e) => e,
+                Err(e) => {
+                    warnings.push(format!("{e:#}; using the compat transport"));
+                    None
+                }
+            },
+            "native" => Some(crate::native::endpoint(&conn)?.ok_or_else(|| {
+                anyhow!(
+                    "--transport=native: the connection file offers no native transport (no \
+                     rpar_native field: not an rpar-controller); use --transport=auto or compat"
+                )
+            })?),
+            other => {
+                return Err(anyhow!(
+                    "--transport={other} (IPEngine.transport): expected auto, native or compat"
+                ))
+            }
+        };
         if let Some(m) = &a.mpi {
             if m != "mpi4py" {
                 warnings.push(format!(
@@ -329,11 +391,13 @@ impl Boot {
                 .clone()
                 .or_else(|| fs.work_dir.map(PathBuf::from)),
             python_venv: a.python_venv.clone(),
+            gpus,
             startup: StartupCfg {
                 script: fs.startup_script,
                 command: fs.startup_command,
             },
             uuids,
+            native,
             warnings,
         })
     }

@@ -353,6 +353,12 @@ impl EngineCore {
             Action::Signal => {
                 let sig = req.content.get("sig").and_then(parse_signal);
                 let content = match sig {
+                    Some(libc::SIGINT) if !self.queue.is_running() => {
+                        // nothing to interrupt (Python idle or still starting: an interrupt
+                        // there would end the engine's start-up, and the job with it)
+                        info!("signal_request SIGINT: no request running; nothing interrupted");
+                        json!({ "status": "ok" })
+                    }
                     Some(libc::SIGINT) => {
                         info!("signal_request: interrupting Python");
                         interrupt_python();

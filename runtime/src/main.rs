@@ -9,7 +9,9 @@
 //! 1. arguments; fork the nanny on rank 0 (before any thread exists);
 //! 2. `MPI_Init_thread(MULTIPLE)`; a panic anywhere aborts the whole job;
 //! 3. rank 0 resolves profile, config and connection file (waiting for it) and broadcasts them;
-//! 4. stdout/stderr capture, logging, embedded Python (venv-aware);
+//! 4. GPU binding per rank (`--gpus=auto`); stdout/stderr capture, logging, embedded Python
+//!    (venv-aware); pre-flight: every rank imports ipyparallel's serialization, or the job exits
+//!    with one line saying which Python lacks it and how to fix that (`preflight`);
 //! 5. rank 0 raises its open-file limit for the job's sockets, registers every engine and
 //!    broadcasts the ids;
 //! 6. doorbells; barrier;
@@ -32,10 +34,14 @@ mod broker;
 mod capture;
 mod cli;
 mod doorbell;
+mod gpus;
+mod job;
 mod kernel;
 mod link;
 mod nanny;
+mod native;
 mod net;
+mod preflight;
 mod python;
 mod relay;
 mod runtime;
@@ -74,12 +80,22 @@ fn abort_job(why: &str) -> ! {
     std::process::exit(1)
 }
 
+/// Rank 0's connection to the controller, between registration and the runtime thread.
+enum Net0 {
+    /// Contexts and the per-engine registration sockets.
+    Compat(net::Contexts, Vec<zmq::Socket>),
+    Native(native::JobConn),
+}
+
 fn run() -> Result<i32> {
     let args: Vec<String> = std::env::args().collect();
     let opts = cli::parse(&args)?;
     if opts.version {
         println!("{}", cli::version_text());
         return Ok(0);
+    }
+    if opts.args.check {
+        return preflight::check_main(&opts);
     }
 
     // 1. nanny, before any thread
@@ -127,7 +143,8 @@ fn run() -> Result<i32> {
             .with_context(|| format!("changing into work_dir {}", dir.display()))?;
     }
 
-    // 4. capture, logging, Python
+    // 4. GPUs for this rank (before Python reads its environment); capture, logging, Python
+    let gpu_line = preflight::bind_gpus(boot.gpus, preflight::node_rank(&relay_comm));
     let capture = capture::Capture::install().context("capturing stdout/stderr")?;
     cli::init_logging(&boot, rank, &capture);
     let span = tracing::info_span!("engine", rank);
@@ -145,8 +162,17 @@ fn run() -> Result<i32> {
             warn!("{w}");
         }
     }
+    match gpu_line {
+        Ok(Some(line)) => info!("{line}"),
+        Ok(None) => {}
+        Err(e) => warn!("GPU binding: {e:#}; the environment is left as it was"),
+    }
     let exe = python::choose_executable(boot.python_venv.as_deref());
     python::initialize(exe.as_deref())?;
+    // pre-flight: every rank can run requests, or the job exits before registering anything
+    if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref()).is_err() {
+        return Ok(1);
+    }
     let (py_version, py_prefix, py_exe) = python::describe()?;
     let py_short = py_version
         .split_whitespace()
@@ -162,21 +188,26 @@ fn run() -> Result<i32> {
         .context("no connection info in the boot message")?;
     let addrs = net::Addrs::from_info(&conn);
     let key = conn.key.as_bytes().to_vec();
-    let mut ctx_socks: Option<(net::Contexts, Vec<zmq::Socket>)> = None;
+    let mut net0: Option<Net0> = None;
     let reg = if rank == 0 {
-        let mut ctx = net::Contexts::new();
-        let r = net::ensure_fd_limit(boot.uuids.len()).and_then(|()| {
-            net::register(
-                &mut ctx,
-                &addrs,
-                &key,
-                &boot.uuids,
-                Duration::from_secs_f64(boot.timeout_s),
-            )
-        });
+        let timeout = Duration::from_secs_f64(boot.timeout_s);
+        let r = match &boot.native {
+            Some(endpoint) => {
+                native::JobConn::connect(endpoint, &key, &boot.uuids).and_then(|mut conn| {
+                    let (ids, hb_period_ms) = conn.register(timeout)?;
+                    Ok((Net0::Native(conn), net::Registered { ids, hb_period_ms }))
+                })
+            }
+            None => {
+                let mut ctx = net::Contexts::new();
+                net::ensure_fd_limit(boot.uuids.len())
+                    .and_then(|()| net::register(&mut ctx, &addrs, &key, &boot.uuids, timeout))
+                    .map(|(socks, reg)| (Net0::Compat(ctx, socks), reg))
+            }
+        };
         match r {
-            Ok((socks, reg)) => {
-                ctx_socks = Some((ctx, socks));
+            Ok((n, reg)) => {
+                net0 = Some(n);
                 cli::RegOutcome {
                     ok: true,
                     error: String::new(),
@@ -255,16 +286,7 @@ fn run() -> Result<i32> {
     // 7. runtime thread
     let rt_span = span.clone();
     let handle = if rank == 0 {
-        let (mut ctx, reg_socks) = ctx_socks.context("rank 0 has no registration sockets")?;
-        let sockets =
-            net::Sockets::open(&mut ctx, reg_socks, &addrs, &boot.uuids, &registered.ids)?;
-        if ctx.contexts() > 1 {
-            info!(
-                "{} ZeroMQ sockets in {} contexts",
-                ctx.sockets(),
-                ctx.contexts()
-            );
-        }
+        let net0 = net0.context("rank 0 has no connection to the controller")?;
         if let Some(n) = &nanny {
             n.arm(
                 &addrs.registration,
@@ -276,25 +298,58 @@ fn run() -> Result<i32> {
                     .collect(),
             );
         }
-        let r0 = runtime::Rank0 {
-            sockets,
-            link,
-            core,
-            outbox: outbox_rx,
-            queue: queue.clone(),
-            key: key.clone(),
-            uuids: boot.uuids.clone(),
-            ids: registered.ids.clone(),
-            hb_period: Duration::from_millis(registered.hb_period_ms),
-            max_heartbeat_misses: boot.max_heartbeat_misses,
-            nanny,
-        };
-        std::thread::Builder::new()
-            .name("runtime".into())
-            .spawn(move || {
-                let _g = rt_span.enter();
-                r0.run()
-            })?
+        let hb_period = Duration::from_millis(registered.hb_period_ms);
+        let max_heartbeat_misses = boot.max_heartbeat_misses;
+        let thread = std::thread::Builder::new().name("runtime".into());
+        match net0 {
+            Net0::Compat(mut ctx, reg_socks) => {
+                let sockets =
+                    net::Sockets::open(&mut ctx, reg_socks, &addrs, &boot.uuids, &registered.ids)?;
+                if ctx.contexts() > 1 {
+                    info!(
+                        "{} ZeroMQ sockets in {} contexts",
+                        ctx.sockets(),
+                        ctx.contexts()
+                    );
+                }
+                let r0 = runtime::Rank0 {
+                    net: runtime::Compat {
+                        sockets,
+                        key: key.clone(),
+                        uuids: boot.uuids.clone(),
+                        ids: registered.ids.clone(),
+                    },
+                    link,
+                    core,
+                    outbox: outbox_rx,
+                    queue: queue.clone(),
+                    hb_period,
+                    max_heartbeat_misses,
+                    nanny,
+                };
+                thread.spawn(move || {
+                    let _g = rt_span.enter();
+                    r0.run()
+                })?
+            }
+            Net0::Native(conn) => {
+                info!("native transport: one connection for the job's {size} engines");
+                let r0 = runtime::Rank0 {
+                    net: conn,
+                    link,
+                    core,
+                    outbox: outbox_rx,
+                    queue: queue.clone(),
+                    hb_period,
+                    max_heartbeat_misses,
+                    nanny,
+                };
+                thread.spawn(move || {
+                    let _g = rt_span.enter();
+                    r0.run()
+                })?
+            }
+        }
     } else {
         let rn = runtime::RankN {
             link,

@@ -1,7 +1,8 @@
 //! The runtime thread of each rank: the I/O loops around the sans-I/O [`Broker`] and
 //! [`EngineCore`].
 //!
-//! * Rank 0 polls every engine's ZeroMQ sockets, its outbox doorbell, and (by probing) MPI;
+//! * Rank 0 polls its ZeroMQ sockets (compat: every engine's; native: the one job connection,
+//!   with the job's lifecycle in [`JobCore`]), its outbox doorbell, and (by probing) MPI;
 //!   routes with the broker; runs its own engine's core directly.
 //! * Rank r ≥ 1 touches no network: it probes MPI for packets from rank 0, runs its core, and
 //!   sends its outbox to rank 0.
@@ -15,41 +16,26 @@
 //! SIGTERM (mpiexec tearing the job down) makes rank 0 unregister every engine before exiting.
 
 use crate::broker::{Broker, JobEvent, Route, Socket};
+use crate::job::{Action, JobCore};
 use crate::kernel::{interrupt_python, EngineCore, JobQueue};
 use crate::link::Link;
 use crate::nanny::Nanny;
+use crate::native::{Incoming, JobConn};
 use crate::net::Sockets;
 use crate::relay::{Channel, Life, Packet, Rank};
 use crate::session::OutboxRx;
+use rpar_core::native::Departure;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-/// Set by the SIGTERM/SIGHUP handler.
-pub static TERMINATE: AtomicBool = AtomicBool::new(false);
-/// The signal that set [`TERMINATE`].
-pub static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_term(sig: libc::c_int) {
-    TERM_SIGNAL.store(sig, Ordering::SeqCst);
-    TERMINATE.store(true, Ordering::SeqCst);
-}
-
-/// Install the SIGTERM/SIGHUP handler (flag only; the loops act on it).
+/// Record SIGTERM/SIGHUP (flag only, in [`rpar_core::signals`]; the loops act on it), with
+/// `SA_RESTART` so MPI calls are not interrupted.
 pub fn install_signal_handlers() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_term),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to atomics (async-signal-safe).
-        if let Err(e) = unsafe { sigaction(s, &act) } {
-            eprintln!("rpar-engine: cannot install {s} handler: {e}");
-        }
+    use rpar_core::signals::{install, Restart};
+    if let Err(e) = install(&[libc::SIGTERM, libc::SIGHUP], Restart::Yes) {
+        eprintln!("rpar-engine: {e}");
     }
 }
 
@@ -85,34 +71,59 @@ fn timeout_ms(link: &Link, idle: u32, since_active: Duration) -> i64 {
     }
 }
 
-/// What rank 0's loop needs.
-pub struct Rank0 {
+/// How rank 0 sends what the engines put on their sockets.
+pub trait EngineNet {
+    fn send(&mut self, sock: Socket, frames: Vec<Vec<u8>>);
+}
+
+/// The compat transport: every engine's own sockets.
+pub struct Compat {
     pub sockets: Sockets,
-    pub link: Link,
-    pub core: EngineCore,
-    pub outbox: OutboxRx,
-    pub queue: Arc<JobQueue>,
     pub key: Vec<u8>,
     pub uuids: Vec<String>,
     pub ids: Vec<u32>,
-    pub hb_period: Duration,
-    pub max_heartbeat_misses: u32,
-    pub nanny: Option<Nanny>,
 }
 
-impl Rank0 {
-    fn zmq_send(&self, sock: Socket, frames: Vec<Vec<u8>>) {
+impl EngineNet for Compat {
+    fn send(&mut self, sock: Socket, frames: Vec<Vec<u8>>) {
+        fn at(v: &[zmq::Socket], r: Rank) -> Option<&zmq::Socket> {
+            usize::try_from(r.0).ok().and_then(|i| v.get(i))
+        }
         let s = match sock {
-            Socket::Shell(r) => self.sockets.shell.get(r.0 as usize),
-            Socket::Control(r) => self.sockets.control.get(r.0 as usize),
-            Socket::Heart(r) => self.sockets.heart.get(r.0 as usize),
-            Socket::IoPub => Some(&self.sockets.iopub),
+            Socket::Shell(r) => at(&self.sockets.shell, r),
+            Socket::Control(r) => at(&self.sockets.control, r),
+            Socket::Heart(r) => at(&self.sockets.heart, r),
+            Socket::IoPub(_) => Some(&self.sockets.iopub),
         };
         if let Some(s) = s {
             if let Err(e) = s.send_multipart(frames, zmq::DONTWAIT) {
                 debug!("send on {sock:?} failed: {e}");
             }
         }
+    }
+}
+
+impl EngineNet for JobConn {
+    fn send(&mut self, sock: Socket, frames: Vec<Vec<u8>>) {
+        self.send_engine(sock, frames);
+    }
+}
+
+/// What rank 0's loop needs.
+pub struct Rank0<N> {
+    pub net: N,
+    pub link: Link,
+    pub core: EngineCore,
+    pub outbox: OutboxRx,
+    pub queue: Arc<JobQueue>,
+    pub hb_period: Duration,
+    pub max_heartbeat_misses: u32,
+    pub nanny: Option<Nanny>,
+}
+
+impl<N: EngineNet> Rank0<N> {
+    fn zmq_send(&mut self, sock: Socket, frames: Vec<Vec<u8>>) {
+        self.net.send(sock, frames);
     }
 
     fn perform(&mut self, broker: &mut Broker, route: Route) -> Option<JobEvent> {
@@ -152,6 +163,44 @@ impl Rank0 {
         (any, ev)
     }
 
+    /// Take in what came over MPI; true if anything did.
+    fn relay_in(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> bool {
+        let mut active = false;
+        while let Some((src, buf)) = self.link.try_recv() {
+            active = true;
+            match Packet::decode(&buf) {
+                Ok(p) => {
+                    let (route, e) = broker.on_engine(src, p);
+                    *ev = ev.take().or(e);
+                    let e = self.perform(broker, route);
+                    *ev = ev.take().or(e);
+                }
+                Err(e) => warn!("bad relay packet from rank {src}: {e}"),
+            }
+        }
+        self.link.reap();
+        active
+    }
+
+    /// The end of every exit: tell each rank, let the sends finish, stop Python.
+    fn finish(&mut self, code: i32) {
+        let size = self.link.size();
+        for r in 1..size {
+            self.link.send(
+                Rank(r),
+                Packet::life(Rank(r), &Life::Exit { code }).encode(),
+            );
+        }
+        self.link.finish(Duration::from_secs(2));
+        if let Some(n) = &self.nanny {
+            n.disarm();
+        }
+        info!("job exiting with code {code}");
+        stop_python(&self.queue, code);
+    }
+}
+
+impl Rank0<Compat> {
     /// Run until the job exits; returns the exit code.
     pub fn run(mut self) -> (i32, Link) {
         let size = self.link.size();
@@ -165,22 +214,13 @@ impl Rank0 {
             (self.hb_period + Duration::from_millis(500)) * self.max_heartbeat_misses.max(1);
         loop {
             let mut ev: Option<JobEvent> = None;
-            let n = self.sockets.shell.len();
+            let n = self.net.sockets.shell.len();
             let readable: Vec<bool> = {
                 let mut items: Vec<zmq::PollItem> = Vec::with_capacity(2 * n + 2);
-                items.extend(
-                    self.sockets
-                        .shell
-                        .iter()
-                        .map(|s| s.as_poll_item(zmq::POLLIN)),
-                );
-                items.extend(
-                    self.sockets
-                        .control
-                        .iter()
-                        .map(|s| s.as_poll_item(zmq::POLLIN)),
-                );
-                items.push(self.sockets.hb_sub.as_poll_item(zmq::POLLIN));
+                let socks = &self.net.sockets;
+                items.extend(socks.shell.iter().map(|s| s.as_poll_item(zmq::POLLIN)));
+                items.extend(socks.control.iter().map(|s| s.as_poll_item(zmq::POLLIN)));
+                items.push(socks.hb_sub.as_poll_item(zmq::POLLIN));
                 items.push(zmq::PollItem::from_fd(bell, zmq::POLLIN));
                 if let Some(fd) = door {
                     items.push(zmq::PollItem::from_fd(fd, zmq::POLLIN));
@@ -209,9 +249,9 @@ impl Rank0 {
                 };
                 loop {
                     let sock = if ch == Channel::Shell {
-                        &self.sockets.shell[rank.0 as usize]
+                        &self.net.sockets.shell[rank.0 as usize]
                     } else {
-                        &self.sockets.control[rank.0 as usize]
+                        &self.net.sockets.control[rank.0 as usize]
                     };
                     let frames = match sock.recv_multipart(zmq::DONTWAIT) {
                         Ok(f) => f,
@@ -223,7 +263,7 @@ impl Rank0 {
                 }
             }
             if readable[2 * n] {
-                while let Ok(frames) = self.sockets.hb_sub.recv_multipart(zmq::DONTWAIT) {
+                while let Ok(frames) = self.net.sockets.hb_sub.recv_multipart(zmq::DONTWAIT) {
                     active = true;
                     last_ping = Instant::now();
                     for route in broker.ping(&frames) {
@@ -240,20 +280,8 @@ impl Rank0 {
             let (any, e) = self.pump_outbox(&mut broker);
             active |= any;
             ev = ev.or(e);
-            while let Some((src, buf)) = self.link.try_recv() {
-                active = true;
-                match Packet::decode(&buf) {
-                    Ok(p) => {
-                        let (route, e) = broker.on_engine(src, p);
-                        ev = ev.or(e);
-                        ev = ev.or(self.perform(&mut broker, route));
-                    }
-                    Err(e) => warn!("bad relay packet from rank {src}: {e}"),
-                }
-            }
-            self.link.reap();
-            if TERMINATE.load(Ordering::SeqCst) {
-                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+            active |= self.relay_in(&mut broker, &mut ev);
+            if let Some(sig) = rpar_core::signals::received() {
                 warn!("signal {sig}: unregistering all engines and exiting");
                 ev = ev.or(broker.abort(128 + sig));
             }
@@ -279,23 +307,144 @@ impl Rank0 {
     fn exit(mut self, code: i32) -> (i32, Link) {
         let mut scratch = Broker::new(self.link.size());
         self.pump_outbox(&mut scratch);
-        self.sockets
-            .unregister_all(&self.key, &self.uuids, &self.ids);
-        let size = self.link.size();
-        for r in 1..size {
-            self.link.send(
-                Rank(r),
-                Packet::life(Rank(r), &Life::Exit { code }).encode(),
-            );
-        }
-        self.link.finish(Duration::from_secs(2));
-        if let Some(n) = &self.nanny {
-            n.disarm();
-        }
-        info!("job exiting with code {code}");
-        stop_python(&self.queue, code);
+        let c = &self.net;
+        c.sockets.unregister_all(&c.key, &c.uuids, &c.ids);
+        self.finish(code);
         // dropping the sockets lingers until the unregistrations are out
-        drop(self.sockets);
+        drop(self.net);
+        (code, self.link)
+    }
+}
+
+fn pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+impl Rank0<JobConn> {
+    /// Run until the job exits; returns the exit code. One job connection, the outbox bell
+    /// and the doorbell are the whole poll set, built once; the job's lifecycle decisions are
+    /// [`JobCore`]'s.
+    pub fn run(mut self) -> (i32, Link) {
+        let size = self.link.size();
+        let mut broker = Broker::new(size);
+        let mut job = JobCore::new(
+            size,
+            self.hb_period,
+            self.max_heartbeat_misses,
+            Instant::now(),
+        );
+        let mut idle = 0u32;
+        let mut last_active = Instant::now();
+        let conn_fd = match self.net.fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                error!("the job connection has no descriptor: {e:#}");
+                return self.exit(1, Departure::Exit(1));
+            }
+        };
+        // slot 0: the job connection (edge-triggered: its input is asked with `has_input`)
+        const BELL: usize = 1;
+        let mut fds = vec![pollfd(conn_fd), pollfd(self.outbox.bell.as_raw_fd())];
+        let door = self.link.bell_fd().map(|fd| {
+            fds.push(pollfd(fd));
+            fds.len() - 1
+        });
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
+        loop {
+            let timeout = if self.net.has_input() {
+                0
+            } else if size == 1 {
+                IDLE_MS
+            } else {
+                timeout_ms(&self.link, idle, last_active.elapsed())
+            };
+            // SAFETY: `fds` is a live array of `nfds` pollfds for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), nfds, i32::try_from(timeout).unwrap_or(0)) };
+            let bell_rang = fds[BELL].revents != 0;
+            let door_rang = door.is_some_and(|d| fds[d].revents != 0);
+            fds.iter_mut().for_each(|f| f.revents = 0);
+            if bell_rang {
+                self.outbox.drain_bell();
+            }
+            if door_rang {
+                self.link.on_bell();
+            }
+            let now = Instant::now();
+            let mut ev: Option<JobEvent> = None;
+            let mut action: Option<Action> = None;
+            let mut active = false;
+            while let Some(inc) = self.net.recv() {
+                active = true;
+                match inc {
+                    Incoming::Request(rank, ch, frames) => {
+                        let route = broker.on_socket(rank, ch, frames);
+                        ev = ev.or(self.perform(&mut broker, route));
+                    }
+                    Incoming::Ping(token) => {
+                        job.on_ping(now);
+                        for route in broker.ping(&[token.to_le_bytes().to_vec()]) {
+                            match &route {
+                                Route::Local(p) | Route::Remote(_, p) => {
+                                    job.on_relay(p.header.rank, now)
+                                }
+                                _ => {}
+                            }
+                            ev = ev.or(self.perform(&mut broker, route));
+                        }
+                    }
+                    Incoming::Shutdown => {
+                        info!("the controller shuts down");
+                        action = action.or(job.on_controller_shutdown());
+                    }
+                    Incoming::Reregistered => info!("registered again"),
+                }
+            }
+            let (any, e) = self.pump_outbox(&mut broker);
+            active |= any;
+            ev = ev.or(e);
+            active |= self.relay_in(&mut broker, &mut ev);
+            for r in self.net.take_echoes() {
+                job.on_echo(r, now);
+            }
+            if let Some(sig) = rpar_core::signals::received() {
+                warn!("signal {sig}: unregistering all engines and exiting");
+                action = action.or(job.on_signal(sig));
+            }
+            if let Some(JobEvent::ExitAll(code)) = ev {
+                action = action.or(job.on_all_done(code));
+            }
+            match action.or_else(|| job.on_tick(now)) {
+                Some(Action::Hello) => self.net.hello(),
+                Some(Action::Exit(code, why)) => {
+                    if let Departure::RankLost { rank, reason } = &why {
+                        error!("rank {rank} is lost ({reason}): the job goes down");
+                    } else if why == Departure::ControllerGone {
+                        error!("no heartbeat from the controller: it is gone; exiting");
+                    }
+                    return self.exit(code, why);
+                }
+                None => {}
+            }
+            if active {
+                idle = 0;
+                last_active = Instant::now();
+            } else {
+                idle = idle.saturating_add(1);
+            }
+        }
+    }
+
+    fn exit(mut self, code: i32, why: Departure) -> (i32, Link) {
+        let mut scratch = Broker::new(self.link.size());
+        self.pump_outbox(&mut scratch);
+        self.net.unregister_all(why);
+        self.finish(code);
+        // dropping the connection lingers until the unregistration is out
+        drop(self.net);
         (code, self.link)
     }
 }
@@ -387,8 +536,7 @@ impl RankN {
                 }
             }
             self.link.reap();
-            if TERMINATE.load(Ordering::SeqCst) {
-                let sig = TERM_SIGNAL.load(Ordering::SeqCst);
+            if let Some(sig) = rpar_core::signals::received() {
                 info!("signal {sig}: exiting");
                 // SAFETY: terminating the process (the job is being torn down).
                 unsafe { libc::_exit(128 + sig) };

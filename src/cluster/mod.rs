@@ -28,7 +28,6 @@ pub use start::{engines, start};
 pub use wait::wait_for_engines;
 
 use rpar_core::profile;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::SystemTime;
 
 /// Exit code when a cluster with this id is already running (as ipcluster).
@@ -65,23 +64,17 @@ pub struct StartArgs {
     pub queue: Option<String>,
 }
 
-/// Signal number received (0: none).
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNALLED.store(sig, Ordering::SeqCst);
-}
-
+/// SIGINT and SIGTERM stop a foreground `rpar cluster start|engines` (it stops what it started).
 pub(crate) fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    use rpar_core::signals::{install, Restart};
+    if let Err(e) = install(&[libc::SIGINT, libc::SIGTERM], Restart::Yes) {
+        eprintln!("rpar: warning: {e}");
     }
 }
 
+/// Whether SIGINT or SIGTERM arrived.
 pub(crate) fn signalled() -> bool {
-    SIGNALLED.load(Ordering::SeqCst) != 0
+    rpar_core::signals::received().is_some()
 }
 
 pub(crate) fn set_id() -> String {

@@ -42,6 +42,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
             }
         }
     }
+    check_engine_env(r)?;
     let stem = if r.cluster_id.is_empty() {
         "ipcluster".to_string()
     } else {
@@ -147,6 +148,21 @@ pub fn start(args: &StartArgs) -> Result<()> {
 }
 
 /// The controller, then the engines; or, co-started, the one job running both.
+/// Batch engines: `rpar-engine --check` here before anything starts (`crate::engine_check`).
+fn check_engine_env(r: &Resolved) -> Result<()> {
+    if !r.engine_kind.is_batch() {
+        return Ok(());
+    }
+    let spec = spec_for(r, Role::Engine, "check");
+    match crate::engine_check::check_engines(&spec.engine_cmd, &spec.engine_args, &spec.env)? {
+        crate::engine_check::Checked::Passed => tracing::info!("engine environment checked"),
+        crate::engine_check::Checked::Skipped(why) => {
+            tracing::info!("engine environment not checked: {why}")
+        }
+    }
+    Ok(())
+}
+
 fn start_inner(plan: &Plan, cf: &mut ClusterFile, runner: &dyn Runner) -> Result<()> {
     let r = &plan.r;
     let since = SystemTime::now() - Duration::from_secs(1);

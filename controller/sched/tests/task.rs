@@ -810,7 +810,12 @@ fn big_map_with_blocked_targeted_tasks_stays_fast() {
     }
     assert_eq!(done, 22_000);
     assert_eq!(s.unassigned(), 0);
-    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    // No timed assertion (the guide forbids them; a loaded machine made this one flaky): an
+    // O(queue) rescan per event would not finish within the test timeout, which is the guard.
+    eprintln!(
+        "22k tasks behind 2k blocked targeted ones: {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

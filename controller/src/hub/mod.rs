@@ -18,6 +18,7 @@
 
 mod heart;
 mod ledger;
+mod native;
 mod parked;
 mod queries;
 mod records;
@@ -63,6 +64,8 @@ pub enum Sock {
     BcastEngine,
     IopubEngine,
     IopubClient,
+    /// The native ROUTER: one connection per MPI job ([`native`]).
+    Native,
 }
 
 /// What the core asks the I/O layer to do.
@@ -133,6 +136,7 @@ pub struct Hub {
     exit_at: Option<Instant>,
     /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
     recent_regs: VecDeque<(Instant, u32)>,
+    native: native::Jobs,
     /// When recent registrations were last published again, and when they are due again
     /// (subscriptions within [`RENOTIFY_GAP`] of a replay share one later replay).
     last_replay: Option<Instant>,
@@ -174,6 +178,7 @@ impl Hub {
             pending_regs: BTreeMap::new(),
             next_id: 0,
             recent_regs: VecDeque::new(),
+            native: native::Jobs::new(key, cfg.hb_period, cfg.max_heartbeat_misses, now),
             last_replay: None,
             replay_at: None,
             lost: revive::Lost::default(),
@@ -209,6 +214,9 @@ impl Hub {
         }
         if let Some(e) = self.exit_at {
             t = t.min(e);
+        }
+        if let Some(n) = self.native.next_deadline() {
+            t = t.min(n);
         }
         if let Some(r) = self.replay_at {
             t = t.min(r);
@@ -259,6 +267,18 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let start = out.len();
+        if sock == Sock::Native {
+            self.on_native(frames, now, out);
+        } else {
+            self.dispatch(sock, frames, now, out);
+        }
+        self.native_shutdown(out);
+        self.native_outgoing(start, out);
+    }
+
+    /// Act on one message read on `sock` (a native job's engine traffic comes here too).
+    fn dispatch(&mut self, sock: Sock, frames: Frames, now: Instant, out: &mut Vec<Effect>) {
         if sock == Sock::HbPong {
             self.on_pong(frames, now, out);
             return;
@@ -281,7 +301,8 @@ impl Hub {
             Sock::BcastClient => self.on_bcast_request(msg, now, out),
             Sock::BcastEngine => self.on_bcast_reply(msg, now, out),
             Sock::IopubEngine => self.on_iopub(msg, now, out),
-            Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong => {}
+            Sock::Notification | Sock::HbPing | Sock::IopubClient | Sock::HbPong | Sock::Native => {
+            }
         }
     }
 
@@ -315,6 +336,9 @@ impl Hub {
         self.update_fast_ping(now);
         self.tick_tasks(now, &mut out);
         self.fail_stranded(now);
+        self.native_tick(now, &mut out);
+        self.native_shutdown(&mut out);
+        self.native_outgoing(0, &mut out);
         if self.replay_at.is_some_and(|r| now >= r) {
             self.replay_registrations(now, &mut out);
         }
@@ -501,6 +525,7 @@ impl Hub {
                 "unpack",
                 "signature_scheme",
                 "curve_serverkey",
+                "rpar_native",
             ] {
                 o.remove(k);
             }
@@ -732,6 +757,7 @@ impl Hub {
     /// Forget an engine (pending or registered) in every table that names it.
     fn drop_engine(&mut self, uuid: &[u8]) -> Option<Engine> {
         let e = self.engines.remove(uuid)?;
+        self.native.forget_engine(uuid, e.id);
         self.ids.remove(&e.id);
         self.pending_regs.remove(&e.id);
         Some(e)

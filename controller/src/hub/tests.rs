@@ -30,6 +30,7 @@ fn engine_info() -> EngineInfo {
         pack: "json".into(),
         unpack: "json".into(),
         signature_scheme: "hmac-sha256".into(),
+        rpar_native: None,
     }
 }
 
@@ -797,3 +798,4 @@ fn random_peer_input_never_panics() {
 }
 
 mod hostile;
+mod native;

@@ -31,7 +31,7 @@ pub(super) struct Role {
 }
 
 /// The controller's sockets, in binding (and port-list) order.
-pub(super) const ROLES: [Role; 14] = [
+pub(super) const ROLES: [Role; 15] = [
     Role {
         sock: Sock::Registration,
         zmq: zmq::ROUTER,
@@ -143,6 +143,15 @@ pub(super) const ROLES: [Role; 14] = [
         side: Side::Client,
         what: "client broadcast",
         reused: |c, _| Some(c.broadcast),
+    },
+    // the native transport: one connection per MPI job (`hub::native`)
+    Role {
+        sock: Sock::Native,
+        zmq: zmq::ROUTER,
+        identity: None,
+        side: Side::Engine,
+        what: "native engine",
+        reused: |_, e| e.rpar_native.as_ref().map(|n| n.port),
     },
 ];
 

@@ -150,6 +150,10 @@ pub(super) fn connection_info(
         pack: "json".into(),
         unpack: "json".into(),
         signature_scheme: "hmac-sha256".into(),
+        rpar_native: Some(connection::NativeInfo {
+            version: rpar_core::native::VERSION,
+            port: port(Sock::Native),
+        }),
     };
     let client_info = ClientInfo {
         ssh: settings.ssh_server.clone(),

@@ -7,14 +7,12 @@
 //! * [`files`]: the connection files, `--reuse` and the engine-state file (`--restore`);
 //! * [`serve`]: the loop, over [`poll`] (which sockets have input) and [`frames`] (one message
 //!   in or out); messages for engines not connected yet wait in the core's [`crate::hub::Parked`];
-//! * [`signals`]: the stopping signals.
 
 mod bind;
 mod files;
 mod frames;
 mod poll;
 mod serve;
-mod signals;
 
 pub use files::Files;
 
@@ -22,8 +20,9 @@ use crate::hub::{Hub, HubConfig};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use rpar_core::profile::ProfileDir;
+use rpar_core::signals;
 use std::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Check the loaded settings, write files, serve until stopped.
 pub fn run(
@@ -33,7 +32,13 @@ pub fn run(
     session: String,
     db: crate::hub::Db,
 ) -> Result<()> {
-    signals::install();
+    // SIGINT, SIGTERM and SIGABRT stop the loop; without SA_RESTART, so its poll returns at once
+    if let Err(e) = signals::install(
+        &[libc::SIGINT, libc::SIGTERM, libc::SIGABRT],
+        signals::Restart::No,
+    ) {
+        warn!("{e}");
+    }
     profile
         .ensure()
         .with_context(|| format!("creating profile directory {}", profile.path.display()))?;

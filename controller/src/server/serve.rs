@@ -4,7 +4,6 @@ use super::bind::Sockets;
 use super::files::Files;
 use super::frames::{recv_frames, send_frames};
 use super::poll::Readers;
-use super::signals;
 use crate::hub::{Effect, Hub, Parked, Sock};
 use anyhow::Result;
 use std::time::Instant;
@@ -31,7 +30,7 @@ pub(super) fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()>
         if std::mem::take(&mut state_dirty) {
             files.save_engines(&hub.engine_state());
         }
-        if signals::stop_requested() {
+        if rpar_core::signals::received().is_some() {
             info!("signal received: stopping");
             return Ok(());
         }
