@@ -82,6 +82,25 @@ def test_engine_without_ipyparallel_exits_before_registering(controller, jobs, b
         rc.close()
 
 
+def test_a_later_rank_without_ipyparallel_stops_the_whole_job(controller, bare_venv):
+    """Rank 1 of 2 runs in the bare venv (an MPMD job with its own VIRTUAL_ENV): the job exits
+    non-zero before registering, with rank 1's line."""
+    mpiexec, binary = engine_binary("openmpi")
+    marker = f"--profile-dir={controller.profile_dir}"
+    r = subprocess.run([mpiexec, "-n", "1", binary, marker, ":", "-n", "1", "-x", f"VIRTUAL_ENV={bare_venv}",
+                        binary, marker], capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert f"rank 1: the Python rpar-engine embeds ({bare_venv}/bin/python" in out, out
+    assert "cannot import ipyparallel.serialize" in out, out
+    rc = controller.client()
+    try:
+        with pytest.raises(RemoteError, match="No Engines Registered"):
+            rc.queue_status()
+    finally:
+        rc.close()
+
+
 def test_check_prints_the_environment():
     rc, out = check(2, env={"RPAR_ENGINE_GPUS": "nvidia:2"}, args=["--gpus=auto"])
     assert rc == 0, out
@@ -103,7 +122,7 @@ def test_check_names_a_python_without_ipyparallel(bare_venv):
     rc, out = check(1, env={"VIRTUAL_ENV": str(bare_venv)})
     assert rc == 1, out
     assert "ERROR: rank 0: the Python rpar-engine embeds" in out and f"{bare_venv}/bin/python" in out, out
-    assert "ipyparallel MISSING" in out, out
+    assert f"ipyparallel MISSING (rank 0: the Python rpar-engine embeds ({bare_venv}/bin/python" in out, out
 
 
 def test_check_warns_when_mpi4py_loads_another_mpi(tmp_path):

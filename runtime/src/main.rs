@@ -84,7 +84,7 @@ fn abort_job(why: &str) -> ! {
 enum Net0 {
     /// Contexts and the per-engine registration sockets.
     Compat(net::Contexts, Vec<zmq::Socket>),
-    Native(native::JobConn),
+    Native(Box<native::JobConn>),
 }
 
 fn run() -> Result<i32> {
@@ -144,7 +144,8 @@ fn run() -> Result<i32> {
     }
 
     // 4. GPUs for this rank (before Python reads its environment); capture, logging, Python
-    let gpu_line = preflight::bind_gpus(boot.gpus, preflight::node_rank(&relay_comm));
+    let local = preflight::node_rank(&relay_comm);
+    let gpu_line = preflight::bind_gpus(boot.gpus, local);
     let capture = capture::Capture::install().context("capturing stdout/stderr")?;
     cli::init_logging(&boot, rank, &capture);
     let span = tracing::info_span!("engine", rank);
@@ -170,7 +171,9 @@ fn run() -> Result<i32> {
     let exe = python::choose_executable(boot.python_venv.as_deref());
     python::initialize(exe.as_deref())?;
     // pre-flight: every rank can run requests, or the job exits before registering anything
-    if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref()).is_err() {
+    if preflight::require_everywhere(&relay_comm, boot.python_venv.as_deref(), local.0 == 0)
+        .is_err()
+    {
         return Ok(1);
     }
     let (py_version, py_prefix, py_exe) = python::describe()?;
@@ -195,7 +198,10 @@ fn run() -> Result<i32> {
             Some(endpoint) => {
                 native::JobConn::connect(endpoint, &key, &boot.uuids).and_then(|mut conn| {
                     let (ids, hb_period_ms) = conn.register(timeout)?;
-                    Ok((Net0::Native(conn), net::Registered { ids, hb_period_ms }))
+                    Ok((
+                        Net0::Native(Box::new(conn)),
+                        net::Registered { ids, hb_period_ms },
+                    ))
                 })
             }
             None => {
@@ -335,7 +341,7 @@ fn run() -> Result<i32> {
             Net0::Native(conn) => {
                 info!("native transport: one connection for the job's {size} engines");
                 let r0 = runtime::Rank0 {
-                    net: conn,
+                    net: *conn,
                     link,
                     core,
                     outbox: outbox_rx,

@@ -1,8 +1,9 @@
 //! Engine pre-flight and `rpar-engine --check`.
 //!
 //! * **Pre-flight** ([`require_everywhere`]): once its Python is up and before anything is
-//!   registered, every rank imports what the engine needs to run requests (ipyparallel's
-//!   serialization). If any rank cannot, the whole job exits with status 1 and the lowest such
+//!   registered, every rank checks it can run requests: the first rank of each node imports
+//!   ipyparallel's serialization, the others find it and its dependencies on `sys.path` (an
+//!   import on every rank would cost each about 0.6 s of CPU before registration). If any rank cannot, the whole job exits with status 1 and the lowest such
 //!   rank logs one line naming the interpreter it embeds (executable, version, prefix), where that
 //!   choice came from, what is missing and the fix. Without it, a job whose Python lacks
 //!   ipyparallel registers its engines and then fails every request.
@@ -28,14 +29,31 @@ const REQUIRED: &str = "ipyparallel.serialize";
 const FACTS: &str = r#"
 import json, sys
 
-def _rpar_facts(with_mpi4py):
+def _rpar_find(name):
+    # locate a package and its subpackage without importing it (cheap: no code runs)
+    import importlib.util, os
+    top, _, sub = name.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise ModuleNotFoundError("No module named %r" % top)
+    if sub and not any(os.path.exists(os.path.join(d, sub))
+                       or os.path.exists(os.path.join(d, sub + ".py"))
+                       for d in spec.submodule_search_locations or []):
+        raise ModuleNotFoundError("No module named %r" % name)
+    return spec.origin
+
+def _rpar_facts(with_mpi4py, full=True):
     d = {"version": sys.version.split()[0], "executable": sys.executable,
          "prefix": sys.prefix, "base_prefix": sys.base_prefix}
     try:
-        import ipyparallel.serialize  # noqa: F401
-        import ipyparallel
-        d["ipyparallel"] = ipyparallel.__version__
-        d["ipyparallel_path"] = ipyparallel.__file__
+        if full:
+            import ipyparallel.serialize  # noqa: F401
+            import ipyparallel
+            d["ipyparallel"] = ipyparallel.__version__
+            d["ipyparallel_path"] = ipyparallel.__file__
+        else:
+            for name in ("ipyparallel.serialize", "IPython", "zmq"):
+                _rpar_find(name)
     except BaseException as e:
         d["ipyparallel_error"] = "%s: %s" % (type(e).__name__, e)
     if with_mpi4py:
@@ -80,12 +98,13 @@ fn preflight_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     PyModule::from_code(py, &code, c"<rpar-preflight>", c"_rpar_preflight")
 }
 
-/// Ask the running interpreter (GIL taken here).
-pub fn facts(with_mpi4py: bool) -> Result<Facts> {
+/// Ask the running interpreter (GIL taken here). `full`: import ipyparallel's serialization
+/// (about 0.6 s of CPU); else only find it and its dependencies on `sys.path`.
+pub fn facts(with_mpi4py: bool, full: bool) -> Result<Facts> {
     Python::with_gil(|py| {
         let text: String = preflight_module(py)?
             .getattr("_rpar_facts")?
-            .call1((with_mpi4py,))?
+            .call1((with_mpi4py, full))?
             .extract()?;
         Ok(serde_json::from_str(&text)?)
     })
@@ -127,12 +146,19 @@ pub fn failure_line(rank: u32, f: &Facts, origin: &str, error: &str) -> String {
     )
 }
 
-/// Every rank imports what requests need; `Err(line)` on every rank when some rank cannot
-/// (collective on `comm`; the lowest failing rank's line, logged by that rank).
-pub fn require_everywhere<C: Communicator>(comm: &C, venv_opt: Option<&Path>) -> Result<(), ()> {
+/// Every rank checks it can run requests; `Err(())` on every rank when some rank cannot
+/// (collective on `comm`; the lowest failing rank logs its line). The first rank of each node
+/// (`node_first`) imports ipyparallel's serialization; the others, which would otherwise all
+/// pay that import before registration, find it and its dependencies (IPython, zmq) on their
+/// `sys.path`.
+pub fn require_everywhere<C: Communicator>(
+    comm: &C,
+    venv_opt: Option<&Path>,
+    node_first: bool,
+) -> Result<(), ()> {
     let rank = u32::try_from(comm.rank()).unwrap_or(0);
     let size = comm.size();
-    let mine = match facts(false) {
+    let mine = match facts(false, node_first) {
         Ok(f) => f
             .ipyparallel_error
             .as_ref()
@@ -316,7 +342,7 @@ pub fn check_main(opts: &cli::Opts) -> Result<i32> {
     let venv = opts.args.python_venv.as_deref();
     let exe = python::choose_executable(venv);
     python::initialize(exe.as_deref())?;
-    let f = facts(true)?;
+    let f = facts(true, true)?;
     let ok = f.ipyparallel_error.is_none();
 
     // every rank's own line, gathered on rank 0 in rank order
@@ -324,7 +350,13 @@ pub fn check_main(opts: &cli::Opts) -> Result<i32> {
         "rank {rank} (local {} of {}): ipyparallel {}; GPUs {}{}",
         local.0,
         local.1,
-        if ok { "ok" } else { "MISSING" },
+        match &f.ipyparallel_error {
+            None => "ok".to_string(),
+            Some(e) => format!(
+                "MISSING ({})",
+                failure_line(rank, &f, &venv_origin(venv), e)
+            ),
+        },
         if mode == gpus::Mode::Auto {
             "bound: "
         } else {

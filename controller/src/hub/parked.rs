@@ -107,7 +107,7 @@ impl Parked {
     /// `send`, which gives a message back while its engine is still not there (the rest of that
     /// engine's queue then waits behind it); drop what waited [`PARK_LIMIT`].
     pub fn tick(&mut self, now: Instant, mut send: impl FnMut(Sock, Frames) -> Result<(), Frames>) {
-        if !self.next.is_some_and(|t| now >= t) {
+        if self.next.is_none_or(|t| now < t) {
             return;
         }
         self.queues.retain(|kind, peers| {
