@@ -641,7 +641,7 @@ impl TaskScheduler {
             }
         };
         let Some(&seq) = self.ids.get(&msg_id) else {
-            warn!(%msg_id, "reply for an unknown task; dropped");
+            self.relay_unknown(msg_id, msg, status == "ok", out);
             return;
         };
         let Some(mut job) = self.jobs.remove(&seq) else {
@@ -697,6 +697,36 @@ impl TaskScheduler {
         self.record(seq, &job.msg_id, outcome, Some(k), &job.refs);
         out.push(TaskAction::Finished {
             msg_id: job.msg_id,
+            engine_uuid: Some(engine_uuid),
+            reply: msg,
+        });
+    }
+
+    /// A reply for a task this scheduler never saw (submitted to a controller that died and
+    /// was restarted while it ran): relayed to the client its routing frames name, and
+    /// remembered as finished so that a second copy is dropped.
+    fn relay_unknown(
+        &mut self,
+        msg_id: String,
+        mut msg: WireMessage,
+        ok: bool,
+        out: &mut Vec<TaskAction>,
+    ) {
+        info!(%msg_id, "reply for a task submitted before a controller restart; relayed to its client");
+        let engine_uuid = msg.idents[0].clone();
+        msg.idents = vec![msg.idents[1].clone(), engine_uuid.clone()];
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ids.insert(msg_id.clone(), seq);
+        let engine = self.by_uuid.get(&engine_uuid).copied();
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        self.record(seq, &msg_id, outcome, engine, &[]);
+        out.push(TaskAction::Finished {
+            msg_id,
             engine_uuid: Some(engine_uuid),
             reply: msg,
         });
