@@ -26,8 +26,8 @@ def slow_value(t, v):
 def job_factory():
     made = []
 
-    def make(controller, n):
-        j = EngineJob("openmpi", n, controller.profile_dir)
+    def make(controller, n, args=()):
+        j = EngineJob("openmpi", n, controller.profile_dir, args)
         made.append(j)
         return j
 
@@ -72,7 +72,9 @@ def test_task_of_a_killed_rank_fails_with_engine_error(make_controller, job_fact
 def test_rank_stopped_past_the_heartbeat_limit_is_registered_again(make_controller, job_factory):
     # --ping=300 with 3 misses: declared dead after about a second of silence
     ctl = make_controller("--ip=127.0.0.1", "--ping=300", "--HeartMonitor.max_heartmonitor_misses=3")
-    job = job_factory(ctl, 2)
+    # the compat transport: each rank answers its own heartbeats (with the native one the job
+    # answers for all its ranks, and a stopped rank is not declared dead by its heart)
+    job = job_factory(ctl, 2, args=("--transport=compat",))
     rc = connect(ctl, 2, job)
     try:
         pid = job.rank_pid(1)
