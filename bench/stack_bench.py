@@ -48,11 +48,22 @@ def mpi_rank():
     return int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "-1")))
 
 
-def cmdline(pid):
+def argv(pid):
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        return ""
+        return []
+
+
+def program(pid):
+    """'controller', 'engine' or None, from the program (or `-m` module) a process runs."""
+    for a in argv(pid)[:3]:
+        name = a.rsplit("/", 1)[-1]
+        if name in ("rpar-controller", "ipcontroller", "ipyparallel.controller"):
+            return "controller"
+        if name in ("rpar-engine", "ipengine", "ipyparallel.engine") or name.startswith("ipyparallel.engine."):
+            return "engine"
+    return None
 
 
 class Stack:
@@ -106,15 +117,19 @@ class Stack:
     def groups(self):
         """(controller pids, engine pids: everything else the launcher started)."""
         tree = descendants(self.proc.pid)
-        ctl = [p for p in tree if "controller" in cmdline(p).split(" -")[0]]
+        ctl = [p for p in tree if program(p) == "controller"]
         ctl_tree = set(ctl)
         for p in ctl:
             ctl_tree.update(descendants(p))
         return sorted(ctl_tree), [p for p in tree if p not in ctl_tree]
 
-    def engine_procs(self):
-        """Only the engine processes (for PSS per engine and per-rank CPU)."""
-        return [p for p in self.groups()[1] if "engine" in cmdline(p)]
+    def engine_procs(self, nannies=True):
+        """The engine processes with (or without) what they started (nannies), not the launcher's
+        helpers such as mpiexec: for PSS per engine and per-rank CPU."""
+        eng = [p for p in self.groups()[1] if program(p) == "engine"]
+        if nannies:
+            eng = sorted({q for p in eng for q in (p, *descendants(p))})
+        return eng
 
     def stop(self, timeout=60):
         """Stop as a user does; seconds until every process of the cluster is gone."""
@@ -238,7 +253,7 @@ def hop(a, workdir, kind, doorbell):
                 v.apply_sync(noop)
             out[f"rank{r}"] = median_rtt(lambda: v.apply_sync(noop), a.hop) * 1e3
         time.sleep(1.0)
-        procs = s.engine_procs()
+        procs = s.engine_procs(nannies=False)
         c0 = {p: cpu_seconds([p]) for p in procs}
         t0 = time.monotonic()
         time.sleep(a.idle)
@@ -289,6 +304,7 @@ def main():
     ap.add_argument("--base", type=Path, help="also run the rpar binaries in this directory (kind 'base', e.g. "
                     "a build of main), for before/after figures in the same run")
     ap.add_argument("--quick", action="store_true", help="N = 4 only, a third of the work")
+    ap.add_argument("--hop-only", action="store_true", help="only the MPI hop figures")
     a = ap.parse_args()
     if a.quick:
         a.sizes, a.tasks, a.big, a.direct, a.push, a.hop, a.idle = "4", 200, 60, 100, 8, 100, 5.0
@@ -303,13 +319,15 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory(prefix="stack_bench_") as wd:
         for kind in kinds:
-            results[kind] = run_kind(kind, a, wd)
+            results[kind] = {} if a.hop_only else run_kind(kind, a, wd)
         hops = {}
         if a.hop:
             for kind in [k for k in kinds if k != "ipp"]:
                 for doorbell in (True, False):
                     hops[(kind, doorbell)] = hop(a, wd, kind, doorbell)
     ratio = "ipp" in kinds and len(kinds) > 1
+    if a.hop_only:
+        ROWS.clear()
     print(f"\n{'':52} " + " ".join(f"{k:>10}" for k in kinds) + ("  rpar/ipp" if ratio else "")
           + ("  base/ipp" if ratio and "base" in kinds else ""))
     for key, label in ROWS:

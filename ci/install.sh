@@ -8,6 +8,8 @@ pkgs=(build-essential pkg-config libclang-dev openmpi-bin libopenmpi-dev mpich l
       iproute2 procps psmisc sqlite3)
 # libzmq with libsodium (CurveZMQ); .cargo/config.toml links it instead of zmq-sys's vendored copy
 pkgs+=(libzmq3-dev)
+# headless browser for the status page test (tests/test_cluster_status.py)
+pkgs+=(chromium)
 # batch systems and ssh for the launcher tests (ci/services/*.sh); slurm-wlm-torque's qsub is
 # unpacked beside gridengine's by ci/services/slurm.sh
 pkgs+=(munge slurm-wlm slurmctld slurmd slurm-client libslurm-perl libslurmdb-perl libswitch-perl

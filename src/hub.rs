@@ -71,13 +71,33 @@ impl HubClient {
 
     /// The ids of the registered engines.
     pub fn engines(&mut self, timeout: Duration) -> Result<Vec<u64>, HubError> {
+        let content = self.request("connection_request", json!({}), timeout)?;
+        if content["status"] != "ok" {
+            return Err(HubError::Reply(content.to_string()));
+        }
+        let mut ids: Vec<u64> = content["engines"]
+            .as_object()
+            .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Send one hub query (`msg_type`, `content`) and return its reply's content, whatever
+    /// its status.
+    pub fn request(
+        &mut self,
+        msg_type: &str,
+        content: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, HubError> {
         let msg = self.builder.build(
             &self.signer,
             Vec::new(),
-            "connection_request",
+            msg_type,
             b"{}",
             &json!({}),
-            &json!({}),
+            &content,
             Vec::new(),
         );
         let msg_id = serde_json::from_slice::<serde_json::Value>(&msg.header)
@@ -107,18 +127,9 @@ impl HubClient {
                 if parent["msg_id"].as_str() != Some(msg_id.as_str()) {
                     continue; // a late reply to an earlier request
                 }
-                let content = reply
+                return reply
                     .content_value()
-                    .map_err(|e| HubError::Reply(e.to_string()))?;
-                if content["status"] != "ok" {
-                    return Err(HubError::Reply(content.to_string()));
-                }
-                let mut ids: Vec<u64> = content["engines"]
-                    .as_object()
-                    .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
-                    .unwrap_or_default();
-                ids.sort_unstable();
-                return Ok(ids);
+                    .map_err(|e| HubError::Reply(e.to_string()));
             }
         })();
         if result.is_err() {

@@ -12,28 +12,22 @@ pub mod jobscript;
 pub mod launcher;
 pub mod profiles;
 pub mod settings;
+pub mod status;
 
 use rpar_core::profile::ProfileDir;
 
 /// Send this process's tracing log to `<profile>/log/<stem>-<pid>.log` (`RPAR_LOG` or `info`).
 pub fn init_file_log(profile: &ProfileDir, stem: &str) {
-    let dir = profile.log();
-    if std::fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    let path = dir.join(format!("{stem}-{}.log", std::process::id()));
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    else {
-        return;
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RPAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .try_init();
+    use rpar_core::logging::{init, Filter, Logging, Stderr};
+    let path = profile
+        .log()
+        .join(format!("{stem}-{}.log", std::process::id()));
+    // a second set-up in one process (tests) keeps the first
+    let _ = init(Logging {
+        filter: Filter::Env("RPAR_LOG", tracing::Level::INFO),
+        stderr: Stderr::No,
+        file: Some(path),
+        background: false,
+        target: true,
+    });
 }

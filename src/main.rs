@@ -3,7 +3,7 @@
 //! ```text
 //! rpar profile create [NAME] --parallel [--profile=NAME]    rpar profile list | locate [NAME]
 //! rpar cluster start [--n=N] [--engines=KIND] [--controller=KIND] [--daemonize] [-- controller args]
-//! rpar cluster stop | engines | list | clean
+//! rpar cluster stop | engines | list | clean | status [--json] [--watch]
 //! rpar jobscript --batch=pbs --n=128 --queue=short            (print a job script, submit nothing)
 //! ```
 //! Flags are spelled as in the seed manual (`--n=4`, `--profile=mpi`, `--profile_dir=...`);
@@ -13,7 +13,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use rpar::cluster::{self, StartArgs};
 use rpar::launcher::Role;
-use rpar_core::profile::{ProfileDir, ProfileOpts};
+use rpar_core::flags::ProfileFlags;
+use rpar_core::profile::ProfileDir;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -38,33 +39,6 @@ enum Cmd {
     Cluster(ClusterCmd),
     /// Print the job script a batch launcher would submit (dry run: nothing is submitted).
     Jobscript(JobscriptArgs),
-}
-
-#[derive(Args, Debug, Clone, Default)]
-struct ProfileFlags {
-    /// Profile name (directory $IPYTHONDIR/profile_<name>).
-    #[arg(long)]
-    profile: Option<String>,
-    /// Profile directory (instead of --profile).
-    #[arg(long)]
-    profile_dir: Option<PathBuf>,
-    /// IPython directory (default $IPYTHONDIR or ~/.ipython).
-    #[arg(long)]
-    ipython_dir: Option<PathBuf>,
-    /// Cluster id (connection files ipcontroller-<id>-*.json, cluster file cluster-<id>.json).
-    #[arg(long)]
-    cluster_id: Option<String>,
-}
-
-impl ProfileFlags {
-    fn opts(&self) -> ProfileOpts {
-        ProfileOpts {
-            profile: self.profile.clone(),
-            profile_dir: self.profile_dir.clone(),
-            ipython_dir: self.ipython_dir.clone(),
-            cluster_id: self.cluster_id.clone(),
-        }
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +130,20 @@ enum ClusterCmd {
         #[arg(long, short = 'o', default_value = "text")]
         output: String,
     },
+    /// Show a running cluster: controller, engines by MPI job, tasks, rates, recent failures.
+    Status {
+        #[command(flatten)]
+        p: ProfileFlags,
+        /// Print JSON (the controller's status snapshot) for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
     /// Remove logs, connection files and cluster files of stopped clusters.
     Clean {
         #[command(flatten)]
@@ -198,38 +186,9 @@ fn start_args(f: &StartFlags, config_args: &[String]) -> StartArgs {
     }
 }
 
-/// `--profile_dir=x` → `--profile-dir=x` (traitlets spellings), before any `--`.
-fn normalize(args: Vec<String>) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut after = false;
-    for a in args {
-        if after || a == "--" {
-            after = true;
-            out.push(a);
-            continue;
-        }
-        if let Some(body) = a.strip_prefix("--") {
-            let (name, rest) = match body.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (body, None),
-            };
-            if !name.contains('.') && name.contains('_') {
-                let name = name.replace('_', "-");
-                out.push(match rest {
-                    Some(v) => format!("--{name}={v}"),
-                    None => format!("--{name}"),
-                });
-                continue;
-            }
-        }
-        out.push(a);
-    }
-    out
-}
-
 fn run() -> Result<()> {
     let raw: Vec<String> = std::env::args().collect();
-    let args = normalize(raw);
+    let args = rpar_core::flags::normalize(raw);
     let dashdash = args.iter().position(|a| a == "--").unwrap_or(args.len());
     let (config_args, mut rest) = rpar_core::config::split_cli(args[..dashdash].iter().cloned());
     rest.extend(args[dashdash..].iter().cloned());
@@ -278,6 +237,17 @@ fn run() -> Result<()> {
             cluster::list(&p.opts(), all, output == "json")?
         }
         Cmd::Cluster(ClusterCmd::Clean { p, force }) => cluster::clean(&p.opts(), force)?,
+        Cmd::Cluster(ClusterCmd::Status {
+            p,
+            json,
+            watch,
+            interval,
+        }) => rpar::status::status(&rpar::status::StatusArgs {
+            profile: p.opts(),
+            json,
+            watch,
+            interval,
+        })?,
         Cmd::Jobscript(j) => {
             let role = Role::parse(&j.role)
                 .ok_or_else(|| anyhow::anyhow!("--role must be engine, controller or cluster"))?;

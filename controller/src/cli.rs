@@ -18,18 +18,8 @@ use serde_json::{json, Value};
     after_help = "Any configurable setting can also be given as --Class.trait=value, e.g. --IPController.ip=0.0.0.0"
 )]
 pub struct Cli {
-    /// Profile name (directory $IPYTHONDIR/profile_<name>).
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Profile directory (overrides --profile).
-    #[arg(long)]
-    pub profile_dir: Option<std::path::PathBuf>,
-    /// IPython directory (default $IPYTHONDIR or ~/.ipython).
-    #[arg(long)]
-    pub ipython_dir: Option<std::path::PathBuf>,
-    /// Cluster id: connection files become ipcontroller-<id>-{client,engine}.json.
-    #[arg(long)]
-    pub cluster_id: Option<String>,
+    #[command(flatten)]
+    pub p: rpar_core::flags::ProfileFlags,
     /// Interface to listen on for clients and engines ('*' = all interfaces).
     #[arg(long)]
     pub ip: Option<String>,
@@ -111,6 +101,9 @@ pub struct Cli {
     /// File holding the HMAC key.
     #[arg(long)]
     pub keyfile: Option<std::path::PathBuf>,
+    /// Serve the status page and Prometheus metrics at HOST:PORT (default 127.0.0.1:0).
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    pub metrics: Option<String>,
 }
 
 /// The parsed command line: named flags plus `--Class.trait=value` settings in order.
@@ -154,19 +147,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<CommandLine
             }
             continue;
         }
-        if let Some(body) = a.strip_prefix("--") {
-            let (name, val) = match body.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (body, None),
-            };
-            let name = name.replace('_', "-");
-            rest.push(match val {
-                Some(v) => format!("--{name}={v}"),
-                None => format!("--{name}"),
-            });
-            continue;
-        }
-        rest.push(a);
+        rest.push(rpar_core::flags::normalize_flag(a));
     }
     let cli = Cli::try_parse_from(rest)?;
     Ok(CommandLine { cli, settings })
@@ -233,6 +214,9 @@ impl CommandLine {
         if let Some(v) = &c.keyfile {
             put("Session.keyfile", json!(v.display().to_string()));
         }
+        if let Some(v) = &c.metrics {
+            put("IPController.metrics", json!(v));
+        }
         out
     }
 }
@@ -253,10 +237,10 @@ mod tests {
     fn seed_spellings() {
         let c = parse(&["--ip=*", "--profile=mpi", "--reuse", "--profile_dir=/x"]);
         assert_eq!(c.cli.ip.as_deref(), Some("*"));
-        assert_eq!(c.cli.profile.as_deref(), Some("mpi"));
+        assert_eq!(c.cli.p.profile.as_deref(), Some("mpi"));
         assert!(c.cli.reuse);
         assert_eq!(
-            c.cli.profile_dir.as_deref(),
+            c.cli.p.profile_dir.as_deref(),
             Some(std::path::Path::new("/x"))
         );
     }

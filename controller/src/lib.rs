@@ -4,6 +4,7 @@
 //! * [`server`]: sockets, connection files and the poll loop around the core.
 //! * [`cli`] and [`settings`]: ipcontroller's command line and configuration, resolved.
 //! * [`errors`]: error contents in ipyparallel's shape.
+//! * [`status`]: the status page, `/api/status` and Prometheus `/metrics` (`--metrics`).
 //!
 //! Schedulers are in crate `rpar-sched`, the task database in crate `rpar-taskdb`.
 
@@ -12,3 +13,4 @@ pub mod errors;
 pub mod hub;
 pub mod server;
 pub mod settings;
+pub mod status;

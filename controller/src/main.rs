@@ -2,36 +2,36 @@
 
 use anyhow::{Context, Result};
 use rpar_controller::{cli, hub, server, settings};
-use rpar_core::profile::{self, ProfileDir, ProfileOpts};
-use tracing_subscriber::prelude::*;
+use rpar_core::logging;
+use rpar_core::profile::{self, ProfileDir};
 
 fn level(cmd: &cli::CommandLine) -> tracing::Level {
     if cmd.cli.debug {
         return tracing::Level::DEBUG;
     }
-    match cmd
-        .cli
+    cmd.cli
         .log_level
         .as_deref()
-        .map(str::to_ascii_uppercase)
-        .as_deref()
-    {
-        Some("DEBUG") | Some("10") | Some("0") => tracing::Level::DEBUG,
-        Some("WARN") | Some("WARNING") | Some("30") => tracing::Level::WARN,
-        Some("ERROR") | Some("CRITICAL") | Some("40") | Some("50") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    }
+        .and_then(logging::parse_level)
+        .unwrap_or(tracing::Level::INFO)
 }
 
-/// glibc: serve blocks of 128 KiB and more with their own mappings, returned to the OS when
-/// freed. Task buffers are typically megabytes; by default glibc raises its mmap threshold after
-/// the first such free and then keeps freed buffers in the heap, so a controller that held (and
-/// culled) a gigabyte of task records would keep that much resident.
+/// glibc: keep task-sized blocks (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
+///
+/// Every task buffer passes through a few short-lived blocks (ZeroMQ's receive buffer, the
+/// frame, the copy sent on). Served by their own mappings (glibc's 128 KiB start), each such
+/// block costs an `mmap`, a page fault per 4 KiB, and an `munmap` with its TLB shootdown: for
+/// a 1 MB task that was most of the controller's CPU. From the heap, a freed block is reused
+/// as it is. Memory is still handed back: the task database asks glibc to return free pages
+/// after large frees (culls, purges, SQLite commits; `rpar_taskdb` trims), so a controller that
+/// held and culled a gigabyte of records does not keep it resident. Setting the threshold also
+/// stops glibc from raising it on its own.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread starts.
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
@@ -48,17 +48,11 @@ fn main() {
 }
 
 fn run(cmd: cli::CommandLine) -> Result<()> {
-    let opts = ProfileOpts {
-        profile: cmd.cli.profile.clone(),
-        profile_dir: cmd.cli.profile_dir.clone(),
-        ipython_dir: cmd.cli.ipython_dir.clone(),
-        cluster_id: cmd.cli.cluster_id.clone(),
-    };
-    let profile = ProfileDir::resolve(&opts);
+    let profile = ProfileDir::resolve(&cmd.cli.p.opts());
     profile
         .ensure()
         .with_context(|| format!("creating profile directory {}", profile.path.display()))?;
-    let cluster_id = profile::cluster_id(cmd.cli.cluster_id.as_deref());
+    let cluster_id = profile::cluster_id(cmd.cli.p.cluster_id.as_deref());
     if let Some(w) = &cmd.cli.work_dir {
         std::env::set_current_dir(w).with_context(|| format!("--work-dir {}", w.display()))?;
     }
@@ -69,24 +63,13 @@ fn run(cmd: cli::CommandLine) -> Result<()> {
     } else {
         format!("rpar-controller-{cluster_id}-{}.log", std::process::id())
     };
-    let file = tracing_appender::rolling::never(profile.log(), log_name);
-    let (file, _guard) = tracing_appender::non_blocking(file);
-    let lvl = level(&cmd);
-    let filter = tracing_subscriber::filter::LevelFilter::from_level(lvl);
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(file)
-                .with_filter(filter),
-        )
-        .init();
+    let _guard = logging::init(logging::Logging {
+        filter: logging::Filter::Level(level(&cmd)),
+        stderr: logging::Stderr::Yes,
+        file: Some(profile.log().join(log_name)),
+        background: true,
+        target: true,
+    })?;
 
     let settings = settings::load(&profile, &cmd)?;
     let session = settings

@@ -61,9 +61,17 @@ pub struct Settings {
     pub key: Option<String>,
     pub keyfile: Option<String>,
     pub session: Option<String>,
+    /// `IPController.max_message_size`: ZMQ_MAXMSGSIZE of every socket peers connect to
+    /// (-1: no limit).
+    pub max_message_size: i64,
+    /// `host:port` of the status page and metrics (`IPController.metrics`), if enabled.
+    pub metrics: Option<String>,
     /// Everything loaded, for the backends' own settings (`SQLiteDB.*`, ...).
     pub config: Config,
 }
+
+/// The default of `IPController.max_message_size`: generous for one array, finite (512 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 512 << 20;
 
 /// Parse a port pool: `10101-10120`, `1,3-5`, or a list of ints.
 pub fn parse_ports(v: &Value) -> Result<Vec<u16>, String> {
@@ -90,6 +98,29 @@ pub fn parse_ports(v: &Value) -> Result<Vec<u16>, String> {
         out.extend(a..=b);
     }
     Ok(out)
+}
+
+/// `IPController.metrics`: empty = off; otherwise `host:port` with a numeric port.
+fn metrics_addr(cfg: &Config) -> Result<Option<String>, ConfigError> {
+    let Some(v) = cfg.str("IPController", "metrics")? else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let ok = v
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !ok {
+        return Err(bad(
+            cfg,
+            "IPController",
+            "metrics",
+            "expected host:port, e.g. 127.0.0.1:0 (port 0: any free port)".into(),
+        ));
+    }
+    Ok(Some(v.to_string()))
 }
 
 fn bad(cfg: &Config, class: &str, tr: &str, why: String) -> ConfigError {
@@ -146,6 +177,18 @@ impl Settings {
                 return Err(bad(&cfg, "TaskScheduler", "scheme_name", e.to_string()));
             }
         }
+        let max_message_size = match cfg.i64("IPController", "max_message_size")? {
+            None => DEFAULT_MAX_MESSAGE_SIZE,
+            Some(n) if n == -1 || n > 0 => n,
+            Some(_) => {
+                return Err(bad(
+                    &cfg,
+                    "IPController",
+                    "max_message_size",
+                    "must be a positive number of bytes, or -1 for no limit".into(),
+                ))
+            }
+        };
         let key = match cfg.str("Session", "key")? {
             Some(k) => Some(k),
             None => std::env::var("IPP_SESSION_KEY").ok(),
@@ -188,6 +231,8 @@ impl Settings {
             key,
             keyfile: cfg.str("Session", "keyfile")?.filter(|k| !k.is_empty()),
             session: cfg.str("Session", "session")?,
+            max_message_size,
+            metrics: metrics_addr(&cfg)?,
             config: cfg,
         })
     }
@@ -213,6 +258,31 @@ mod tests {
         assert_eq!(s.registration_timeout, Duration::from_secs(30));
         assert_eq!(s.hwm, 1);
         assert_eq!(s.db_class, "DictDB");
+        assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn max_message_size_is_finite_unless_asked() {
+        assert_eq!(
+            cfg(&["--IPController.max_message_size=1048576"])
+                .unwrap()
+                .max_message_size,
+            1 << 20
+        );
+        assert_eq!(
+            cfg(&["--IPController.max_message_size=-1"])
+                .unwrap()
+                .max_message_size,
+            -1
+        );
+        let e = cfg(&["--IPController.max_message_size=0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("IPController.max_message_size") && e.contains("-1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -236,6 +306,21 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("leastload"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(cfg(&[]).unwrap().metrics, None);
+        let s = cfg(&["--IPController.metrics=127.0.0.1:0"]).unwrap();
+        assert_eq!(s.metrics.as_deref(), Some("127.0.0.1:0"));
+        let e = cfg(&["--IPController.metrics=nowhere"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("IPController.metrics") && e.contains("host:port"),
+            "{e}"
+        );
     }
 
     #[test]

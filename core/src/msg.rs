@@ -178,9 +178,75 @@ impl Default for MessageBuilder {
     }
 }
 
+/// The exception classes of `ipyparallel.error`, named with their module in tracebacks.
+const IPP_ERRORS: &[&str] = &[
+    "InvalidDependency",
+    "ImpossibleDependency",
+    "DependencyTimeout",
+    "UnmetDependency",
+    "TaskTimeout",
+    "TaskAborted",
+    "TaskRejected",
+    "EngineError",
+    "NoEnginesRegistered",
+];
+
+/// An error reply's content in the shape of ipyparallel's `error.wrap_exception()`: `status`,
+/// `ename`, `evalue`, `traceback` (lines ending in a newline, as `traceback.format_exception`
+/// gives them; the client joins them) and `engine_info`. An empty `engine_info` (`{}`) tells the
+/// client not to wait for output of the task from any engine. `raised_by` names the part of
+/// rpar that raised it, in the traceback.
+pub fn error_content(ename: &str, evalue: &str, raised_by: &str, engine_info: Value) -> Value {
+    let module = if IPP_ERRORS.contains(&ename) {
+        "ipyparallel.error."
+    } else {
+        ""
+    };
+    let last = if evalue.is_empty() {
+        format!("{module}{ename}\n")
+    } else {
+        format!("{module}{ename}: {evalue}\n")
+    };
+    serde_json::json!({
+        "status": "error",
+        "ename": ename,
+        "evalue": evalue,
+        "traceback": [
+            "Traceback (most recent call last):\n",
+            format!("  raised by {raised_by}\n"),
+            last,
+        ],
+        "engine_info": engine_info,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_content_is_wrap_exception_shaped() {
+        let c = error_content(
+            "TaskTimeout",
+            "waited 1s",
+            "the scheduler",
+            serde_json::json!({}),
+        );
+        assert_eq!(c["status"], "error");
+        assert_eq!(c["ename"], "TaskTimeout");
+        assert_eq!(c["evalue"], "waited 1s");
+        assert_eq!(c["engine_info"], serde_json::json!({}));
+        let tb: Vec<&str> = c["traceback"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(tb[1], "  raised by the scheduler\n");
+        assert_eq!(tb[2], "ipyparallel.error.TaskTimeout: waited 1s\n");
+        let k = error_content("KeyError", "'x'", "rpar-controller", serde_json::json!({}));
+        assert_eq!(k["traceback"][2], "KeyError: 'x'\n");
+    }
     use serde_json::json;
 
     #[test]

@@ -14,11 +14,11 @@ use clap::Parser;
 use mpi::traits::*;
 use rpar_core::config::{split_cli, Config};
 use rpar_core::connection::{self, EngineInfo};
-use rpar_core::profile::{cluster_id, ProfileDir, ProfileOpts};
+use rpar_core::flags::normalize_flag;
+use rpar_core::profile::{cluster_id, ProfileDir};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 /// What the user typed.
 #[derive(Debug, Parser)]
@@ -31,18 +31,8 @@ pub struct Args {
     /// The engine connection file (ipcontroller-engine.json); default: the profile's security/.
     #[arg(long = "file", visible_alias = "url-file", value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Profile name (directory $IPYTHONDIR/profile_<name>).
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Profile directory (overrides --profile).
-    #[arg(long = "profile-dir")]
-    pub profile_dir: Option<PathBuf>,
-    /// IPython directory (default $IPYTHONDIR or ~/.ipython).
-    #[arg(long = "ipython-dir")]
-    pub ipython_dir: Option<PathBuf>,
-    /// Cluster id: use security/ipcontroller-<id>-engine.json.
-    #[arg(long = "cluster-id")]
-    pub cluster_id: Option<String>,
+    #[command(flatten)]
+    pub p: rpar_core::flags::ProfileFlags,
     /// Seconds to wait for the registration reply.
     #[arg(long)]
     pub timeout: Option<f64>,
@@ -91,27 +81,6 @@ pub struct Opts {
     pub config_args: Vec<String>,
     pub version: bool,
     pub nanny: bool,
-}
-
-/// `--foo_bar[=v]` → `--foo-bar[=v]` (traitlets accepts either spelling of a flag; the seed's
-/// manual writes `--profile_dir=...`). Only the flag name changes, never its value; positional
-/// arguments and `--Class.trait=value` settings (already split off) are left alone.
-fn normalize_flag(arg: String) -> String {
-    let Some(body) = arg.strip_prefix("--") else {
-        return arg;
-    };
-    let (name, val) = match body.split_once('=') {
-        Some((n, v)) => (n, Some(v)),
-        None => (body, None),
-    };
-    if !name.contains('_') || name.contains('.') {
-        return arg;
-    }
-    let name = name.replace('_', "-");
-    match val {
-        Some(v) => format!("--{name}={v}"),
-        None => format!("--{name}"),
-    }
 }
 
 pub fn parse(argv: &[String]) -> Result<Opts> {
@@ -287,14 +256,9 @@ impl Boot {
 
     fn try_prepare(opts: &Opts, size: u32) -> Result<Boot> {
         let a = &opts.args;
-        let profile = ProfileDir::resolve(&ProfileOpts {
-            profile: a.profile.clone(),
-            profile_dir: a.profile_dir.clone(),
-            ipython_dir: a.ipython_dir.clone(),
-            cluster_id: a.cluster_id.clone(),
-        });
+        let profile = ProfileDir::resolve(&a.p.opts());
         let _ = profile.ensure();
-        let cid = cluster_id(a.cluster_id.as_deref());
+        let cid = cluster_id(a.p.cluster_id.as_deref());
         let fs = load_settings(&profile.path, &opts.config_args)
             .with_context(|| format!("reading the engine config in {}", profile.path.display()))?;
         let conn: EngineInfo = if let Some(text) = std::env::var("IPP_CONNECTION_INFO")
@@ -442,44 +406,30 @@ pub fn broadcast_json<C: Communicator, T: Serialize + for<'de> Deserialize<'de> 
     }
 }
 
+/// `IPEngine.log_level` / `--log-level` (an unknown level is INFO).
 fn level(s: &str) -> tracing::Level {
-    match s.trim().trim_matches('\'').to_ascii_uppercase().as_str() {
-        "0" | "10" | "DEBUG" | "TRACE" => tracing::Level::DEBUG,
-        "30" | "WARN" | "WARNING" => tracing::Level::WARN,
-        "40" | "50" | "ERROR" | "CRITICAL" | "FATAL" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    }
+    rpar_core::logging::parse_level(s).unwrap_or(tracing::Level::INFO)
 }
 
 /// Logs go to the original stderr and to `<profile>/log/rpar-engine[-<cluster>]-<rank>-<pid>.log`.
 pub fn init_logging(boot: &Boot, rank: u32, capture: &crate::capture::Capture) {
-    let lvl = level(&boot.log_level);
-    let stderr = capture.original_stderr().map(std::sync::Mutex::new).ok();
+    use rpar_core::logging::{init, Filter, Logging, Stderr};
     let cid = if boot.cluster_id.is_empty() {
         String::new()
     } else {
         format!("-{}", boot.cluster_id)
     };
-    let file = std::fs::create_dir_all(boot.profile_dir.join("log"))
-        .ok()
-        .and_then(|_| {
-            std::fs::File::create(boot.profile_dir.join("log").join(format!(
-                "rpar-engine{cid}-{rank}-{}.log",
-                std::process::id()
-            )))
-            .ok()
-        })
-        .map(std::sync::Mutex::new);
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(lvl)
-        .with_ansi(false)
-        .with_target(false);
-    let res = match (stderr, file) {
-        (Some(e), Some(f)) => builder.with_writer(e.and(f)).try_init(),
-        (Some(e), None) => builder.with_writer(e).try_init(),
-        (None, Some(f)) => builder.with_writer(f).try_init(),
-        (None, None) => builder.with_writer(std::io::sink).try_init(),
-    };
+    let file = boot.profile_dir.join("log").join(format!(
+        "rpar-engine{cid}-{rank}-{}.log",
+        std::process::id()
+    ));
+    let res = init(Logging {
+        filter: Filter::Level(level(&boot.log_level)),
+        stderr: capture.original_stderr().map_or(Stderr::No, Stderr::File),
+        file: Some(file),
+        background: false,
+        target: false,
+    });
     if let Err(e) = res {
         eprintln!("rpar-engine: logging not set up: {e}");
     }
@@ -504,7 +454,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let o = parse(&argv).unwrap();
-        assert_eq!(o.args.profile.as_deref(), Some("mpi"));
+        assert_eq!(o.args.p.profile.as_deref(), Some("mpi"));
         assert_eq!(o.args.mpi.as_deref(), Some("mpi4py"));
         assert_eq!(o.args.timeout, Some(7.0));
         assert_eq!(o.args.file, Some(PathBuf::from("/x/e.json")));
@@ -533,8 +483,8 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let o = parse(&argv).unwrap();
-        assert_eq!(o.args.profile_dir, Some(PathBuf::from("/p/profile_ssh")));
-        assert_eq!(o.args.cluster_id.as_deref(), Some("my_cluster"));
+        assert_eq!(o.args.p.profile_dir, Some(PathBuf::from("/p/profile_ssh")));
+        assert_eq!(o.args.p.cluster_id.as_deref(), Some("my_cluster"));
         assert_eq!(o.args.log_level.as_deref(), Some("DEBUG"));
         assert_eq!(o.args.wait_for_url_file, Some(3.0));
         assert_eq!(o.args.python_venv, Some(PathBuf::from("/v/my_env")));

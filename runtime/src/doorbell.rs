@@ -14,7 +14,7 @@
 //! Reachability is symmetric (same namespace both ways), so both ends agree without a message.
 //!
 //! Rings are counted: a ring whose message MPI has not yet made visible to `MPI_Improbe` keeps
-//! the receiver probing briefly (see [`Link::timeout_ms`](crate::link::Link::timeout_ms)); a lost
+//! the receiver probing briefly (see [`pace`](crate::pace)); a lost
 //! ring (full socket buffer) only costs latency up to the loop's idle timeout.
 
 use crate::relay::Rank;

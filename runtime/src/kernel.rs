@@ -374,11 +374,12 @@ impl EngineCore {
                         }
                         return None;
                     }
-                    None => json!({
-                        "status": "error", "ename": "ValueError",
-                        "evalue": format!("bad signal {:?}", req.content.get("sig")),
-                        "traceback": [], "engine_info": self.session.engine_info(Some("signal")),
-                    }),
+                    None => rpar_core::msg::error_content(
+                        "ValueError",
+                        &format!("bad signal {:?}", req.content.get("sig")),
+                        "rpar-engine",
+                        self.session.engine_info(Some("signal")),
+                    ),
                 };
                 self.answer(&req, content);
                 None

@@ -10,6 +10,7 @@
 //! received messages, so the runtime loop knows when it may sleep until the next ring.
 
 use crate::doorbell::Doorbell;
+use crate::pace::LinkState;
 use crate::relay::{Rank, TAG};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::request::{Request, StaticScope};
@@ -34,7 +35,8 @@ pub struct Link {
     last_ring: Instant,
 }
 
-/// How long a ring whose message has not shown up keeps the loop probing MPI.
+/// How long a ring whose message has not shown up keeps the loop probing MPI (while sends are
+/// in flight the loop probes too: MPI only progresses them when called).
 const RING_GRACE: Duration = Duration::from_millis(200);
 
 // SAFETY: the communicator handle and in-flight buffers are used by exactly one thread at a time
@@ -78,18 +80,13 @@ impl Link {
         }
     }
 
-    /// May the loop sleep until a descriptor is readable? False while sends are in flight (MPI
-    /// only progresses them when called), while a ring's message is still on its way, or when
-    /// some peer cannot ring this rank.
-    pub fn can_sleep(&self) -> bool {
-        self.rung_by_all
-            && self.pending.is_empty()
-            && (self.owed == 0 || self.last_ring.elapsed() > RING_GRACE)
-    }
-
-    /// Whether every peer can ring this rank (else the loop must probe MPI on a timer).
-    pub fn rung_by_all(&self) -> bool {
-        self.rung_by_all
+    /// What the loop's [`pace`](crate::pace) needs to know.
+    pub fn state(&self) -> LinkState {
+        LinkState {
+            rung_by_all: self.rung_by_all,
+            sending: !self.pending.is_empty(),
+            owed: self.owed > 0 && self.last_ring.elapsed() <= RING_GRACE,
+        }
     }
 
     pub fn rank(&self) -> Rank {

@@ -41,6 +41,7 @@ mod link;
 mod nanny;
 mod native;
 mod net;
+mod pace;
 mod preflight;
 mod python;
 mod relay;

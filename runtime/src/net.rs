@@ -200,6 +200,9 @@ pub fn register(
 ) -> Result<(Vec<zmq::Socket>, Registered)> {
     let mut socks = Vec::with_capacity(uuids.len());
     let mut verifier = Signer::new(key);
+    // which MPI job these engines are, for the controller's status views (ignored elsewhere)
+    let host = rpar_core::connection::hostname().unwrap_or_default();
+    let job = format!("{host}:{}", std::process::id());
     for (rank, uuid) in uuids.iter().enumerate() {
         let s = sock(ctx, zmq::DEALER, Some(uuid))?;
         s.connect(&addrs.registration)
@@ -208,7 +211,10 @@ pub fn register(
             &Signer::new(key),
             uuid,
             "registration_request",
-            &json!({ "uuid": uuid, "id": rank }),
+            &json!({
+                "uuid": uuid, "id": rank,
+                "rpar_job": {"id": job, "host": host, "size": uuids.len(), "rank": rank},
+            }),
         );
         s.send_multipart(m, 0)?;
         socks.push(s);

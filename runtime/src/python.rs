@@ -279,9 +279,12 @@ impl Executor {
         let (mut content, buffers) = match self.run(req) {
             Ok(x) => x,
             Err(e) => (
-                json!({"status": "error", "ename": "EngineError",
-                       "evalue": format!("rpar-engine could not run the request: {e}"),
-                       "traceback": []}),
+                rpar_core::msg::error_content(
+                    "EngineError",
+                    &format!("rpar-engine could not run the request: {e}"),
+                    "rpar-engine",
+                    json!({}),
+                ),
                 vec![],
             ),
         };

@@ -1,14 +1,15 @@
 //! The relay protocol between rank 0 (the broker, which owns every ZeroMQ socket) and the other
 //! ranks, carried over MPI on a duplicate of `COMM_WORLD`.
 //!
-//! One MPI message = one [`Packet`]: a small fixed header (magic, version, channel, rank), then
-//! the multipart ZeroMQ frames as length-prefixed opaque bytes. Rank 0 routes on the header only
-//! (which engine, which socket) and never parses the frames: a 1 GiB pickled argument crosses it
-//! as bytes. [`Life`] packets are the runtime's own small control messages (a rank has shut down,
-//! the job is exiting) and are the only ones whose body is interpreted.
+//! One MPI message = one [`Packet`]: a magic byte, a small typed header (a serde type encoded with
+//! bincode 2, its version first: channel, rank, frame lengths), then the multipart ZeroMQ frames
+//! as opaque bytes. Rank 0 routes on the header only (which engine, which socket) and never
+//! parses the frames: a 1 GiB pickled argument crosses it as bytes, copied once into the MPI
+//! buffer on the sending side; [`Packet::decode_ref`] borrows the frames out of the received
+//! buffer. [`Life`] packets are the runtime's own small control messages (a rank has shut down,
+//! the job is exiting; bincode too) and are the only ones whose body is interpreted.
 //!
-//! Layout (little-endian): `magic u8 | version u8 | channel u8 | 0 u8 | rank u32 | nframes u32 |
-//! len u64 × nframes | frame bytes…`.
+//! Layout: `magic u8 | bincode(Head { version, channel, rank, lens }) | frame bytes…`.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -31,32 +32,18 @@ impl std::fmt::Display for Rank {
 }
 
 /// Which socket of the engine a packet belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Channel {
     /// The shell ROUTER (mux, task and broadcast traffic).
-    Shell = 1,
+    Shell,
     /// The control ROUTER.
-    Control = 2,
+    Control,
     /// IOPub (engine → controller only): frames start with the topic.
-    IoPub = 3,
+    IoPub,
     /// Heartbeat ping (rank 0 → rank) and its echo (rank → rank 0), frames unchanged.
-    Heartbeat = 4,
-    /// Runtime lifecycle, one JSON frame ([`Life`]).
-    Life = 5,
-}
-
-impl Channel {
-    fn from_u8(b: u8) -> Option<Channel> {
-        Some(match b {
-            1 => Channel::Shell,
-            2 => Channel::Control,
-            3 => Channel::IoPub,
-            4 => Channel::Heartbeat,
-            5 => Channel::Life,
-            _ => return None,
-        })
-    }
+    Heartbeat,
+    /// Runtime lifecycle, one bincode frame ([`Life`]).
+    Life,
 }
 
 /// The routing header: which engine (rank) and which socket.
@@ -94,15 +81,30 @@ pub enum RelayError {
     Magic(u8),
     #[error("relay protocol version {0}, this build speaks {VERSION}")]
     Version(u8),
-    #[error("unknown channel {0}")]
-    Channel(u8),
-    #[error("frame lengths exceed the packet ({need} > {have} bytes)")]
+    #[error("bad relay header: {0}")]
+    Header(String),
+    #[error("frame lengths do not match the packet ({need} != {have} bytes)")]
     Lengths { need: u64, have: usize },
     #[error("bad lifecycle message: {0}")]
     Life(String),
 }
 
-const FIXED: usize = 12;
+/// The typed header of a packet (bincode; the version first).
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    version: u8,
+    channel: Channel,
+    rank: Rank,
+    /// The length of each frame.
+    lens: Vec<u64>,
+}
+
+/// The most header bytes read (a header of 65 536 frames is under 600 KiB).
+const HEAD_LIMIT: usize = 1 << 20;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<HEAD_LIMIT>()
+}
 
 impl Packet {
     pub fn new(channel: Channel, rank: Rank, frames: Vec<Vec<u8>>) -> Packet {
@@ -114,92 +116,89 @@ impl Packet {
 
     /// A lifecycle packet about/for `rank`.
     pub fn life(rank: Rank, life: &Life) -> Packet {
-        let body = serde_json::to_vec(life).unwrap_or_default();
+        let body = bincode::serde::encode_to_vec(life, config()).unwrap_or_default();
         Packet::new(Channel::Life, rank, vec![body])
     }
 
     /// The lifecycle message carried by a [`Channel::Life`] packet.
     pub fn as_life(&self) -> Result<Life, RelayError> {
         let body = self.frames.first().map(Vec::as_slice).unwrap_or(b"");
-        serde_json::from_slice(body).map_err(|e| RelayError::Life(e.to_string()))
+        bincode::serde::decode_from_slice(body, config())
+            .map(|(l, _)| l)
+            .map_err(|e| RelayError::Life(e.to_string()))
     }
 
-    /// Serialize for one MPI send.
+    /// Serialize for one MPI send (the one copy of the frames on this side).
     pub fn encode(&self) -> Vec<u8> {
+        let head = Head {
+            version: VERSION,
+            channel: self.header.channel,
+            rank: self.header.rank,
+            lens: self.frames.iter().map(|f| f.len() as u64).collect(),
+        };
+        // a header of plain data always encodes
+        let head = bincode::serde::encode_to_vec(&head, config()).unwrap_or_default();
         let data: usize = self.frames.iter().map(Vec::len).sum();
-        let mut out = Vec::with_capacity(FIXED + 8 * self.frames.len() + data);
-        out.extend_from_slice(&[MAGIC, VERSION, self.header.channel as u8, 0]);
-        out.extend_from_slice(&self.header.rank.0.to_le_bytes());
-        out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
-        for f in &self.frames {
-            out.extend_from_slice(&(f.len() as u64).to_le_bytes());
-        }
+        let mut out = Vec::with_capacity(1 + head.len() + data);
+        out.push(MAGIC);
+        out.extend_from_slice(&head);
         for f in &self.frames {
             out.extend_from_slice(f);
         }
         out
     }
 
-    /// Only the routing header (what rank 0 needs to route a packet it will not otherwise read).
-    pub fn peek_header(buf: &[u8]) -> Result<RelayHeader, RelayError> {
-        if buf.len() < FIXED {
-            return Err(RelayError::Short(buf.len()));
+    /// The header and where the frames start.
+    fn head(buf: &[u8]) -> Result<(Head, usize), RelayError> {
+        let (&magic, rest) = buf.split_first().ok_or(RelayError::Short(buf.len()))?;
+        if magic != MAGIC {
+            return Err(RelayError::Magic(magic));
         }
-        if buf[0] != MAGIC {
-            return Err(RelayError::Magic(buf[0]));
+        // the version first: a peer of another version is named as such
+        let &version = rest.first().ok_or(RelayError::Short(buf.len()))?;
+        if version != VERSION {
+            return Err(RelayError::Version(version));
         }
-        if buf[1] != VERSION {
-            return Err(RelayError::Version(buf[1]));
-        }
-        let channel = Channel::from_u8(buf[2]).ok_or(RelayError::Channel(buf[2]))?;
-        let rank = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        Ok(RelayHeader {
-            channel,
-            rank: Rank(rank),
-        })
+        let (head, used): (Head, usize) = bincode::serde::decode_from_slice(rest, config())
+            .map_err(|e| RelayError::Header(e.to_string()))?;
+        Ok((head, 1 + used))
     }
 
-    /// Parse a received MPI message.
+    /// Parse a received MPI message, the frames borrowed from `buf`.
+    pub fn decode_ref(buf: &[u8]) -> Result<(RelayHeader, Vec<&[u8]>), RelayError> {
+        let (head, start) = Self::head(buf)?;
+        let total = head
+            .lens
+            .iter()
+            .try_fold(start as u64, |t, l| t.checked_add(*l));
+        if total != Some(buf.len() as u64) {
+            return Err(RelayError::Lengths {
+                need: total.unwrap_or(u64::MAX),
+                have: buf.len(),
+            });
+        }
+        let mut frames = Vec::with_capacity(head.lens.len());
+        let mut rest = &buf[start..];
+        for l in &head.lens {
+            // every length fits: their sum is the buffer's
+            let (f, r) = rest.split_at(usize::try_from(*l).unwrap_or(rest.len()));
+            frames.push(f);
+            rest = r;
+        }
+        let header = RelayHeader {
+            channel: head.channel,
+            rank: head.rank,
+        };
+        Ok((header, frames))
+    }
+
+    /// Parse a received MPI message into owned frames (the one copy on this side).
     pub fn decode(buf: &[u8]) -> Result<Packet, RelayError> {
-        let header = Self::peek_header(buf)?;
-        let n = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
-        let lens_end = (n as u64)
-            .checked_mul(8)
-            .and_then(|x| x.checked_add(FIXED as u64))
-            .ok_or(RelayError::Lengths {
-                need: u64::MAX,
-                have: buf.len(),
-            })?;
-        if lens_end > buf.len() as u64 {
-            return Err(RelayError::Lengths {
-                need: lens_end,
-                have: buf.len(),
-            });
-        }
-        let lens_end = lens_end as usize;
-        let mut lens = Vec::with_capacity(n);
-        let mut total: u64 = lens_end as u64;
-        for i in 0..n {
-            let o = FIXED + 8 * i;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[o..o + 8]);
-            let l = u64::from_le_bytes(b);
-            total = total.saturating_add(l);
-            lens.push(l as usize);
-        }
-        if total != buf.len() as u64 {
-            return Err(RelayError::Lengths {
-                need: total,
-                have: buf.len(),
-            });
-        }
-        let mut frames = Vec::with_capacity(n);
-        let mut pos = lens_end;
-        for l in lens {
-            frames.push(buf[pos..pos + l].to_vec());
-            pos += l;
-        }
-        Ok(Packet { header, frames })
+        let (header, frames) = Self::decode_ref(buf)?;
+        Ok(Packet {
+            header,
+            frames: frames.into_iter().map(<[u8]>::to_vec).collect(),
+        })
     }
 }
 
@@ -227,7 +226,7 @@ mod tests {
                 ],
             );
             let buf = p.encode();
-            assert_eq!(Packet::peek_header(&buf).unwrap(), p.header);
+            assert_eq!(Packet::decode_ref(&buf).unwrap().0, p.header);
             assert_eq!(Packet::decode(&buf).unwrap(), p);
         }
     }
@@ -257,19 +256,32 @@ mod tests {
     }
 
     #[test]
+    fn decode_ref_borrows_the_frames() {
+        let p = Packet::new(Channel::Shell, Rank(2), vec![b"abc".to_vec(), vec![9; 100]]);
+        let buf = p.encode();
+        let (h, frames) = Packet::decode_ref(&buf).unwrap();
+        assert_eq!(h, p.header);
+        assert_eq!(frames, vec![&b"abc"[..], &[9u8; 100][..]]);
+        let inside = buf.as_ptr_range();
+        assert!(inside.contains(&frames[1].as_ptr()));
+    }
+
+    #[test]
     fn corrupt_packets_are_errors() {
         let p = Packet::new(Channel::Shell, Rank(1), vec![b"abc".to_vec()]);
         let good = p.encode();
-        assert_eq!(Packet::decode(&good[..5]), Err(RelayError::Short(5)));
+        assert_eq!(Packet::decode(&[]), Err(RelayError::Short(0)));
+        assert_eq!(Packet::decode(&[MAGIC]), Err(RelayError::Short(1)));
         let mut b = good.clone();
         b[0] = 0;
         assert_eq!(Packet::decode(&b), Err(RelayError::Magic(0)));
         let mut b = good.clone();
         b[1] = 99;
         assert_eq!(Packet::decode(&b), Err(RelayError::Version(99)));
+        // an unknown channel
         let mut b = good.clone();
         b[2] = 42;
-        assert_eq!(Packet::decode(&b), Err(RelayError::Channel(42)));
+        assert!(matches!(Packet::decode(&b), Err(RelayError::Header(_))));
         // truncated payload
         assert!(matches!(
             Packet::decode(&good[..good.len() - 1]),
@@ -282,19 +294,38 @@ mod tests {
             Packet::decode(&b),
             Err(RelayError::Lengths { .. })
         ));
-        // absurd frame count
-        let mut b = good;
-        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            Packet::decode(&b),
-            Err(RelayError::Lengths { .. })
-        ));
-        // absurd frame length
-        let mut b = Packet::new(Channel::Shell, Rank(1), vec![vec![1]]).encode();
-        b[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            Packet::decode(&b),
-            Err(RelayError::Lengths { .. })
-        ));
+        // absurd frame counts and lengths
+        let absurd = |lens: Vec<u64>| {
+            let h = Head {
+                version: VERSION,
+                channel: Channel::Shell,
+                rank: Rank(1),
+                lens,
+            };
+            let mut b = vec![MAGIC];
+            b.extend(bincode::serde::encode_to_vec(&h, config()).unwrap());
+            b.extend_from_slice(b"abc");
+            b
+        };
+        assert!(Packet::decode(&absurd(vec![u64::MAX])).is_err());
+        assert!(Packet::decode(&absurd(vec![u64::MAX, 4])).is_err());
+        assert!(Packet::decode(&absurd(vec![0; 300_000])).is_err());
+        // a claimed frame count far beyond the buffer is refused without allocating it
+        let mut b = vec![MAGIC, VERSION, 0, 1, 0xfc, 0xff, 0xff, 0xff, 0xff];
+        b.extend_from_slice(&[0; 16]);
+        assert!(Packet::decode(&b).is_err());
+        // random bytes never panic
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for n in 0..3000usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b: Vec<u8> = (0..(n % 48)).map(|i| (x >> (i % 8 * 8)) as u8).collect();
+            if n % 2 == 0 && b.len() > 2 {
+                b[0] = MAGIC;
+                b[1] = VERSION;
+            }
+            let _ = Packet::decode(&b);
+        }
     }
 }

@@ -10,9 +10,10 @@
 //! MPI is probed, not waited on (a blocking MPI receive spins a core in OpenMPI and MPICH). Each
 //! MPI send rings the receiver's [doorbell](crate::doorbell), so a rank whose peers can all ring
 //! it sleeps in `poll` until a descriptor is readable (ZeroMQ, outbox, doorbell) or [`IDLE_MS`]
-//! passes, and probes MPI only on a ring, or every millisecond while its own sends are in flight
-//! or a ring's message has not shown up yet. Ranks on other hosts (no doorbell) fall back to
-//! probing on a timer: at once after activity, then 1, 2 and finally 10 ms naps.
+//! passes, and probes MPI only on a ring, or every few microseconds while its own sends are in
+//! flight or a ring's message has not shown up yet. Ranks on other hosts (no doorbell) fall back
+//! to probing on a timer that naps briefly right after traffic and backs off as the rank stays
+//! idle ([`pace`](crate::pace) holds the rule).
 //! SIGTERM (mpiexec tearing the job down) makes rank 0 unregister every engine before exiting.
 
 use crate::broker::{Broker, JobEvent, Route, Socket};
@@ -22,6 +23,7 @@ use crate::link::Link;
 use crate::nanny::Nanny;
 use crate::native::{Incoming, JobConn};
 use crate::net::Sockets;
+use crate::pace::{self, Wait, IDLE_MS};
 use crate::relay::{Channel, Life, Packet, Rank};
 use crate::session::OutboxRx;
 use rpar_core::native::Departure;
@@ -39,36 +41,9 @@ pub fn install_signal_handlers() {
     }
 }
 
-/// How long to sleep in poll, given consecutive idle iterations and time since the last
-/// activity: busy jobs keep latency low, an idle job costs almost no CPU (MPI gives no file
-/// descriptor to wait on, so ranks must poll).
-fn nap(idle: u32, since_active: Duration) -> i64 {
-    if idle == 0 {
-        0
-    } else if since_active < Duration::from_millis(50) {
-        1
-    } else if since_active < Duration::from_secs(1) {
-        2
-    } else {
-        10
-    }
-}
-
-/// The longest sleep of a runtime loop that is woken by descriptors (signals, heartbeat timeouts
-/// and exit checks run at least this often).
-pub const IDLE_MS: i64 = 200;
-
-/// The poll timeout for a loop over `link`.
-fn timeout_ms(link: &Link, idle: u32, since_active: Duration) -> i64 {
-    if idle == 0 {
-        0
-    } else if link.can_sleep() {
-        IDLE_MS
-    } else if link.rung_by_all() {
-        1
-    } else {
-        nap(idle, since_active)
-    }
+/// The wait before the next pass of a loop over `link` ([`pace`](crate::pace) decides).
+fn wait_for(link: &Link, idle: u32, since_active: Duration) -> Wait {
+    pace::wait(link.state(), idle == 0, since_active)
 }
 
 /// How rank 0 sends what the engines put on their sockets.
@@ -149,11 +124,12 @@ impl<N: EngineNet> Rank0<N> {
         }
     }
 
+    /// Send what rank 0's engine queued; true if any of it was more than a heartbeat echo.
     fn pump_outbox(&mut self, broker: &mut Broker) -> (bool, Option<JobEvent>) {
         let mut any = false;
         let mut ev = None;
         while let Ok(p) = self.outbox.rx.try_recv() {
-            any = true;
+            any |= p.header.channel != Channel::Heartbeat;
             let (route, e) = broker.on_engine(Rank(0), p);
             if let Route::Zmq(s, frames) = route {
                 self.zmq_send(s, frames);
@@ -163,13 +139,14 @@ impl<N: EngineNet> Rank0<N> {
         (any, ev)
     }
 
-    /// Take in what came over MPI; true if anything did.
-    fn relay_in(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> bool {
-        let mut active = false;
+    /// Take in what came over MPI: (anything, anything but heartbeat echoes).
+    fn relay_in(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> (bool, bool) {
+        let (mut active, mut real) = (false, false);
         while let Some((src, buf)) = self.link.try_recv() {
             active = true;
             match Packet::decode(&buf) {
                 Ok(p) => {
+                    real |= p.header.channel != Channel::Heartbeat;
                     let (route, e) = broker.on_engine(src, p);
                     *ev = ev.take().or(e);
                     let e = self.perform(broker, route);
@@ -179,7 +156,7 @@ impl<N: EngineNet> Rank0<N> {
             }
         }
         self.link.reap();
-        active
+        (active, real)
     }
 
     /// The end of every exit: tell each rank, let the sends finish, stop Python.
@@ -203,6 +180,7 @@ impl<N: EngineNet> Rank0<N> {
 impl Rank0<Compat> {
     /// Run until the job exits; returns the exit code.
     pub fn run(mut self) -> (i32, Link) {
+        pace::fine_timer_slack();
         let size = self.link.size();
         let mut broker = Broker::new(size);
         let mut last_ping = Instant::now();
@@ -225,19 +203,34 @@ impl Rank0<Compat> {
                 if let Some(fd) = door {
                     items.push(zmq::PollItem::from_fd(fd, zmq::POLLIN));
                 }
-                let timeout = if size == 1 {
-                    IDLE_MS
+                let wait = if size == 1 {
+                    Wait::Block(IDLE_MS)
                 } else {
-                    timeout_ms(&self.link, idle, last_active.elapsed())
+                    wait_for(&self.link, idle, last_active.elapsed())
                 };
-                if let Err(e) = zmq::poll(&mut items, timeout) {
+                // zmq_poll counts in milliseconds: a shorter nap looks at the sockets at once,
+                // then naps on the descriptors that are not ZeroMQ's
+                let short = matches!(wait, Wait::Nap(d) if d < Duration::from_millis(1));
+                let timeout = if short { 0 } else { wait.as_millis() };
+                if let Err(e) = zmq::poll(&mut items, i64::from(timeout)) {
                     if e != zmq::Error::EINTR {
                         warn!("poll: {e}");
                     }
                 }
+                if short && !items.iter().any(|i| i.is_readable()) {
+                    let mut fds = [bell, door.unwrap_or(-1)].map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    pace::poll_for(&mut fds, wait);
+                }
                 items.iter().map(|i| i.is_readable()).collect()
             };
+            // `active`: something moved, look again at once; `real`: more than heartbeats,
+            // which come every period and predict no traffic (the pace backs off over them)
             let mut active = false;
+            let mut real = false;
             for (i, ready) in readable.iter().enumerate().take(2 * n) {
                 if !ready {
                     continue;
@@ -258,6 +251,7 @@ impl Rank0<Compat> {
                         Err(_) => break,
                     };
                     active = true;
+                    real = true;
                     let route = broker.on_socket(rank, ch, frames);
                     ev = ev.or(self.perform(&mut broker, route));
                 }
@@ -279,8 +273,11 @@ impl Rank0<Compat> {
             }
             let (any, e) = self.pump_outbox(&mut broker);
             active |= any;
+            real |= any;
             ev = ev.or(e);
-            active |= self.relay_in(&mut broker, &mut ev);
+            let (a, r) = self.relay_in(&mut broker, &mut ev);
+            active |= a;
+            real |= r;
             if let Some(sig) = rpar_core::signals::received() {
                 warn!("signal {sig}: unregistering all engines and exiting");
                 ev = ev.or(broker.abort(128 + sig));
@@ -297,9 +294,11 @@ impl Rank0<Compat> {
             }
             if active {
                 idle = 0;
-                last_active = Instant::now();
             } else {
                 idle = idle.saturating_add(1);
+            }
+            if real {
+                last_active = Instant::now();
             }
         }
     }
@@ -329,6 +328,7 @@ impl Rank0<JobConn> {
     /// and the doorbell are the whole poll set, built once; the job's lifecycle decisions are
     /// [`JobCore`]'s.
     pub fn run(mut self) -> (i32, Link) {
+        pace::fine_timer_slack();
         let size = self.link.size();
         let mut broker = Broker::new(size);
         let mut job = JobCore::new(
@@ -353,17 +353,15 @@ impl Rank0<JobConn> {
             fds.push(pollfd(fd));
             fds.len() - 1
         });
-        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
         loop {
-            let timeout = if self.net.has_input() {
-                0
+            let wait = if self.net.has_input() {
+                Wait::Now
             } else if size == 1 {
-                IDLE_MS
+                Wait::Block(IDLE_MS)
             } else {
-                timeout_ms(&self.link, idle, last_active.elapsed())
+                wait_for(&self.link, idle, last_active.elapsed())
             };
-            // SAFETY: `fds` is a live array of `nfds` pollfds for the duration of the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), nfds, i32::try_from(timeout).unwrap_or(0)) };
+            pace::poll_for(&mut fds, wait);
             let bell_rang = fds[BELL].revents != 0;
             let door_rang = door.is_some_and(|d| fds[d].revents != 0);
             fds.iter_mut().for_each(|f| f.revents = 0);
@@ -376,11 +374,13 @@ impl Rank0<JobConn> {
             let now = Instant::now();
             let mut ev: Option<JobEvent> = None;
             let mut action: Option<Action> = None;
-            let mut active = false;
+            // as in the ZeroMQ loop: heartbeats are `active`, not `real`
+            let (mut active, mut real) = (false, false);
             while let Some(inc) = self.net.recv() {
                 active = true;
                 match inc {
                     Incoming::Request(rank, ch, frames) => {
+                        real = true;
                         let route = broker.on_socket(rank, ch, frames);
                         ev = ev.or(self.perform(&mut broker, route));
                     }
@@ -405,8 +405,11 @@ impl Rank0<JobConn> {
             }
             let (any, e) = self.pump_outbox(&mut broker);
             active |= any;
+            real |= any;
             ev = ev.or(e);
-            active |= self.relay_in(&mut broker, &mut ev);
+            let (a, r) = self.relay_in(&mut broker, &mut ev);
+            active |= a;
+            real |= r;
             for r in self.net.take_echoes() {
                 job.on_echo(r, now);
             }
@@ -431,9 +434,11 @@ impl Rank0<JobConn> {
             }
             if active {
                 idle = 0;
-                last_active = Instant::now();
             } else {
                 idle = idle.saturating_add(1);
+            }
+            if real {
+                last_active = Instant::now();
             }
         }
     }
@@ -479,16 +484,19 @@ pub struct RankN {
 }
 
 impl RankN {
-    fn pump(&mut self) -> bool {
-        let mut any = false;
+    /// Send the outbox to rank 0: (anything sent, anything but heartbeat echoes).
+    fn pump(&mut self) -> (bool, bool) {
+        let (mut any, mut real) = (false, false);
         while let Ok(p) = self.outbox.rx.try_recv() {
             any = true;
+            real |= p.header.channel != Channel::Heartbeat;
             self.link.send(Rank(0), p.encode());
         }
-        any
+        (any, real)
     }
 
     pub fn run(mut self) -> (i32, Link) {
+        pace::fine_timer_slack();
         let me = self.link.rank();
         let bell = self.outbox.bell.as_raw_fd();
         // without a doorbell, poll the outbox bell twice (-1 entries are ignored by poll)
@@ -501,16 +509,14 @@ impl RankN {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            let timeout = timeout_ms(&self.link, idle, last_active.elapsed());
-            // SAFETY: a valid array of two pollfds.
-            unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout as i32) };
+            pace::poll_for(&mut pfds, wait_for(&self.link, idle, last_active.elapsed()));
             if pfds[0].revents != 0 {
                 self.outbox.drain_bell();
             }
             if pfds[1].revents != 0 {
                 self.link.on_bell();
             }
-            let mut active = self.pump();
+            let (mut active, mut real) = self.pump();
             while let Some((src, buf)) = self.link.try_recv() {
                 active = true;
                 let p = match Packet::decode(&buf) {
@@ -520,6 +526,7 @@ impl RankN {
                         continue;
                     }
                 };
+                real |= p.header.channel != Channel::Heartbeat;
                 if p.header.channel == Channel::Life {
                     if let Ok(Life::Exit { code }) = p.as_life() {
                         info!("rank 0 says exit ({code})");
@@ -543,9 +550,11 @@ impl RankN {
             }
             if active {
                 idle = 0;
-                last_active = Instant::now();
             } else {
                 idle = idle.saturating_add(1);
+            }
+            if real {
+                last_active = Instant::now();
             }
         }
     }

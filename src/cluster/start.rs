@@ -89,6 +89,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
         }
     }
     let client = r.profile.connection_file(&r.cluster_id, "client");
+    crate::status::announce(&r.profile, &r.cluster_id);
     if r.daemonize {
         eprintln!(
             "rpar: cluster {:?} running ({} engines, {} controller); connect with ipyparallel.Client({:?}); stop with `rpar cluster stop --profile-dir={}{}`",

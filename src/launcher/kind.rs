@@ -128,16 +128,10 @@ impl LauncherKind {
         matches!(self, LauncherKind::Local | LauncherKind::Mpi)
     }
 
-    /// Can run the controller and the engines in one job (`--co-start`).
+    /// Can run the controller and the engines in one job (`--co-start`): the batch systems
+    /// with a `cluster` job script, and `batch` (the user's template).
     pub fn can_co_start(self) -> bool {
-        matches!(
-            self,
-            LauncherKind::Pbs
-                | LauncherKind::Sge
-                | LauncherKind::Slurm
-                | LauncherKind::Lsf
-                | LauncherKind::Batch
-        )
+        self.is_batch() && self != LauncherKind::HtCondor
     }
 
     /// The built-in job scripts (`jobscripts/<system>.<role>`) of this kind, if it has any.

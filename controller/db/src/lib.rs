@@ -137,6 +137,11 @@ pub trait TaskDb: Send {
     /// Wait until every write so far is durable (a no-op for memory backends).
     fn flush(&mut self) -> Result<(), DbError>;
 
+    /// Bytes written and not yet durable (the status views' DB backlog; 0 for memory backends).
+    fn backlog_bytes(&self) -> u64 {
+        0
+    }
+
     /// Flush and release the backend (stop writer threads, close files). Further calls may
     /// fail.
     fn close(&mut self) -> Result<(), DbError>;

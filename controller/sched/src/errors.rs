@@ -82,28 +82,9 @@ impl SchedFailure {
     }
 }
 
-/// `wrap_exception()`-shaped content for an exception raised by the controller.
+/// `wrap_exception()`-shaped content for an exception raised by the controller's scheduler.
 pub fn error_content(ename: &str, evalue: &str) -> Value {
-    let module = match ename {
-        "TypeError" | "ValueError" => String::new(),
-        _ => "ipyparallel.error.".to_string(),
-    };
-    let last = if evalue.is_empty() {
-        format!("{module}{ename}\n")
-    } else {
-        format!("{module}{ename}: {evalue}\n")
-    };
-    json!({
-        "status": "error",
-        "traceback": [
-            "Traceback (most recent call last):\n",
-            "  raised by the rpar-controller scheduler\n",
-            last,
-        ],
-        "ename": ename,
-        "evalue": evalue,
-        "engine_info": {},
-    })
+    rpar_core::msg::error_content(ename, evalue, "the rpar-controller scheduler", json!({}))
 }
 
 #[cfg(test)]

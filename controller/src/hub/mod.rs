@@ -18,6 +18,7 @@
 
 mod heart;
 mod ledger;
+mod monitor;
 mod native;
 mod parked;
 mod queries;
@@ -26,6 +27,7 @@ mod revive;
 mod routing;
 
 pub use heart::Heart;
+pub use monitor::SOCKETS;
 pub use parked::Parked;
 pub use records::Db;
 
@@ -136,6 +138,8 @@ pub struct Hub {
     exit_at: Option<Instant>,
     /// Engines registered in the last [`RENOTIFY_WINDOW`], for [`Hub::on_subscription`].
     recent_regs: VecDeque<(Instant, u32)>,
+    /// Counters for the status views ([`Hub::snapshot`]).
+    monitor: monitor::Monitor,
     native: native::Jobs,
     /// When recent registrations were last published again, and when they are due again
     /// (subscriptions within [`RENOTIFY_GAP`] of a replay share one later replay).
@@ -187,6 +191,7 @@ impl Hub {
             records: records::Records::new(db),
             tasks,
             exit_at: None,
+            monitor: monitor::Monitor::new(now),
             stats: Stats::default(),
             cfg,
         }
@@ -267,6 +272,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        self.monitor.received(sock, &frames);
         let start = out.len();
         if sock == Sock::Native {
             self.on_native(frames, now, out);
@@ -275,6 +281,7 @@ impl Hub {
         }
         self.native_shutdown(out);
         self.native_outgoing(start, out);
+        self.monitor.sent(&out[start..]);
     }
 
     /// Act on one message read on `sock` (a native job's engine traffic comes here too).
@@ -292,7 +299,7 @@ impl Hub {
         };
         match sock {
             Sock::Registration => self.on_registration_socket(msg, now, out),
-            Sock::MuxClient => self.on_mux_request(msg, out),
+            Sock::MuxClient => self.on_mux_request(msg, now, out),
             Sock::MuxEngine => self.on_mux_reply(msg, out),
             Sock::ControlClient => Self::swap_relay(msg, Sock::ControlEngine, out),
             Sock::ControlEngine => Self::swap_relay(msg, Sock::ControlClient, out),
@@ -330,6 +337,7 @@ impl Hub {
         for u in stale {
             if let Some(e) = self.drop_engine(&u) {
                 warn!(engine = e.id, uuid = %e.uuid, "registration stalled: no heartbeat, dropped");
+                self.monitor.dropped_pending(e.id, true);
             }
         }
         self.finish_ready_registrations(now, &mut out);
@@ -342,6 +350,7 @@ impl Hub {
         if self.replay_at.is_some_and(|r| now >= r) {
             self.replay_registrations(now, &mut out);
         }
+        self.monitor.sent(&out);
         out
     }
 
@@ -367,6 +376,9 @@ impl Hub {
                 return;
             }
         };
+        if !header.msg_type.ends_with("registration_request") {
+            self.monitor.client_seen(&header.session, now);
+        }
         match header.msg_type.as_str() {
             "registration_request" => self.register(&msg, &content, now, out),
             "unregistration_request" => {
@@ -385,7 +397,9 @@ impl Hub {
                                 .get(uuid.as_slice())
                                 .is_some_and(|e| !e.registered)
                             {
-                                self.drop_engine(uuid);
+                                if let Some(e) = self.drop_engine(uuid) {
+                                    self.monitor.dropped_pending(e.id, false);
+                                }
                             }
                         }
                     }
@@ -475,12 +489,10 @@ impl Hub {
             // a counter value is consumed, as ipyparallel does
             self.next_id = self.next_id.saturating_add(1);
             warn!(uuid, "registration with a uuid already in use");
-            let c = json!({
-                "status": "error", "ename": "KeyError",
-                "evalue": format!("'Engine uuid {uuid} is already in use'"),
-                "traceback": [format!("KeyError: 'Engine uuid {uuid} is already in use'")],
-                "engine_info": {},
-            });
+            let c = crate::errors::wrap(
+                "KeyError",
+                &format!("'Engine uuid {uuid} is already in use'"),
+            );
             self.registration_reply(msg, &c, out);
             return;
         }
@@ -515,6 +527,7 @@ impl Hub {
         );
         self.ids.insert(id, key.clone());
         self.pending_regs.insert(id, key);
+        self.monitor.registering(id, uuid, content);
         let mut ci = serde_json::to_value(&self.cfg.engine_info).unwrap_or(json!({}));
         if let Some(o) = ci.as_object_mut() {
             for k in [
@@ -627,6 +640,7 @@ impl Hub {
         let (id, uuid_s) = (e.id, e.uuid.clone());
         self.pending_regs.remove(&id);
         self.heart.track(&uuid);
+        self.monitor.registered();
         info!(engine = id, uuid = %uuid_s, "engine registered");
         self.recent_regs.push_back((now, id));
         self.prune_recent_regs(now);
@@ -774,8 +788,10 @@ impl Hub {
         };
         self.heart.forget(&uuid);
         if !e.registered {
+            self.monitor.dropped_pending(id, false);
             return;
         }
+        self.monitor.engine_gone(id);
         info!(engine = id, uuid = %e.uuid, "engine unregistered");
         self.notify(
             "unregistration_notification",
@@ -812,6 +828,8 @@ impl Hub {
                     "EngineError",
                     &format!("Engine {id} died while running task '{m}'"),
                 );
+                self.monitor
+                    .finished(&m, Some(id), &monitor::Outcome::of_content(Some(&content)));
                 self.records.engine_died(&m, &uuid, content);
             }
         }

@@ -216,6 +216,13 @@ impl Hub {
             misses: 0,
         };
         let mut ids = Vec::with_capacity(engines.len());
+        // the status views group the engines by their job's connection
+        let size = u64::try_from(engines.len()).ok();
+        // (rank 0 names its connection `job-<uuid of rank 0>`; anything else is shown in hex)
+        let job_key = match std::str::from_utf8(&conn) {
+            Ok(s) if s.bytes().all(|b| b.is_ascii_graphic()) => s.to_string(),
+            _ => conn.iter().map(|b| format!("{b:02x}")).collect(),
+        };
         for spec in engines {
             let key = spec.uuid.into_bytes();
             // an engine taken back by --restore waits for a heart it has not got: take it now
@@ -240,6 +247,9 @@ impl Hub {
                 },
             );
             self.ids.insert(id, key.clone());
+            self.monitor
+                .registering_in(id, job_key.clone(), "rpar-engine", "", size);
+            self.monitor.registered();
             self.native.by_uuid.insert(key.clone(), conn.clone());
             job.engines.insert(id, key.clone());
             self.recent_regs.push_back((now, id));

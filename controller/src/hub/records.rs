@@ -2,6 +2,7 @@
 //! database backend it was configured with. Database errors are logged, never fatal: a task's
 //! routing does not depend on its record.
 
+use super::monitor::Outcome;
 use rpar_core::ids::parse_iso;
 use rpar_core::wire::WireMessage;
 use rpar_core::Header;
@@ -73,9 +74,14 @@ impl Records {
         }
     }
 
-    /// A final reply (`out` / `outtask`). Returns true when the task was aborted.
-    pub fn result(&mut self, msg_id: &str, reply: &WireMessage, engine_uuid: Option<&str>) -> bool {
-        let (upd, aborted) = result_patch(reply, engine_uuid);
+    /// A final reply (`out` / `outtask`). Returns how the task finished.
+    pub fn result(
+        &mut self,
+        msg_id: &str,
+        reply: &WireMessage,
+        engine_uuid: Option<&str>,
+    ) -> Outcome {
+        let (upd, outcome) = result_patch(reply, engine_uuid);
         match self.db.update_record(msg_id, upd) {
             Err(e) if e.is_missing() => {
                 // a reply for a request this controller never saw (sent before a restart):
@@ -102,20 +108,16 @@ impl Records {
             Err(e) => debug!(msg_id, error = %e, "recording result"),
             Ok(()) => {}
         }
-        aborted
+        outcome
     }
 }
 
-/// The record update a final reply makes, and whether the task was aborted.
-fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (TaskRecord, bool) {
+/// The record update a final reply makes, and how the task finished.
+fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (TaskRecord, Outcome) {
     let result_header = reply.header_value().ok();
     let result_metadata = reply.metadata_value().ok();
     let result_content = reply.content_value().ok();
-    let aborted = result_content
-        .as_ref()
-        .and_then(|c| c.get("status"))
-        .and_then(Value::as_str)
-        == Some("aborted");
+    let outcome = Outcome::of_content(result_content.as_ref());
     let started = result_metadata
         .as_ref()
         .and_then(|m| m.get("started"))
@@ -144,7 +146,7 @@ fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (TaskRecord, 
         engine_uuid: engine,
         ..Default::default()
     };
-    (upd, aborted)
+    (upd, outcome)
 }
 
 impl Records {

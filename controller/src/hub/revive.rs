@@ -47,6 +47,9 @@ impl Hub {
         };
         warn!(engine = e.id, uuid = %e.uuid, "heartbeat lost");
         let (id, uuid_s, registered) = (e.id, e.uuid.clone(), e.registered);
+        if registered {
+            self.monitor.heartbeat_lost();
+        }
         self.unregister(id, now, out);
         if registered {
             self.lost.remember(uuid.to_vec(), id, uuid_s);
@@ -78,6 +81,7 @@ impl Hub {
         );
         self.ids.insert(id, key.clone());
         self.pending_regs.insert(id, key);
+        self.monitor.revived(id);
         self.finish_ready_registrations(now, out);
     }
 }

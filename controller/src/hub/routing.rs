@@ -20,7 +20,12 @@ impl Hub {
     // ------------------------------------------------------------------ MUX
 
     /// Client → engine: `[client_id, engine_uuid, DELIM, …]` arrives on the client side.
-    pub(super) fn on_mux_request(&mut self, mut msg: WireMessage, out: &mut Vec<Effect>) {
+    pub(super) fn on_mux_request(
+        &mut self,
+        mut msg: WireMessage,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
         if msg.idents.len() < 2 {
             debug!("direct request without a target engine dropped");
             return;
@@ -40,6 +45,8 @@ impl Hub {
                     .or_default()
                     .insert(h.msg_id.clone());
                 self.ledger.pending.insert(h.msg_id.clone());
+                self.monitor.submitted(false);
+                self.monitor.client_seen(&h.session, now);
                 self.records
                     .request(h, value, &msg, "mux", Some(&engine_uuid));
             }
@@ -62,7 +69,9 @@ impl Hub {
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
                 Some(mid) => {
-                    let aborted = self.records.result(&mid, &msg, None);
+                    let outcome = self.records.result(&mid, &msg, None);
+                    self.monitor.finished(&mid, Some(eid), &outcome);
+                    let aborted = outcome.is_aborted();
                     known = self
                         .ledger
                         .finished(mid, Some(eid), (!aborted).then_some(eid));
@@ -96,7 +105,9 @@ impl Hub {
         msg.idents.truncate(2);
         let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
         let eid = self.engine_id_of(&msg.idents[1]);
-        let aborted = self.records.result(&mid, &msg, Some(&engine));
+        let outcome = self.records.result(&mid, &msg, Some(&engine));
+        self.monitor.finished(&mid, eid, &outcome);
+        let aborted = outcome.is_aborted();
         self.ledger
             .finished(mid, eid, if aborted { None } else { eid });
         self.reroute(Sock::TaskClient, &mut msg);
@@ -159,15 +170,17 @@ impl Hub {
         match Header::parse_with_value(&msg.header) {
             Ok((h, value)) => {
                 let msg_id = h.msg_id.clone();
-                if let Some(client) = msg
-                    .idents
-                    .first()
-                    .filter(|c| c.as_slice() != HUB_RESUBMIT_IDENT)
-                {
-                    self.ledger
-                        .learn_route(Sock::TaskClient, &h.session, client);
+                let resubmission =
+                    msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
+                if !resubmission {
+                    if let Some(client) = msg.idents.first() {
+                        self.ledger
+                            .learn_route(Sock::TaskClient, &h.session, client);
+                    }
+                    self.monitor.client_seen(&h.session, now);
                     self.records.request(h, value, &msg, "task", None);
                 }
+                self.monitor.submitted(resubmission);
                 self.ledger.pending.insert(msg_id.clone());
                 self.ledger.unassigned.insert(msg_id);
             }
@@ -248,7 +261,9 @@ impl Hub {
                     let eu = engine_uuid
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
-                    let aborted = self.records.result(&msg_id, &reply, eu.as_deref());
+                    let outcome = self.records.result(&msg_id, &reply, eu.as_deref());
+                    self.monitor.finished(&msg_id, eid, &outcome);
+                    let aborted = outcome.is_aborted();
                     let known = self
                         .ledger
                         .finished(msg_id, eid, if aborted { None } else { eid });

@@ -797,5 +797,118 @@ fn random_peer_input_never_panics() {
     assert_eq!(c["status"], "ok");
 }
 
+#[test]
+fn snapshot_counts_jobs_states_outcomes_and_the_dead() {
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    let job =
+        |rank: u32| json!({"rpar_job": {"id": "n1:7", "host": "n1", "size": 2, "rank": rank}});
+    for (uuid, rank) in [("w0", 0), ("w1", 1)] {
+        let mut c = job(rank);
+        c["uuid"] = json!(uuid);
+        request_registration(&mut h, uuid, c, t0);
+        pong(&mut h, uuid, t0);
+    }
+    register(&mut h, "py", None, t0);
+    let cl = Peer::new("client");
+    let md = json!({"after": [], "follow": [], "timeout": 0.0, "targets": [], "retries": 0, "label": null});
+    let t1 = cl.msg(vec![b"cid".to_vec()], "apply_request", b"{}", md, json!({}));
+    let parent = t1.header.clone();
+    let out = h.on_message(Sock::TaskClient, t1.into_frames(), t0);
+    let to = raw_sends(&out, Sock::TaskEngine)[0][0].clone();
+    let s = h.snapshot(t0);
+    assert_eq!(
+        (s.engines.registered, s.engines.busy, s.engines.idle),
+        (3, 1, 2)
+    );
+    assert_eq!(
+        (s.tasks.submitted, s.tasks.running, s.tasks.queued),
+        (1, 1, 0)
+    );
+    assert_eq!(s.clients, 1);
+    let jobs: Vec<(&str, u64)> = s
+        .jobs
+        .iter()
+        .map(|j| (j.job.as_str(), j.registered))
+        .collect();
+    assert_eq!(jobs, vec![("ipengine py", 1), ("n1:7", 2)]);
+    assert_eq!(s.jobs[1].size, Some(2));
+    // the engine answers with an error
+    let eng = Peer::new(std::str::from_utf8(&to).unwrap());
+    let reply = eng.msg(
+        vec![to.clone(), b"cid".to_vec()],
+        "apply_reply",
+        &parent,
+        json!({"status": "error"}),
+        json!({"status": "error", "ename": "ZeroDivisionError", "evalue": "division by zero"}),
+    );
+    let out = h.on_message(Sock::TaskEngine, reply.into_frames(), t0);
+    assert_eq!(sends(&out, Sock::TaskClient).len(), 1);
+    // the python engine goes away
+    let mut out = Vec::new();
+    let py = h
+        .registered()
+        .find(|e| e.uuid == "py")
+        .map(|e| e.id)
+        .unwrap();
+    h.unregister(py, t0, &mut out);
+    let s = h.snapshot(t0);
+    assert_eq!(
+        (s.tasks.failed, s.tasks.completed, s.tasks.running),
+        (1, 0, 0)
+    );
+    assert_eq!(s.failures[0].ename, "ZeroDivisionError");
+    assert_eq!((s.engines.registered, s.engines.dead), (2, 1));
+    let pj = s.jobs.iter().find(|j| j.kind == "ipengine").unwrap();
+    assert_eq!(
+        (pj.registered, pj.dead, pj.dead_ids.clone()),
+        (0, 1, vec![py])
+    );
+    let task_in = s
+        .sockets
+        .iter()
+        .find(|c| c.socket == "task_client")
+        .unwrap();
+    assert_eq!(task_in.received_messages, 1);
+    assert!(task_in.received_bytes > 0);
+    let task_out = s
+        .sockets
+        .iter()
+        .find(|c| c.socket == "task_engine")
+        .unwrap();
+    assert_eq!(task_out.sent_messages, 1);
+    assert_eq!(s.registration.registrations, 3);
+    assert_eq!(s.registration.unregistrations, 1);
+}
+
 mod hostile;
+
+/// A snapshot of a big job: one group, every engine counted once. `RPAR_SNAPSHOT_ENGINES`
+/// (default 1024) sets the size; the time a snapshot takes is printed (`--nocapture`), not
+/// asserted.
+#[test]
+fn snapshot_of_a_big_job() {
+    let n: u32 = std::env::var("RPAR_SNAPSHOT_ENGINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    for rank in 0..n {
+        let uuid = format!("e{rank}");
+        let c = json!({"uuid": uuid, "id": rank,
+            "rpar_job": {"id": "big:1", "host": "big", "size": n, "rank": rank}});
+        request_registration(&mut h, &uuid, c, t0);
+        pong(&mut h, &uuid, t0);
+    }
+    let started = Instant::now();
+    let s = h.snapshot(t0);
+    let took = started.elapsed();
+    println!("snapshot of {n} engines: {took:?}");
+    assert_eq!(s.engines.registered, u64::from(n));
+    assert_eq!(s.jobs.len(), 1);
+    assert_eq!(s.jobs[0].ids.len(), n as usize);
+    assert_eq!(s.engine_rows.len(), n as usize);
+}
+
 mod native;

@@ -219,11 +219,20 @@ fn bound_port(s: &zmq::Socket) -> Result<u16> {
     Ok(port.parse().unwrap_or(0))
 }
 
-/// A socket of this type with the controller's options.
-fn make(ctx: &zmq::Context, kind: zmq::SocketType, ident: Option<&[u8]>) -> Result<zmq::Socket> {
+/// A socket of this type with the controller's options; `max_msg` is ZMQ_MAXMSGSIZE.
+fn make(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    ident: Option<&[u8]>,
+    max_msg: i64,
+) -> Result<zmq::Socket> {
     let s = ctx.socket(kind)?;
     s.set_sndhwm(0)?;
     s.set_rcvhwm(0)?;
+    // Every socket here is one peers connect to. ZeroMQ reads a frame's length before the
+    // frame: one over the limit drops that connection at once, so a peer (signed or not) cannot
+    // make the controller allocate, and then copy, a huge frame before its signature is checked.
+    s.set_maxmsgsize(max_msg)?;
     s.set_linger(1000)?;
     // An MPI job connects all its engines at once, six connections each; with ZeroMQ's
     // default listen backlog of 100 the kernel drops the surplus SYNs and those connections
@@ -276,10 +285,10 @@ pub(super) fn bind_all(
         };
         let want = reused.and_then(|(c, e)| (role.reused)(c, e));
         let port = want.or_else(|| pool.pop()).unwrap_or(0);
-        let s = make(ctx, role.zmq, role.identity)?;
+        let s = make(ctx, role.zmq, role.identity, settings.max_message_size)?;
         let port = bind_one(&s, tr, ip, port, role.what)?;
         if role.sock == Sock::Registration && cip != eip {
-            let r2 = make(ctx, zmq::ROUTER, None)?;
+            let r2 = make(ctx, zmq::ROUTER, None, settings.max_message_size)?;
             bind_one(&r2, tr, cip, port, "client registration")?;
             socks.extra_registration = Some(r2);
         }

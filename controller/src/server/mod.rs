@@ -53,6 +53,15 @@ pub fn run(
     let ctx = zmq::Context::new();
     let sockets = bind::bind_all(&ctx, &settings, reused.as_ref())?;
     let (client_info, engine_info) = files::connection_info(&settings, &sockets, &key);
+    // before the connection files: whoever sees those finds the status file too
+    let status = match &settings.metrics {
+        Some(addr) => Some(crate::status::Status::start(
+            addr,
+            rpar_core::status::token_for_key(&key),
+            rpar_core::status::status_file(&profile.security(), &cluster_id),
+        )?),
+        None => None,
+    };
     if reused.is_none() {
         files.write(&client_info, &engine_info)?;
     }
@@ -76,7 +85,7 @@ pub fn run(
         }
     }
     info!(session = hub.session(), "rpar-controller ready");
-    let result = serve::serve(&mut hub, &sockets, &files);
+    let result = serve::serve(&mut hub, &sockets, &files, status);
     files.remove();
     result
 }

@@ -13,7 +13,12 @@ use tracing::{info, warn};
 const BATCH: usize = 256;
 
 /// Serve until a signal or a shutdown request stops the hub.
-pub(super) fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()> {
+pub(super) fn serve(
+    hub: &mut Hub,
+    socks: &Sockets,
+    files: &Files,
+    mut status: Option<crate::status::Status>,
+) -> Result<()> {
     let mut readers = Readers::new(socks.readable())?;
     let mut part = zmq::Message::new();
     let mut effects = hub.tick(Instant::now());
@@ -35,6 +40,9 @@ pub(super) fn serve(hub: &mut Hub, socks: &Sockets, files: &Files) -> Result<()>
             return Ok(());
         }
         let now = Instant::now();
+        if let Some(s) = status.as_mut() {
+            s.tick(hub, now);
+        }
         if hub.should_exit(now) {
             info!("hub shut down by request");
             return Ok(());

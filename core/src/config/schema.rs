@@ -267,6 +267,8 @@ pub static CLASSES: &[ClassDef] = &[
             t("engine_json_file", Str, "'ipcontroller-engine.json'", "Name of the engine connection file in security/."),
             t("client_json_file", Str, "'ipcontroller-client.json'", "Name of the client connection file in security/."),
             t("broadcast_scheduler_depth", Int, "1", "Depth of the broadcast scheduler tree."),
+            t("max_message_size", Int, "536870912", "Largest message frame, in bytes, any engine or client may send (512 MiB; -1: no limit). A larger frame drops the sender's connection before it is read, so it costs no memory, signed or not; raise it to move bigger single arrays."),
+            t("metrics", Str, "''", "rpar: serve the status page, /api/status and Prometheus /metrics at this host:port, e.g. '127.0.0.1:0' (any port); off when empty. A token is required (see security/rpar-status*.json, `rpar cluster status`). --metrics"),
             ign("use_threads", Bool, "False", "rpar-controller always runs its schedulers in threads; ignored."),
             ign("enable_curve", Bool, "False", "CurveZMQ encryption is not supported by rpar; ignored."),
             ign("curve_publickey", Str, "''", "CurveZMQ is not supported by rpar; ignored."),

@@ -466,6 +466,10 @@ impl TaskDb for SqliteDb {
         Ok(ids.len())
     }
 
+    fn backlog_bytes(&self) -> u64 {
+        self.backlog()
+    }
+
     fn flush(&mut self) -> Result<(), DbError> {
         let tx = self
             .tx

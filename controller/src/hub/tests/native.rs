@@ -248,6 +248,16 @@ fn one_heartbeat_per_job_and_a_silent_job_loses_every_engine() {
     assert_eq!(ids, vec![2, 3, 4]);
     assert_eq!(connected_ids(&mut h, t0 + p * 4), vec![0, 1]);
     assert_eq!(h.native_jobs(), 1);
+    // the status views: one group per job, the silent one's engines dead
+    let snap = h.snapshot(t0 + p * 4);
+    let groups: Vec<(u64, u64, Option<u64>)> = snap
+        .jobs
+        .iter()
+        .map(|j| (j.registered, j.dead, j.size))
+        .collect();
+    assert_eq!(groups.len(), 2, "{:?}", snap.jobs);
+    assert!(groups.contains(&(2, 0, Some(2))) && groups.contains(&(0, 3, Some(3))));
+    assert_eq!((snap.engines.registered, snap.engines.dead), (2, 3));
 }
 
 #[test]
