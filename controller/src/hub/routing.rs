@@ -192,11 +192,12 @@ impl Hub {
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
         if let Some(mid) = rpar_core::msg::msg_id_of(&msg.parent) {
-            if msg.idents.len() >= 2
-                && !self.ledger.pending.contains(&mid)
-                && !self.ledger.is_completed(&mid)
-            {
-                self.relay_orphan_task_reply(mid, msg, out);
+            if msg.idents.len() >= 2 && !self.ledger.pending.contains(&mid) {
+                if self.ledger.is_completed(&mid) {
+                    debug!(msg_id = %mid, "second reply for a finished task; dropped");
+                } else {
+                    self.relay_orphan_task_reply(mid, msg, out);
+                }
                 return;
             }
         }
