@@ -139,6 +139,8 @@ struct Job {
     state: JobState,
     deadline: Option<Instant>,
     in_graph: bool,
+    /// The tasks its `after`/`follow` name (kept in the finished window while it lives).
+    refs: Vec<TaskSeq>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,7 +182,18 @@ pub struct TaskScheduler {
     notify: VecDeque<TaskSeq>,
     capacity: VecDeque<EngineKey>,
     recheck: VecDeque<TaskSeq>,
+    /// Finished tasks, oldest first: the window `after`/`follow` can still name.
+    finished: VecDeque<(TaskSeq, String)>,
+    done_window: usize,
+    /// How many live tasks depend on each task.
+    dep_refs: HashMap<TaskSeq, u32>,
+    /// Finished tasks past the window that a live task still depends on.
+    pinned: HashMap<TaskSeq, String>,
 }
+
+/// How many finished tasks `after`/`follow` can still name (older ones are forgotten unless a
+/// live task depends on them; naming a forgotten one is an `InvalidDependency`).
+pub const DONE_WINDOW: usize = 65_536;
 
 impl std::fmt::Debug for TaskScheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,6 +240,10 @@ impl TaskScheduler {
             notify: VecDeque::new(),
             capacity: VecDeque::new(),
             recheck: VecDeque::new(),
+            finished: VecDeque::new(),
+            done_window: DONE_WINDOW,
+            dep_refs: HashMap::new(),
+            pinned: HashMap::new(),
         }
     }
 
@@ -397,12 +414,23 @@ impl TaskScheduler {
             state: JobState::Waiting,
             deadline: None,
             in_graph: false,
+            refs: Vec::new(),
         };
         if self.cfg.scheme != Scheme::Pure {
             if let Err(failure) = self.read_metadata(seq, &mut job) {
                 info!(msg_id = %job.msg_id, ename = failure.ename(), "task refused: {}", failure.evalue());
                 self.fail(seq, job, failure, out);
                 return;
+            }
+            job.refs = job
+                .after
+                .ids
+                .iter()
+                .chain(&job.follow.ids)
+                .copied()
+                .collect();
+            for &r in &job.refs {
+                *self.dep_refs.entry(r).or_default() += 1;
             }
             let st = |id: TaskSeq| self.done.get(&id).map(|d| d.outcome);
             if job.after.unreachable(st) || job.follow.unreachable(st) {
@@ -550,7 +578,8 @@ impl TaskScheduler {
                 Some(&s) => ids.push(s),
                 None => {
                     return Err(SchedFailure::InvalidDependency(format!(
-                        "task {msg_id:?} depends on {id:?}, which this scheduler has never seen"
+                        "task {msg_id:?} depends on {id:?}, which this scheduler has never seen \
+                         (or which finished more than {DONE_WINDOW} tasks ago)"
                     )))
                 }
             }
@@ -660,15 +689,12 @@ impl TaskScheduler {
         let client = job.request.idents.first().cloned().unwrap_or_default();
         msg.idents = vec![client, engine_uuid.clone()];
         self.unarm(seq, &job);
-        self.record(
-            seq,
-            if ok {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-            Some(k),
-        );
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        self.record(seq, &job.msg_id, outcome, Some(k), &job.refs);
         out.push(TaskAction::Finished {
             msg_id: job.msg_id,
             engine_uuid: Some(engine_uuid),
@@ -676,11 +702,9 @@ impl TaskScheduler {
         });
     }
 
-    /// A reply for a task this scheduler never saw: it was submitted to a controller that died
-    /// and was restarted (`--restore`/`--reuse`) while the task ran. Its routing frames name the
-    /// client, so it is relayed (and recorded by the hub) rather than dropped: the client would
-    /// otherwise wait forever. The task is remembered as finished, for `after`/`follow` and so
-    /// that a second copy is dropped.
+    /// A reply for a task this scheduler never saw (submitted to a controller that died and
+    /// was restarted while it ran): relayed to the client its routing frames name, and
+    /// remembered as finished so that a second copy is dropped.
     fn relay_unknown(
         &mut self,
         msg_id: String,
@@ -700,7 +724,7 @@ impl TaskScheduler {
         } else {
             Outcome::Failure
         };
-        self.record(seq, outcome, engine);
+        self.record(seq, &msg_id, outcome, engine, &[]);
         out.push(TaskAction::Finished {
             msg_id,
             engine_uuid: Some(engine_uuid),
@@ -1028,9 +1052,67 @@ impl TaskScheduler {
         }
     }
 
-    fn record(&mut self, seq: TaskSeq, outcome: Outcome, engine: Option<EngineKey>) {
+    /// Task `seq` is final. It joins the finished window; `refs` (its own dependencies) are
+    /// released; the oldest finished tasks beyond the window are forgotten, except those a live
+    /// task still depends on.
+    fn record(
+        &mut self,
+        seq: TaskSeq,
+        msg_id: &str,
+        outcome: Outcome,
+        engine: Option<EngineKey>,
+        refs: &[TaskSeq],
+    ) {
         self.done.insert(seq, Done { outcome, engine });
         self.notify.push_back(seq);
+        for r in refs {
+            if let Some(n) = self.dep_refs.get_mut(r) {
+                *n -= 1;
+                if *n == 0 {
+                    self.dep_refs.remove(r);
+                    if let Some(m) = self.pinned.remove(r) {
+                        self.forget(*r, &m);
+                    }
+                }
+            }
+        }
+        self.finished.push_back((seq, msg_id.to_string()));
+        while self.finished.len() > self.done_window {
+            let Some((old, m)) = self.finished.pop_front() else {
+                break;
+            };
+            if self.dep_refs.contains_key(&old) {
+                // out of the window, but a live task depends on it: forgotten when released
+                self.pinned.insert(old, m);
+            } else {
+                self.forget(old, &m);
+            }
+        }
+    }
+
+    fn forget(&mut self, seq: TaskSeq, msg_id: &str) {
+        self.done.remove(&seq);
+        if self.ids.get(msg_id) == Some(&seq) {
+            self.ids.remove(msg_id);
+        }
+    }
+
+    /// Keep at most `n` finished tasks for `after`/`follow` (default [`DONE_WINDOW`]).
+    pub fn with_done_window(mut self, n: usize) -> Self {
+        self.done_window = n;
+        self
+    }
+
+    /// Bookkeeping entries held (msg_ids, finished and live tasks, dependency links), for
+    /// tests that memory stays bounded.
+    pub fn held(&self) -> usize {
+        self.ids.len()
+            + self.done.len()
+            + self.jobs.len()
+            + self.finished.len()
+            + self.dep_refs.len()
+            + self.pinned.len()
+            + self.dependents.len()
     }
 
     /// Fail a task with a scheduler-made `apply_reply` (`job` already out of `jobs`).
@@ -1047,7 +1129,7 @@ impl TaskScheduler {
             &why.content(),
             Vec::new(),
         );
-        self.record(seq, Outcome::Failure, None);
+        self.record(seq, &job.msg_id, Outcome::Failure, None, &job.refs);
         out.push(TaskAction::Finished {
             msg_id: job.msg_id,
             engine_uuid: None,

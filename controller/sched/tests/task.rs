@@ -917,3 +917,66 @@ fn hwm_two_fills_each_engine_twice() {
         ]
     );
 }
+
+#[test]
+fn bookkeeping_stays_bounded_after_many_tasks_and_after_reaches_the_window() {
+    // issue 11: msg-id maps and done-sets grew with every task, forever
+    let t0 = Instant::now();
+    let window = 1000;
+    let mut s = task_sched(Scheme::LeastLoad, 0).with_done_window(window);
+    s.add_engine(&uuid(0), 0, t0);
+    let none = lb_md(json!([]), json!([]), json!([]), 0.0, 0);
+    let mut held = Vec::new();
+    for i in 0..20_000u32 {
+        let req = request(&format!("t{i}"), none.clone());
+        let hdr = req.header.clone();
+        assert_eq!(sent(&s.submit(req, t0)).len(), 1);
+        let fin = finished(s.on_engine_reply(engine_reply(&uuid(0), &hdr, "ok", true), t0));
+        assert_eq!(fin.len(), 1);
+        if i % 5000 == 4999 {
+            held.push(s.held());
+        }
+    }
+    assert!(held.iter().all(|&h| h <= 3 * window + 10), "{held:?}");
+    assert_eq!(held.first(), held.last(), "flat: {held:?}");
+    // a recent task can still be named; one beyond the window is an InvalidDependency
+    let recent = request(
+        "late",
+        lb_md(json!(["t19990"]), json!([]), json!([]), 0.0, 0),
+    );
+    assert_eq!(sent(&s.submit(recent, t0)).len(), 1);
+    let old = request("old", lb_md(json!(["t5"]), json!([]), json!([]), 0.0, 0));
+    let fin = finished(s.submit(old, t0));
+    assert_eq!(fin[0].ename(), Some("InvalidDependency"));
+}
+
+#[test]
+fn a_finished_task_a_waiting_task_depends_on_is_kept_past_the_window() {
+    let t0 = Instant::now();
+    let mut s = task_sched(Scheme::LeastLoad, 0).with_done_window(10);
+    s.add_engine(&uuid(0), 0, t0);
+    let none = lb_md(json!([]), json!([]), json!([]), 0.0, 0);
+    // a finishes; b runs (unanswered); c waits on both
+    let a = request("a", none.clone());
+    let ah = a.header.clone();
+    s.submit(a, t0);
+    s.on_engine_reply(engine_reply(&uuid(0), &ah, "ok", true), t0);
+    let b = request("b", none.clone());
+    let bh = b.header.clone();
+    s.submit(b, t0);
+    let c = request("c", lb_md(json!(["a", "b"]), json!([]), json!([]), 0.0, 0));
+    assert!(sent(&s.submit(c, t0)).is_empty(), "c waits for b");
+    // many tasks push `a` out of the window, but c still depends on it
+    for i in 0..100 {
+        let r = request(&format!("x{i}"), none.clone());
+        let h = r.header.clone();
+        s.submit(r, t0);
+        s.on_engine_reply(engine_reply(&uuid(0), &h, "ok", true), t0);
+    }
+    let out = s.on_engine_reply(engine_reply(&uuid(0), &bh, "ok", true), t0);
+    assert_eq!(
+        sent_ids(&out),
+        vec!["c".to_string()],
+        "c runs once b is done"
+    );
+}

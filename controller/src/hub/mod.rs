@@ -18,6 +18,7 @@
 
 mod dask;
 mod heart;
+mod ledger;
 mod monitor;
 mod native;
 mod parked;
@@ -46,7 +47,7 @@ use rpar_core::connection::EngineInfo;
 use rpar_core::wire::{Frames, Limits, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -130,20 +131,8 @@ pub struct Hub {
     /// The id counter (a `u64`, so that a requested `u32::MAX` cannot overflow it; ids above
     /// `u32::MAX` are never granted).
     next_id: u64,
-    /// Direct (MUX) requests outstanding per engine id.
-    mux_pending: HashMap<u32, HashSet<String>>,
-    /// Tasks placed on an engine and not finished, per engine id.
-    tasks_on: HashMap<u32, HashSet<String>>,
-    /// Which engine each placed task is on.
-    task_engine: HashMap<String, u32>,
-    /// Tasks submitted but not yet placed.
-    unassigned: HashSet<String>,
-    /// Everything finished per engine id (mux and tasks, not aborted), in order.
-    completed_on: HashMap<u32, Vec<String>>,
-    /// All outstanding msg_ids (mux and task).
-    pending: HashSet<String>,
-    /// Everything finished this session (for `result_status` without a database).
-    all_completed: HashSet<String>,
+    /// The msg-id bookkeeping: outstanding, finished (bounded), client routes.
+    ledger: ledger::Ledger,
     /// Direct requests stranded on dead engines, to be failed in the DB after a grace period.
     stranded: Vec<(Instant, String, u32, Vec<String>)>,
     records: records::Records,
@@ -203,18 +192,12 @@ impl Hub {
             ids: BTreeMap::new(),
             pending_regs: BTreeMap::new(),
             next_id: 0,
-            mux_pending: HashMap::new(),
-            tasks_on: HashMap::new(),
-            task_engine: HashMap::new(),
-            unassigned: HashSet::new(),
             recent_regs: VecDeque::new(),
             native: native::Jobs::new(key, cfg.hb_period, cfg.max_heartbeat_misses, now),
             last_replay: None,
             replay_at: None,
             lost: revive::Lost::default(),
-            completed_on: HashMap::new(),
-            pending: HashSet::new(),
-            all_completed: HashSet::new(),
+            ledger: ledger::Ledger::default(),
             stranded: Vec::new(),
             records: records::Records::new(db),
             tasks,
@@ -831,7 +814,7 @@ impl Hub {
             out,
         );
         self.tasks_engine_removed(&uuid, now, out);
-        if let Some(left) = self.mux_pending.remove(&id) {
+        if let Some(left) = self.ledger.mux_pending.remove(&id) {
             if !left.is_empty() {
                 self.stranded.push((
                     now + self.cfg.engine_death_grace,
@@ -854,8 +837,7 @@ impl Hub {
         self.stranded = keep;
         for (_, uuid, id, ids) in due {
             for m in ids {
-                self.pending.remove(&m);
-                self.all_completed.insert(m.clone());
+                self.ledger.finished(m.clone(), None, None);
                 let content = crate::errors::wrap(
                     "EngineError",
                     &format!("Engine {id} died while running task '{m}'"),

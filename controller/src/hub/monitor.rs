@@ -322,12 +322,12 @@ impl Hub {
         let mut counts = EngineCounts::default();
         let mut bcast_depth = 0u64;
         for e in self.registered() {
-            let mux = self.mux_pending.get(&e.id).map_or(0, |s| s.len()) as u64;
-            let lb = self.tasks_on.get(&e.id).map_or(0, |s| s.len()) as u64;
+            let mux = self.ledger.mux_pending.get(&e.id).map_or(0, |s| s.len()) as u64;
+            let lb = self.ledger.tasks_on.get(&e.id).map_or(0, |s| s.len()) as u64;
             let uuid = e.uuid.as_bytes();
             bcast_depth += self.tasks.bcast.outstanding_on(uuid) as u64;
             let queue = mux + lb;
-            let completed = self.completed_on.get(&e.id).map_or(0, |v| v.len()) as u64;
+            let completed = self.ledger.completed_count(e.id);
             let state = if queue > 0 {
                 EngineState::Busy
             } else {
@@ -379,7 +379,12 @@ impl Hub {
             counts.dead += job.dead;
         }
         counts.pending = self.pending_regs.len() as u64;
-        let mux_running: u64 = self.mux_pending.values().map(|s| s.len() as u64).sum();
+        let mux_running: u64 = self
+            .ledger
+            .mux_pending
+            .values()
+            .map(|s| s.len() as u64)
+            .sum();
         let sockets = SOCKETS
             .iter()
             .enumerate()
@@ -414,8 +419,8 @@ impl Hub {
             engine_rows: rows,
             tasks: TaskCounts {
                 submitted: m.submitted,
-                queued: self.unassigned.len() as u64,
-                running: self.task_engine.len() as u64 + mux_running,
+                queued: self.ledger.unassigned.len() as u64,
+                running: self.ledger.task_engine.len() as u64 + mux_running,
                 completed: m.completed,
                 failed: m.failed,
                 aborted: m.aborted,
@@ -424,11 +429,11 @@ impl Hub {
             queues: vec![
                 QueueDepth {
                     scheduler: "task".into(),
-                    depth: self.unassigned.len() as u64,
+                    depth: self.ledger.unassigned.len() as u64,
                 },
                 QueueDepth {
                     scheduler: "task_assigned".into(),
-                    depth: self.task_engine.len() as u64,
+                    depth: self.ledger.task_engine.len() as u64,
                 },
                 QueueDepth {
                     scheduler: "mux".into(),

@@ -78,17 +78,18 @@ impl Hub {
             v
         };
         for t in targets {
-            let queue = sorted(self.mux_pending.get(&t));
-            let tasks = sorted(self.tasks_on.get(&t));
-            let completed = self.completed_on.get(&t).cloned().unwrap_or_default();
+            let queue = sorted(self.ledger.mux_pending.get(&t));
+            let tasks = sorted(self.ledger.tasks_on.get(&t));
             let entry = if verbose {
+                let completed = self.ledger.completed_on(t);
                 json!({"queue": queue, "completed": completed, "tasks": tasks})
             } else {
-                json!({"queue": queue.len(), "completed": completed.len(), "tasks": tasks.len()})
+                let completed = self.ledger.completed_count(t);
+                json!({"queue": queue.len(), "completed": completed, "tasks": tasks.len()})
             };
             c.insert(t.to_string(), entry);
         }
-        let unassigned = sorted(Some(&self.unassigned));
+        let unassigned = sorted(Some(&self.ledger.unassigned));
         c.insert(
             "unassigned".into(),
             if verbose {
@@ -116,11 +117,11 @@ impl Hub {
         let mut c = serde_json::Map::new();
         let mut buffers = Vec::new();
         for id in &ids {
-            if self.pending.contains(id) {
+            if self.ledger.pending.contains(id) {
                 pending.push(id.clone());
                 continue;
             }
-            if status_only && self.all_completed.contains(id) {
+            if status_only && self.ledger.is_completed(id) {
                 completed.push(id.clone());
                 continue;
             }
@@ -239,15 +240,12 @@ impl Hub {
                     .db
                     .drop_matching_records(&q(json!({"completed": {"$ne": null}}))?)
                     .map_err(db_err)?;
-                for v in self.completed_on.values_mut() {
-                    v.clear();
-                }
-                self.all_completed.clear();
+                self.ledger.purge_all();
                 return Ok(());
             }
             Some(Value::Array(_)) => {
                 let ids = msg_ids(content);
-                if let Some(p) = ids.iter().find(|m| self.pending.contains(*m)) {
+                if let Some(p) = ids.iter().find(|m| self.ledger.pending.contains(*m)) {
                     return Err(("IndexError".into(), format!("msg pending: '{p}'")));
                 }
                 if !ids.is_empty() {
@@ -255,13 +253,7 @@ impl Hub {
                         .db
                         .drop_matching_records(&q(json!({"msg_id": {"$in": ids}}))?)
                         .map_err(db_err)?;
-                    let gone: std::collections::HashSet<&String> = ids.iter().collect();
-                    for v in self.completed_on.values_mut() {
-                        v.retain(|m| !gone.contains(m));
-                    }
-                    for m in &ids {
-                        self.all_completed.remove(m);
-                    }
+                    self.ledger.purge_ids(&ids);
                 }
             }
             _ => {}
@@ -285,11 +277,7 @@ impl Hub {
                     json!({"engine_uuid": uuid, "completed": {"$ne": null}}),
                 )?)
                 .map_err(db_err)?;
-            if let Some(v) = self.completed_on.get_mut(&eid) {
-                for m in v.drain(..) {
-                    self.all_completed.remove(&m);
-                }
-            }
+            self.ledger.purge_engine(eid);
         }
         Ok(())
     }

@@ -37,11 +37,14 @@ impl Hub {
         ) {
             (Ok((h, value)), Some(eid)) => {
                 let engine_uuid = String::from_utf8_lossy(target).into_owned();
-                self.mux_pending
+                self.ledger
+                    .learn_route(Sock::MuxClient, &h.session, &msg.idents[0]);
+                self.ledger
+                    .mux_pending
                     .entry(eid)
                     .or_default()
                     .insert(h.msg_id.clone());
-                self.pending.insert(h.msg_id.clone());
+                self.ledger.pending.insert(h.msg_id.clone());
                 self.monitor.submitted(false);
                 self.monitor.client_seen(&h.session, now);
                 self.records
@@ -62,19 +65,16 @@ impl Hub {
             debug!("direct reply without a client identity dropped");
             return;
         }
+        let mut known = false;
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
                 Some(mid) => {
-                    if let Some(q) = self.mux_pending.get_mut(&eid) {
-                        q.remove(&mid);
-                    }
-                    self.pending.remove(&mid);
-                    self.all_completed.insert(mid.clone());
                     let outcome = self.records.result(&mid, &msg, None);
                     self.monitor.finished(&mid, Some(eid), &outcome);
-                    if !outcome.is_aborted() {
-                        self.completed_on.entry(eid).or_default().push(mid);
-                    }
+                    let aborted = outcome.is_aborted();
+                    known = self
+                        .ledger
+                        .finished(mid, Some(eid), (!aborted).then_some(eid));
                 }
                 None => {
                     if let Err(e) = msg.parent_value() {
@@ -84,7 +84,48 @@ impl Hub {
             }
         }
         msg.idents.swap(0, 1);
+        if !known {
+            self.reroute(Sock::MuxClient, &mut msg);
+        }
         out.push(Effect::Send(Sock::MuxClient, msg.into_frames()));
+    }
+
+    /// A task reply for a task this controller never saw: submitted to a controller that died
+    /// and was restarted (`--restore`/`--reuse`) while it ran. Its routing frames
+    /// (`[engine, client]`) name the client, so it is relayed and recorded rather than dropped
+    /// (ipyparallel drops it and the client waits forever). The scheduler never hears of it.
+    fn relay_orphan_task_reply(
+        &mut self,
+        mid: String,
+        mut msg: WireMessage,
+        out: &mut Vec<Effect>,
+    ) {
+        tracing::info!(msg_id = %mid, "reply for a task submitted before a controller restart; relayed to its client");
+        msg.idents.swap(0, 1);
+        msg.idents.truncate(2);
+        let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
+        let eid = self.engine_id_of(&msg.idents[1]);
+        let outcome = self.records.result(&mid, &msg, Some(&engine));
+        self.monitor.finished(&mid, eid, &outcome);
+        let aborted = outcome.is_aborted();
+        self.ledger
+            .finished(mid, eid, if aborted { None } else { eid });
+        self.reroute(Sock::TaskClient, &mut msg);
+        out.push(Effect::Send(Sock::TaskClient, msg.into_frames()));
+    }
+
+    /// A reply for a request this controller never saw (sent before a restart) goes to the
+    /// routing id its client session uses now, if the client sent anything on that socket
+    /// since: a client without an explicit ZeroMQ identity gets a new one when it reconnects.
+    /// Otherwise it keeps the routing frames it carries.
+    fn reroute(&self, sock: Sock, msg: &mut WireMessage) {
+        let session = rpar_core::msg::parse_fields::<SessionOnly>(&msg.parent).map(|p| p.session);
+        if let (Some(route), Some(first)) = (
+            session.and_then(|s| self.ledger.route(sock, &s).map(<[u8]>::to_vec)),
+            msg.idents.first_mut(),
+        ) {
+            *first = route;
+        }
     }
 
     // ------------------------------------------------------------------ IOPub
@@ -132,12 +173,16 @@ impl Hub {
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
                 if !resubmission {
+                    if let Some(client) = msg.idents.first() {
+                        self.ledger
+                            .learn_route(Sock::TaskClient, &h.session, client);
+                    }
                     self.monitor.client_seen(&h.session, now);
                     self.records.request(h, value, &msg, "task", None);
                 }
                 self.monitor.submitted(resubmission);
-                self.pending.insert(msg_id.clone());
-                self.unassigned.insert(msg_id);
+                self.ledger.pending.insert(msg_id.clone());
+                self.ledger.unassigned.insert(msg_id);
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
@@ -146,6 +191,16 @@ impl Hub {
     }
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
+        if let Some(mid) = rpar_core::msg::msg_id_of(&msg.parent) {
+            if msg.idents.len() >= 2 && !self.ledger.pending.contains(&mid) {
+                if self.ledger.is_completed(&mid) {
+                    debug!(msg_id = %mid, "second reply for a finished task; dropped");
+                } else {
+                    self.relay_orphan_task_reply(mid, msg, out);
+                }
+                return;
+            }
+        }
         let actions = self.tasks.task.on_engine_reply(msg, now);
         self.apply_task_actions(actions, out);
     }
@@ -191,44 +246,32 @@ impl Hub {
                     msg_id,
                     engine_uuid,
                 } => {
-                    self.unassigned.remove(&msg_id);
-                    if let Some(prev) = self.task_engine.remove(&msg_id) {
-                        if let Some(s) = self.tasks_on.get_mut(&prev) {
-                            s.remove(&msg_id);
-                        }
-                    }
-                    if let Some(eid) = self.engine_id_of(&engine_uuid) {
-                        self.tasks_on.entry(eid).or_default().insert(msg_id.clone());
-                        self.task_engine.insert(msg_id.clone(), eid);
-                    }
+                    let eid = self.engine_id_of(&engine_uuid);
+                    self.ledger.assigned(&msg_id, eid);
                     self.records
                         .assigned(&msg_id, &String::from_utf8_lossy(&engine_uuid));
                 }
                 A::Finished {
                     msg_id,
                     engine_uuid,
-                    reply,
+                    mut reply,
                 } => {
-                    self.unassigned.remove(&msg_id);
-                    self.pending.remove(&msg_id);
-                    self.all_completed.insert(msg_id.clone());
                     let eid = engine_uuid
                         .as_deref()
                         .and_then(|u| self.engines.get(u).map(|e| e.id));
-                    if let Some(prev) = self.task_engine.remove(&msg_id) {
-                        if let Some(s) = self.tasks_on.get_mut(&prev) {
-                            s.remove(&msg_id);
-                        }
-                    }
                     let eu = engine_uuid
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
                     let outcome = self.records.result(&msg_id, &reply, eu.as_deref());
                     self.monitor.finished(&msg_id, eid, &outcome);
-                    if let (Some(eid), false) = (eid, outcome.is_aborted()) {
-                        self.completed_on.entry(eid).or_default().push(msg_id);
-                    }
+                    let aborted = outcome.is_aborted();
+                    let known = self
+                        .ledger
+                        .finished(msg_id, eid, if aborted { None } else { eid });
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
+                        if !known {
+                            self.reroute(Sock::TaskClient, &mut reply);
+                        }
                         out.push(Effect::Send(Sock::TaskClient, reply.into_frames()));
                     }
                 }
@@ -306,4 +349,10 @@ impl TaskRouting {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// The one parent-header field [`Hub::reroute`] reads.
+#[derive(serde::Deserialize)]
+struct SessionOnly {
+    session: String,
 }

@@ -258,6 +258,52 @@ fn a_reply_for_a_task_sent_before_a_restart_is_relayed_and_recorded() {
         );
         assert_eq!(rr["completed"], json!([old_id.clone()]), "{rr}");
         assert_eq!(rr[&old_id]["result_content"]["status"], "ok");
+        // a client reconnected under a new routing id: once it sent anything on that socket,
+        // an old reply goes to the new id
+        let (fresh, sock) = if rep_sock == Sock::TaskEngine {
+            (
+                cl.msg(
+                    vec![b"cid2".to_vec()],
+                    "apply_request",
+                    b"{}",
+                    lb_md(),
+                    json!({}),
+                ),
+                Sock::TaskClient,
+            )
+        } else {
+            (
+                cl.msg(
+                    vec![b"cid2".to_vec(), b"w0".to_vec()],
+                    "apply_request",
+                    b"{}",
+                    json!({}),
+                    json!({}),
+                ),
+                Sock::MuxClient,
+            )
+        };
+        h.on_message(sock, fresh.into_frames(), t0);
+        let old2 = cl.msg(
+            vec![b"cid".to_vec()],
+            "apply_request",
+            b"{}",
+            lb_md(),
+            json!({}),
+        );
+        let rep2 = e.msg(
+            vec![b"w0".to_vec(), b"cid".to_vec()],
+            "apply_reply",
+            &old2.header,
+            json!({"status": "ok", "engine": "w0", "dependencies_met": true}),
+            json!({"status": "ok"}),
+        );
+        let relayed = raw_sends(&h.on_message(rep_sock, rep2.into_frames(), t0), back);
+        assert_eq!(
+            &relayed[0][..2],
+            &[b"cid2".to_vec(), b"w0".to_vec()],
+            "{rep_sock:?}"
+        );
         // a second copy of it is not relayed again by the task scheduler
         if rep_sock == Sock::TaskEngine {
             let again = e.msg(
@@ -301,4 +347,36 @@ fn a_heartbeat_lost_engine_that_answers_again_is_registered_again_not_a_zombie()
     // a heart nobody lost is not registered by a pong
     assert!(sends(&pong(&mut h, "stranger", t0), Sock::Notification).is_empty());
     assert_eq!(h.registered().count(), 2);
+}
+
+#[test]
+fn the_hubs_bookkeeping_stays_bounded_after_many_tasks() {
+    // issue 11: the completed lists grew with every task, also after purge_results('all')
+    let t0 = Instant::now();
+    let mut h = hub(t0);
+    register(&mut h, "b0", None, t0);
+    let mut sizes = Vec::new();
+    for i in 0..(ledger::COMPLETED_KEPT as u64 * 3) {
+        let m = format!("task-{i}");
+        h.ledger.pending.insert(m.clone());
+        h.ledger.assigned(&m, Some(0));
+        assert!(h.ledger.finished(m, Some(0), Some(0)));
+        if i % 50_000 == 49_999 {
+            sizes.push(h.ledger.size());
+        }
+    }
+    let bound = 2 * ledger::COMPLETED_KEPT + 10;
+    assert!(sizes.iter().all(|&s| s <= bound), "{sizes:?}");
+    // counts stay exact; the kept list is the newest tasks
+    let qs = query(&mut h, "queue_request", json!({"targets": [0]}), t0);
+    assert_eq!(
+        qs["0"]["completed"],
+        json!(ledger::COMPLETED_KEPT as u64 * 3)
+    );
+    assert!(h
+        .ledger
+        .is_completed(&format!("task-{}", ledger::COMPLETED_KEPT * 3 - 1)));
+    assert!(!h.ledger.is_completed("task-0"));
+    query(&mut h, "purge_request", json!({"msg_ids": "all"}), t0);
+    assert!(h.ledger.size() <= 2, "{}", h.ledger.size());
 }
