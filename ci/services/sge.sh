@@ -29,7 +29,8 @@ install() {
   fi
 }
 
-up() { timeout 5 qstat -f 2>/dev/null | grep -q '^all.q@'; }
+# up: the queue's host reports load (no state: an 'u' host means sge_execd is gone)
+up() { timeout 5 qstat -f 2>/dev/null | grep -q '^all.q@localhost.*lx-amd64 *$'; }
 master_up() { timeout 5 qconf -sm >/dev/null 2>&1; }
 
 edit_with() { # edit_with SED_EXPR qconf-args...  (qconf opens $EDITOR on a template)
