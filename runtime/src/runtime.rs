@@ -139,6 +139,15 @@ impl<N: EngineNet> Rank0<N> {
         (any, ev)
     }
 
+    /// One wake-up's traffic: rank 0's own outbox, then what came over MPI.
+    /// Returns (anything moved, anything but heartbeat echoes moved).
+    fn move_traffic(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> (bool, bool) {
+        let (any, e) = self.pump_outbox(broker);
+        *ev = ev.take().or(e);
+        let (a, r) = self.relay_in(broker, ev);
+        (any | a, any | r)
+    }
+
     /// Take in what came over MPI: (anything, anything but heartbeat echoes).
     fn relay_in(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> (bool, bool) {
         let (mut active, mut real) = (false, false);
@@ -271,11 +280,7 @@ impl Rank0<Compat> {
             if readable.get(2 * n + 2).copied().unwrap_or(false) {
                 self.link.on_bell();
             }
-            let (any, e) = self.pump_outbox(&mut broker);
-            active |= any;
-            real |= any;
-            ev = ev.or(e);
-            let (a, r) = self.relay_in(&mut broker, &mut ev);
+            let (a, r) = self.move_traffic(&mut broker, &mut ev);
             active |= a;
             real |= r;
             if let Some(sig) = rpar_core::signals::received() {
@@ -403,11 +408,7 @@ impl Rank0<JobConn> {
                     Incoming::Reregistered => info!("registered again"),
                 }
             }
-            let (any, e) = self.pump_outbox(&mut broker);
-            active |= any;
-            real |= any;
-            ev = ev.or(e);
-            let (a, r) = self.relay_in(&mut broker, &mut ev);
+            let (a, r) = self.move_traffic(&mut broker, &mut ev);
             active |= a;
             real |= r;
             for r in self.net.take_echoes() {
