@@ -11,6 +11,7 @@
 
 use super::Sock;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 /// How many finished msg_ids the hub remembers.
 pub(super) const COMPLETED_KEPT: usize = 65_536;
@@ -35,10 +36,11 @@ pub(super) struct Ledger {
 }
 
 /// Finished msg_ids, oldest first, with the engine they count for (aborted tasks count for none).
+/// Each id is stored once, shared by the queue and the set.
 #[derive(Debug, Default)]
 struct Completed {
-    order: VecDeque<(String, Option<u32>)>,
-    set: HashSet<String>,
+    order: VecDeque<(Arc<str>, Option<u32>)>,
+    set: HashSet<Arc<str>>,
     counts: HashMap<u32, u64>,
 }
 
@@ -81,13 +83,17 @@ impl Ledger {
         if let Some(e) = count_on {
             *c.counts.entry(e).or_default() += 1;
         }
-        if c.set.insert(msg_id.clone()) {
-            c.order.push_back((msg_id, count_on));
-        }
-        while c.order.len() > COMPLETED_KEPT {
-            if let Some((old, _)) = c.order.pop_front() {
-                c.set.remove(&old);
+        if !c.set.contains(msg_id.as_str()) {
+            // forget first, so the queue never outgrows the window (a VecDeque doubles its
+            // capacity when pushed past it)
+            while c.order.len() >= COMPLETED_KEPT {
+                if let Some((old, _)) = c.order.pop_front() {
+                    c.set.remove(&old);
+                }
             }
+            let id: Arc<str> = msg_id.into();
+            c.set.insert(id.clone());
+            c.order.push_back((id, count_on));
         }
         was
     }
@@ -107,7 +113,7 @@ impl Ledger {
             .order
             .iter()
             .filter(|(_, e)| *e == Some(eid))
-            .map(|(m, _)| m.clone())
+            .map(|(m, _)| m.to_string())
             .collect()
     }
 
@@ -118,11 +124,11 @@ impl Ledger {
 
     /// Purge these msg_ids.
     pub fn purge_ids(&mut self, ids: &[String]) {
-        let gone: HashSet<&String> = ids.iter().collect();
+        let gone: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let c = &mut self.completed;
         let counts = &mut c.counts;
         c.order.retain(|(m, e)| {
-            let purge = gone.contains(m);
+            let purge = gone.contains(&**m);
             if let (true, Some(e)) = (purge, e) {
                 if let Some(n) = counts.get_mut(e) {
                     *n = n.saturating_sub(1);
@@ -131,7 +137,7 @@ impl Ledger {
             !purge
         });
         for m in ids {
-            c.set.remove(m);
+            c.set.remove(m.as_str());
         }
     }
 
