@@ -6,9 +6,9 @@ load-balanced client) submits no-op tasks and counts every reply, against
   (b) rpar-controller + P Python ipengines,
   (c) Python ipcontroller + the same P Python ipengines,
 
-printing tasks/s and the controller's CPU per task (utime+stime of the controller and, for
-ipcontroller, its scheduler processes, from /proc/PID/stat), and the rpar/ipyparallel ratios of (b)
-against (c). Run it on release builds, on a machine as quiet as you can find (the load average is
+printing tasks/s and the CPU per task of the controller (utime+stime of the controller and, for
+ipcontroller, its scheduler processes, from /proc/PID/stat), of the engines and of the client, and
+the rpar/ipyparallel ratios of (b) against (c). Run it on release builds, on a machine as quiet as you can find (the load average is
 printed with the table).
 
 Usage: . ci/env.sh && cargo build --release -p rpar-controller -p rpar-loadgen
@@ -20,6 +20,7 @@ No assertions: numbers only.
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -36,27 +37,35 @@ def controller_pids(ctl):
     return [ctl.proc.pid] + descendants(ctl.proc.pid)
 
 
-def run_client(bin_dir, ctl, tasks, window, engines):
-    """rpar-loadclient against `ctl`; its JSON summary and the controller's CPU seconds."""
+def run_client(bin_dir, ctl, tasks, window, engines, engine_pids=()):
+    """rpar-loadclient against `ctl`; its JSON summary with the CPU seconds of the controller,
+    of the engines and of the client during the measured run."""
     cmd = [str(bin_dir / "rpar-loadclient"), f"--tasks={tasks}", f"--window={window}",
            f"--min-engines={engines}", "--timeout=120", "--json", f"--file={ctl.file('client')}"]
     # warm-up: the first tasks pay for connections and the schedulers' first engine lists
     subprocess.run(cmd[:1] + [f"--tasks={min(tasks, 500)}"] + cmd[2:], capture_output=True, check=True)
     pids = controller_pids(ctl)
-    cpu0 = cpu_seconds(pids)
+    engine_pids = list(engine_pids)
+    cpu0, eng0 = cpu_seconds(pids), cpu_seconds(engine_pids)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True)
-    cpu1 = cpu_seconds(pids)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1, eng1 = cpu_seconds(pids), cpu_seconds(engine_pids)
     if out.returncode != 0:
         raise SystemExit(f"rpar-loadclient failed:\n{out.stdout}\n{out.stderr}\n{ctl.output()[-3000:]}")
     r = json.loads(out.stdout.splitlines()[-1])
     r["ctl_cpu_s"] = cpu1 - cpu0
+    r["engine_cpu_s"] = eng1 - eng0
+    r["client_cpu_s"] = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     return r
 
 
 def row(name, r):
-    per_task = r["ctl_cpu_s"] / max(1, r["replies"]) * 1e6
+    n = max(1, r["replies"])
+    per_task = r["ctl_cpu_s"] / n * 1e6
     ok = "all ok" if r["ok"] == r["submitted"] == r["replies"] else f"{r['ok']}/{r['submitted']} ok"
-    print(f"{name:44s} {r['replies']:8d} {r['tasks_per_s']:10.0f} {per_task:10.1f}   {ok}", flush=True)
+    print(f"{name:46s} {r['replies']:8d} {r['tasks_per_s']:9.0f} {per_task:9.1f} "
+          f"{r['engine_cpu_s'] / n * 1e6:9.1f} {r['client_cpu_s'] / n * 1e6:9.1f}   {ok}", flush=True)
     return r["tasks_per_s"], per_task
 
 
@@ -69,14 +78,11 @@ def sim_run(bin_dir, n, tasks, window, workdir):
                             f"--profile-dir={ctl.profile_dir}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        r = run_client(bin_dir, ctl, tasks, window, n)
-        gen_cpu = cpu_seconds([gen.pid])
+        return run_client(bin_dir, ctl, tasks, window, n, [gen.pid])
     finally:
         gen.send_signal(signal.SIGTERM)
         gen.wait(30)
         ctl.stop()
-    r["gen_cpu_s"] = gen_cpu
-    return r
 
 
 def python_run(bin_dir, kind, p, tasks, window, workdir):
@@ -85,7 +91,8 @@ def python_run(bin_dir, kind, p, tasks, window, workdir):
     ctl = Controller(workdir / f"profile_{kind}{p}", ["--ip=127.0.0.1"], kind=kind)
     eng = Engines(ctl, p)
     try:
-        return run_client(bin_dir, ctl, tasks, window, p)
+        pids = [q.pid for q in eng.procs]
+        return run_client(bin_dir, ctl, tasks, window, p, pids + [d for q in pids for d in descendants(q)])
     finally:
         eng.stop()
         ctl.stop()
@@ -106,7 +113,7 @@ def main():
         if not (bin_dir / b).exists():
             raise SystemExit(f"{bin_dir / b} is missing: cargo build --release -p rpar-controller -p rpar-loadgen")
     print(f"binaries: {bin_dir}; load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
-    print(f"{'':44s} {'tasks':>8s} {'tasks/s':>10s} {'ctl µs/task':>10s}")
+    print(f"{'':46s} {'tasks':>8s} {'tasks/s':>9s} {'CPU µs per task: controller, engines, client':>30s}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         os.environ["IPYTHONDIR"] = str(workdir)
