@@ -473,7 +473,6 @@ pub fn terminate_session(pid: u32, start_time: u64, grace: Duration) {
 /// Everything a launcher needs to start its part of a cluster.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchSpec {
-    pub role: Option<Role>,
     /// Number of engines.
     pub n: usize,
     pub profile_dir: PathBuf,
