@@ -33,16 +33,6 @@ pub use monitor::SOCKETS;
 pub use parked::Parked;
 pub use records::Db;
 
-/// Open the task database the settings name (`IPController.db_class` and the backend's own
-/// `DictDB.*` / `SQLiteDB.*` / `MongoDB.*` settings).
-pub fn open_db(
-    settings: &crate::settings::Settings,
-    profile: &rpar_core::profile::ProfileDir,
-    session: &str,
-) -> anyhow::Result<Db> {
-    records::open(settings, profile, session)
-}
-
 use rpar_core::connection::EngineInfo;
 use rpar_core::wire::{Frames, Limits, Signer, WireMessage};
 use rpar_core::MessageBuilder;
