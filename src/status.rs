@@ -127,13 +127,18 @@ pub fn status(args: &StatusArgs) -> Result<()> {
         } else {
             table(&snap, loc.status.as_ref(), source)
         };
+        // with --watch: home the cursor and clear the screen, then draw
+        let clear = if args.watch { "\x1b[H\x1b[2J" } else { "" };
+        let mut out = std::io::stdout().lock();
+        match write!(out, "{clear}{text}").and_then(|()| out.flush()) {
+            Ok(()) => {}
+            // the reader went away (`| head`, a closed terminal): nothing more to show
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("writing the status to standard output"),
+        }
         if !args.watch {
-            print!("{text}");
             return Ok(());
         }
-        // home the cursor and clear the screen, then draw
-        print!("\x1b[H\x1b[2J{text}");
-        std::io::stdout().flush()?;
         std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.2)));
     }
 }
