@@ -319,6 +319,9 @@ impl Hub {
         for a in actions {
             match a {
                 B::ToEngine(frames) => out.push(Effect::Send(Sock::BcastEngine, frames)),
+                B::ToEngineShared(frames, buffers) => {
+                    send_with(out, Sock::BcastEngine, frames, buffers)
+                }
                 B::ToClient(frames) => out.push(Effect::Send(Sock::BcastClient, frames)),
             }
         }
@@ -349,14 +352,13 @@ impl TaskRouting {
             rpar_core::Signer::new(key),
         );
         task.share_buffers(true);
-        TaskRouting {
-            task,
-            bcast: rpar_sched::BroadcastScheduler::new(
-                bc,
-                rpar_core::MessageBuilder::new(),
-                rpar_core::Signer::new(key),
-            ),
-        }
+        let mut bcast = rpar_sched::BroadcastScheduler::new(
+            bc,
+            rpar_core::MessageBuilder::new(),
+            rpar_core::Signer::new(key),
+        );
+        bcast.share_buffers(true);
+        TaskRouting { task, bcast }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
