@@ -6,8 +6,8 @@
 //! `connection_request`s on the registration socket) until K engines are registered, then
 //! submits N load-balanced `apply_request`s on the task socket (see [`lbtask`]), keeping at most
 //! W in flight, and collects the replies. It prints the counts and tasks/s (`--json`: one JSON
-//! object); it exits 0 when every task got a reply, 1 otherwise (no reply for `--timeout`
-//! seconds, or a setup error).
+//! object, the last line; `--progress K`: a line every K replies before it). It exits 0 when
+//! every task got a reply, 1 otherwise (no reply for `--timeout` seconds, or a setup error).
 
 mod lbtask;
 
@@ -43,6 +43,10 @@ struct Args {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Also print `progress <replies> <seconds>` (flushed) after every this many replies, for
+    /// a benchmark that samples the controller meanwhile (0: never).
+    #[arg(long, default_value_t = 0)]
+    progress: u64,
     /// The client connection file (ipcontroller-client.json).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -182,8 +186,14 @@ fn run(a: &Args) -> Result<bool> {
             Err(e) => bail!("poll: {e}"),
         }
         while let Ok(frames) = task.recv_multipart(zmq::DONTWAIT) {
+            let before = tasks.tally.replies;
             tasks.on_reply(&mut verifier, frames);
             last_reply = Instant::now();
+            let now = tasks.tally.replies;
+            if a.progress > 0 && now > before && now % a.progress == 0 {
+                println!("progress {now} {:.3}", start.elapsed().as_secs_f64());
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
         }
     }
     let secs = start.elapsed().as_secs_f64();
