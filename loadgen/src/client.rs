@@ -169,6 +169,7 @@ fn run(a: &Args) -> Result<bool> {
     let start = Instant::now();
     let mut last_reply = Instant::now();
     let mut next = 0u64;
+    let mut next_mark = a.progress;
     let mut complete = true;
     while tasks.tally.replies < a.tasks {
         while tasks.in_flight() < a.window && next < a.tasks {
@@ -186,13 +187,13 @@ fn run(a: &Args) -> Result<bool> {
             Err(e) => bail!("poll: {e}"),
         }
         while let Ok(frames) = task.recv_multipart(zmq::DONTWAIT) {
-            let before = tasks.tally.replies;
             tasks.on_reply(&mut verifier, frames);
             last_reply = Instant::now();
             let now = tasks.tally.replies;
-            if a.progress > 0 && now > before && now % a.progress == 0 {
+            if a.progress > 0 && now >= next_mark {
                 println!("progress {now} {:.3}", start.elapsed().as_secs_f64());
                 let _ = std::io::Write::flush(&mut std::io::stdout());
+                next_mark = now + a.progress;
             }
         }
     }
