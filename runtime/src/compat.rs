@@ -5,7 +5,8 @@
 //! shared heartbeat SUB), built once when the sockets open. ZeroMQ's descriptors are
 //! edge-triggered: a slot that woke the loop goes on a to-read queue and stays there until its
 //! socket says `EAGAIN`; a socket that sent is queued too (a send may take the notification of
-//! an input with it). The queue is read round robin, one message per socket per turn, within
+//! an input with it), and before the loop sleeps every socket's `ZMQ_EVENTS` is asked, as
+//! `zmq_poll` does (edges alone lost wake-ups, see [`Compat::has_input`]). The queue is read round robin, one message per socket per turn, within
 //! the pass' [`Quota`], so one busy engine's socket cannot keep the others' waiting.
 
 use crate::broker::Socket;
@@ -111,7 +112,23 @@ impl Transport for Compat {
         self.queue(slot);
     }
 
-    fn has_input(&self) -> bool {
+    fn has_input(&mut self) -> bool {
+        if self.to_read.is_empty() {
+            // before sleeping, ask every socket as zmq_poll does: measured, a relayed rank's
+            // request sometimes sat on its shell socket with no edge on the descriptor
+            // (ZeroMQ's descriptor signals command arrivals, and another operation on the
+            // socket can take the signal with it)
+            for slot in 0..self.roles.len() {
+                let readable = self
+                    .roles
+                    .get(slot)
+                    .and_then(|r| self.socket(*r))
+                    .is_some_and(|s| s.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)));
+                if readable {
+                    self.queue(slot);
+                }
+            }
+        }
         !self.to_read.is_empty()
     }
 

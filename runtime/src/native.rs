@@ -264,7 +264,7 @@ impl Transport for JobConn {
     fn on_ready(&mut self, _slot: usize) {}
 
     /// Whether the socket has input (its descriptor is edge-triggered: ask before sleeping).
-    fn has_input(&self) -> bool {
+    fn has_input(&mut self) -> bool {
         self.sock
             .get_events()
             .map(|e| e.contains(zmq::POLLIN))

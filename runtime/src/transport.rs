@@ -36,7 +36,7 @@ pub trait Transport: Send {
     fn on_ready(&mut self, slot: usize);
     /// Whether input may be waiting that no descriptor will announce (ZeroMQ's descriptors
     /// are edge-triggered): the loop then does not sleep.
-    fn has_input(&self) -> bool;
+    fn has_input(&mut self) -> bool;
     /// The next message, within this pass' `quota`; `None` when nothing more is to be read
     /// in this pass.
     fn recv(&mut self, quota: &mut Quota) -> Option<Incoming>;
