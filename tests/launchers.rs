@@ -45,7 +45,6 @@ fn check_snapshot(name: &str, actual: &str) -> Result<(), String> {
 
 fn spec() -> LaunchSpec {
     LaunchSpec {
-        role: None,
         n: 8,
         profile_dir: "/home/user/.ipython/profile_mpi".into(),
         cluster_id: "c1".into(),

@@ -197,6 +197,48 @@ def test_status_page_in_headless_chromium(cluster, tmp_path):
     assert r.returncode == 0 and shot.stat().st_size > 10_000, r.stderr[-2000:]
 
 
+def test_watch_redraws_as_tasks_complete(cluster):
+    """`--watch` redraws the table in place; a map run meanwhile shows up in a later screen, and
+    the command ends cleanly when its reader goes away."""
+    env, rc = cluster["env"], cluster["rc"]
+    before = status_json(env)["tasks"]["completed"]
+    p = subprocess.Popen(
+        [rpar_path(), "cluster", "status", f"--profile={env.profile}", "--watch", "--interval=0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env.env,
+    )
+    clear = b"\x1b[H\x1b[2J"
+    out = b""
+
+    def complete_screens():
+        # every screen starts with the clear sequence; the last one may still be half written
+        return [x for x in out.split(clear) if x][:-1]
+
+    try:
+        view = rc.load_balanced_view()
+        assert view.map_sync(square, range(10)) == [x * x for x in range(10)]
+        want = f"completed {before + 10} ".encode()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(want in sc for sc in complete_screens()):
+            chunk = p.stdout.read1(65536)
+            if not chunk:
+                break
+            out += chunk
+        done = complete_screens()
+        assert out.startswith(clear), out[:200]
+        assert any(want in sc for sc in done), (want, out[-3000:])
+        assert len(done) >= 2, "redrawn at least once"
+        assert all(len(line) <= 100 for line in done[-1].decode().splitlines())
+    finally:
+        p.stdout.close()  # the reader goes away: the next redraw ends the command
+        try:
+            rc_ = p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+            raise AssertionError("rpar cluster status --watch kept running after its reader left")
+    assert rc_ == 0, p.stderr.read().decode()
+
+
 def test_killed_engine_is_shown_dead(cluster):
     env, ipengine = cluster["env"], cluster["ipengine"]
     os.kill(ipengine.pid, signal.SIGKILL)

@@ -112,6 +112,7 @@ def test_json_config_and_command_line_precedence(ipython_dir):
         ("c.Bogus.thing = 1", "Bogus"),
         ("c.HeartMonitor.period = 'often'", "HeartMonitor.period"),
         ("c.IPEngine.timeout = 3", "IPEngine"),
+        ("c.DictDB.record_limit = -5", "DictDB.record_limit = -5"),
     ],
 )
 def test_bad_config_line_names_file_and_line(ipython_dir, line, needle):

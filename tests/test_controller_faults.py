@@ -89,3 +89,49 @@ def test_rank_stopped_past_the_heartbeat_limit_is_registered_again(make_controll
         assert rc[:].apply_sync(pow, 7, 2) == [49, 49]
     finally:
         rc.close()
+
+
+def value_when_file_exists(path, v):
+    """Runs on the engine: say it started, then wait (at most 2 minutes) for `path`."""
+    import os
+    import time
+
+    open(path + ".started", "w").close()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return v
+
+
+def test_reply_of_a_task_in_flight_across_a_controller_restart_reaches_the_client(
+        make_controller, make_engines, tmp_path):
+    # ipyparallel drops such a reply ("reply for an unknown task") and the client waits forever.
+    # The Python client sets no ZeroMQ identity: after the restart its DEALERs reconnect under
+    # new routing ids, which the controller learns from the next request on the same socket.
+    ctl = make_controller("--reuse", "--ping=300")
+    eng = make_engines(ctl, 1)
+    rc = connect(ctl, 1, eng)
+    go = str(tmp_path / "go")
+    probe = None
+    try:
+        lv = rc.load_balanced_view()
+        first = lv.apply_async(value_when_file_exists, go, "first")
+        wait_for(lambda: os.path.exists(go + ".started"), timeout=60, what="the first task running")
+        ctl.proc.send_signal(signal.SIGKILL)
+        ctl.proc.wait(10)
+        ctl2 = make_controller("--restore", "--ping=300")
+        second = lv.apply_async(pow, 3, 4)
+        # the restarted controller has the second request (and with it the client's new route)
+        probe = ctl2.client()
+        wait_for(lambda: probe.db_query({"msg_id": second.msg_ids[0]}, keys=["msg_id"]), timeout=60,
+                 interval=0.2, what="the second request recorded by the restarted controller")
+        open(go, "w").close()
+        assert first.get(timeout=60) == "first"
+        assert second.get(timeout=60) == 81
+        # and both are on record
+        recs = probe.db_query({"msg_id": {"$in": first.msg_ids + second.msg_ids}}, keys=["msg_id", "completed"])
+        assert len(recs) == 2 and all(r["completed"] for r in recs), recs
+    finally:
+        if probe is not None:
+            probe.close()
+        rc.close()

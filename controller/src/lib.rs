@@ -2,7 +2,8 @@
 //!
 //! * [`hub`]: the sans-I/O core — registration, heartbeats, hub queries, routing and records.
 //! * [`server`]: sockets, connection files and the poll loop around the core.
-//! * [`cli`] and [`settings`]: ipcontroller's command line and configuration, resolved.
+//! * [`cli`] and [`settings`]: ipcontroller's command line and configuration, resolved;
+//!   [`db`] opens the task database they name.
 //! * [`errors`]: error contents in ipyparallel's shape.
 //! * [`status`]: the status page, `/api/status` and Prometheus `/metrics` (`--metrics`).
 //!
@@ -10,6 +11,7 @@
 
 pub mod cli;
 pub mod dask;
+pub mod db;
 pub mod errors;
 pub mod hub;
 pub mod server;

@@ -1,7 +1,7 @@
 //! `rpar-controller`: start the controller (the `ipcontroller` of rpar).
 
 use anyhow::{Context, Result};
-use rpar_controller::{cli, hub, server, settings};
+use rpar_controller::{cli, db, server, settings};
 use rpar_core::logging;
 use rpar_core::profile::{self, ProfileDir};
 
@@ -76,7 +76,7 @@ fn run(cmd: cli::CommandLine) -> Result<()> {
         .session
         .clone()
         .unwrap_or_else(rpar_core::ids::new_id);
-    let db = hub::open_db(&settings, &profile, &session)?;
+    let db = db::open_db(&settings, &profile, &session)?;
     tracing::info!(profile = %profile.path.display(), cluster_id, "starting rpar-controller");
     open_file_limit();
     server::run(settings, profile, cluster_id, session, db)

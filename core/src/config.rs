@@ -47,15 +47,21 @@
 //!   For string traits the text is taken as is (quotes removed); a list trait given a plain
 //!   string gets a one-item list.
 
+mod cli;
+mod get;
 pub mod ipython;
 pub mod literal;
+mod pyfile;
 pub mod schema;
 
 use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use cli::parse_cli_arg;
+pub use cli::{cli_value, is_config_arg, parse_value, split_cli, split_words};
+pub use pyfile::python_candidates;
+use pyfile::{needs_python, run_loader};
 pub use schema::{App, Kind};
 
 /// Where a setting came from.
@@ -317,112 +323,6 @@ impl Config {
         self.insert(class, trait_, value, Source::CommandLine { arg }, LEVEL_CLI)
     }
 
-    /// The effective value of `class.trait_` (either spelling), looking at the class and then its
-    /// ancestors. `None`: not configured, use the default.
-    pub fn get(&self, class: &str, trait_: &str) -> Option<&Setting> {
-        let (class, trait_) = schema::canonical(class, trait_);
-        let mut lineage = schema::lineage(class)
-            .into_iter()
-            .map(str::to_string)
-            .collect::<Vec<_>>();
-        if lineage.is_empty() {
-            lineage.push(class.to_string());
-        }
-        for c in &lineage {
-            let best = self
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| &e.class == c && e.trait_ == trait_)
-                .max_by_key(|(i, e)| (e.level, *i));
-            if let Some((_, e)) = best {
-                return Some(&e.setting);
-            }
-        }
-        None
-    }
-
-    /// Every effective setting (class, trait, setting), canonical names, for `--show-config`.
-    pub fn settings(&self) -> Vec<(String, String, &Setting)> {
-        let mut out: Vec<(String, String, &Setting)> = Vec::new();
-        for e in &self.entries {
-            if let Some(s) = self.get(&e.class, &e.trait_) {
-                if !out.iter().any(|(c, t, _)| *c == e.class && *t == e.trait_) {
-                    out.push((e.class.clone(), e.trait_.clone(), s));
-                }
-            }
-        }
-        out
-    }
-
-    /// A string setting.
-    pub fn str(&self, class: &str, trait_: &str) -> Result<Option<String>, ConfigError> {
-        self.typed(class, trait_, "a string", |v| {
-            v.as_str().map(str::to_string)
-        })
-    }
-    /// An integer setting.
-    pub fn i64(&self, class: &str, trait_: &str) -> Result<Option<i64>, ConfigError> {
-        self.typed(class, trait_, "an integer", Value::as_i64)
-    }
-    /// A number setting (integers accepted).
-    pub fn f64(&self, class: &str, trait_: &str) -> Result<Option<f64>, ConfigError> {
-        self.typed(class, trait_, "a number", Value::as_f64)
-    }
-    /// A boolean setting.
-    pub fn bool(&self, class: &str, trait_: &str) -> Result<Option<bool>, ConfigError> {
-        self.typed(class, trait_, "True or False", Value::as_bool)
-    }
-    /// A list of strings; a single string is split like a shell command line.
-    pub fn str_list(&self, class: &str, trait_: &str) -> Result<Option<Vec<String>>, ConfigError> {
-        self.typed(class, trait_, "a list of strings", |v| match v {
-            Value::String(s) => Some(split_words(s)),
-            Value::Array(items) => items
-                .iter()
-                .map(|i| match i {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-                .collect(),
-            _ => None,
-        })
-    }
-
-    fn typed<T>(
-        &self,
-        class: &str,
-        trait_: &str,
-        expected: &'static str,
-        f: impl Fn(&Value) -> Option<T>,
-    ) -> Result<Option<T>, ConfigError> {
-        let Some(s) = self.get(class, trait_) else {
-            return Ok(None);
-        };
-        if s.value.is_null() {
-            return Ok(None);
-        }
-        f(&s.value).map(Some).ok_or_else(|| ConfigError::Type {
-            source_: s.source.clone(),
-            written: s.written.clone(),
-            expected,
-            found: short(&s.value),
-            fix: format!("set {} to {expected}", s.written),
-        })
-    }
-
-    fn kind_of(&self, class: &str, trait_: &str) -> Kind {
-        let (c, t) = schema::canonical(class, trait_);
-        if let Some((_, def)) = schema::find_trait(c, t) {
-            return def.kind;
-        }
-        self.extra
-            .iter()
-            .find(|(ec, et, _)| ec == c && et == t)
-            .map(|e| e.2)
-            .unwrap_or(Kind::Any)
-    }
-
     fn insert(
         &mut self,
         class: &str,
@@ -589,188 +489,6 @@ impl Config {
         }
         Ok(tdef.kind)
     }
-}
-
-/// Split a program's arguments into `--Class.trait=value` ones (returned first) and the rest.
-/// A config argument starts with `--` (or `-`) and an upper-case class name followed by a dot.
-pub fn split_cli<I, S>(args: I) -> (Vec<String>, Vec<String>)
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    let mut cfg = Vec::new();
-    let mut rest = Vec::new();
-    for a in args {
-        let a: String = a.into();
-        if is_config_arg(&a) {
-            cfg.push(a);
-        } else {
-            rest.push(a);
-        }
-    }
-    (cfg, rest)
-}
-
-/// Is `arg` of the form `--Class.trait=value`?
-pub fn is_config_arg(arg: &str) -> bool {
-    let body = arg.trim_start_matches('-');
-    if body.len() == arg.len() {
-        return false;
-    }
-    let Some((key, _)) = body.split_once('=') else {
-        return false;
-    };
-    let Some((class, trait_)) = key.split_once('.') else {
-        return false;
-    };
-    class.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-        && class.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !trait_.is_empty()
-        && trait_
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn parse_cli_arg(arg: &str) -> Result<(String, String, &str), ConfigError> {
-    let body = arg.trim_start_matches('-');
-    let Some((key, raw)) = body.split_once('=') else {
-        return Err(ConfigError::BadArg {
-            arg: arg.into(),
-            message: "no '=value'".into(),
-        });
-    };
-    let Some((class, trait_)) = key.split_once('.') else {
-        return Err(ConfigError::BadArg {
-            arg: arg.into(),
-            message: "no 'Class.' before the trait".into(),
-        });
-    };
-    if class.is_empty() || trait_.is_empty() || trait_.contains('.') {
-        return Err(ConfigError::BadArg {
-            arg: arg.into(),
-            message: "expected exactly Class.trait".into(),
-        });
-    }
-    Ok((class.to_string(), trait_.to_string(), raw))
-}
-
-/// The value of a command-line setting, given the trait's kind (see the module docs).
-pub fn cli_value(raw: &str, kind: Kind) -> Value {
-    match kind {
-        Kind::Str => match literal::parse(raw) {
-            Some(Value::String(s)) => Value::String(s),
-            Some(Value::Null) if raw == "None" => Value::Null,
-            _ => Value::String(raw.to_string()),
-        },
-        Kind::List => match literal::parse(raw) {
-            Some(v @ Value::Array(_)) => v,
-            Some(Value::String(s)) => Value::Array(vec![Value::String(s)]),
-            _ => Value::Array(vec![Value::String(raw.to_string())]),
-        },
-        _ => parse_value(raw),
-    }
-}
-
-/// A Python-ish literal, else the text as a string.
-pub fn parse_value(raw: &str) -> Value {
-    literal::parse(raw).unwrap_or_else(|| Value::String(raw.to_string()))
-}
-
-/// Split a command line into words (single and double quotes, backslash escapes).
-pub fn split_words(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut have = false;
-    let mut chars = s.chars();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') | (None, '\\') => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            (Some(_), c) => cur.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                have = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if have || !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                    have = false;
-                }
-            }
-            (None, c) => cur.push(c),
-        }
-    }
-    if have || !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Does a `.py` config file contain anything beyond comments, blank lines and `c = get_config()`?
-fn needs_python(text: &str) -> bool {
-    text.lines().map(str::trim).any(|l| {
-        !(l.is_empty()
-            || l.starts_with('#')
-            || l.starts_with("c = get_config()")
-            || l.starts_with("c=get_config()"))
-    })
-}
-
-/// The Python interpreters tried, in order.
-/// The Python interpreters rpar programs run helpers with: `$RPAR_PYTHON`, else `python3`, then
-/// `python` (config files, the controller's dask scheduler).
-pub fn python_candidates() -> Vec<String> {
-    match std::env::var("RPAR_PYTHON") {
-        Ok(p) if !p.is_empty() => vec![p],
-        _ => vec!["python3".into(), "python".into()],
-    }
-}
-
-const LOADER: &str = include_str!("config/loader.py");
-
-fn run_loader(path: &Path, candidates: &[String]) -> Result<Value, ConfigError> {
-    let mut last_err = String::new();
-    for py in candidates {
-        let out = Command::new(py)
-            .arg("-c")
-            .arg(LOADER)
-            .arg(path)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .output();
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => {
-                last_err = e.to_string();
-                continue;
-            }
-        };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !stderr.trim().is_empty() {
-            tracing::info!(file = %path.display(), "output of the config file: {}", stderr.trim());
-        }
-        return serde_json::from_slice(&out.stdout).map_err(|e| ConfigError::Python {
-            file: path.display().to_string(),
-            line: None,
-            message: format!(
-                "the config loader ({py}) failed (exit {:?}, {e}): {}",
-                out.status.code(),
-                stderr.trim()
-            ),
-            text: String::new(),
-        });
-    }
-    Err(ConfigError::NoPython {
-        file: path.to_path_buf(),
-        tried: candidates.join(", "),
-        reason: last_err,
-        json: path.with_extension("json"),
-    })
 }
 
 /// The line of the first `"key"` in a JSON text (1-based; 0 if not found).

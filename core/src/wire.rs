@@ -20,6 +20,17 @@ pub const DELIM: &[u8] = b"<IDS|MSG>";
 /// A multipart ZeroMQ message, frame by frame.
 pub type Frames = Vec<Vec<u8>>;
 
+/// A message's buffers (the frames after content), held once and shared by everyone who keeps
+/// them while they travel: the scheduler that may resend a task, the frames on their way out
+/// (the controller hands these to ZeroMQ without copying) and the task record. Cloning one is a
+/// reference count, never a copy of the bytes.
+pub type SharedBuffers = std::sync::Arc<Vec<Vec<u8>>>;
+
+/// Total bytes of `buffers`.
+pub fn buffers_len(buffers: &[Vec<u8>]) -> usize {
+    buffers.iter().map(Vec::len).sum()
+}
+
 /// Why a message was refused. None of these is ever a reason to panic: the receiver logs and drops.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -318,7 +318,6 @@ pub(super) fn spec_for(r: &Resolved, role: Role, set_id: &str) -> LaunchSpec {
         }
     }
     LaunchSpec {
-        role: Some(role),
         n: r.n,
         profile_dir: r.profile.path.clone(),
         cluster_id: r.cluster_id.clone(),

@@ -51,7 +51,7 @@ fn main() {
                 BroadcastAction::ToEngine(f) => {
                     WireMessage::split(f, &rpar_core::wire::Limits::default()).ok()
                 }
-                BroadcastAction::ToClient(_) => None,
+                BroadcastAction::ToClient(_) | BroadcastAction::ToEngineShared(..) => None,
             })
             .collect();
         let replies: Vec<WireMessage> = reqs

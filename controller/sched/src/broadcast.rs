@@ -31,7 +31,7 @@
 //!   content rather than the last reply's, so an error is never hidden behind a shorter list.
 
 use crate::errors::SchedFailure;
-use rpar_core::wire::{Frames, Signer, WireMessage};
+use rpar_core::wire::{Frames, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -62,6 +62,9 @@ impl Default for BroadcastConfig {
 pub enum BroadcastAction {
     /// Send on the engine-facing ROUTER: `[engine_uuid, client_id, DELIM, …derived request…]`.
     ToEngine(Frames),
+    /// As `ToEngine`, the frames up to the content followed by the request's buffers, shared by
+    /// every target (not copied): only with [`BroadcastScheduler::share_buffers`] on.
+    ToEngineShared(Frames, SharedBuffers),
     /// Send on the client-facing ROUTER: `[client_id, DELIM, …reply…]`.
     ToClient(Frames),
 }
@@ -107,6 +110,8 @@ pub struct BroadcastScheduler {
     /// derived msg_id -> (original msg_id, target index)
     derived: HashMap<String, (String, usize)>,
     stranded: BTreeSet<(Instant, Vec<u8>)>,
+    /// Targets share the request's buffers ([`BroadcastAction::ToEngineShared`]).
+    share_buffers: bool,
 }
 
 impl std::fmt::Debug for BroadcastScheduler {
@@ -128,7 +133,14 @@ impl BroadcastScheduler {
             requests: HashMap::new(),
             derived: HashMap::new(),
             stranded: BTreeSet::new(),
+            share_buffers: false,
         }
+    }
+
+    /// Lend the request's buffers to every target ([`BroadcastAction::ToEngineShared`])
+    /// instead of copying them for each (off by default).
+    pub fn share_buffers(&mut self, on: bool) {
+        self.share_buffers = on;
     }
 
     /// Broadcasts not yet fully answered.
@@ -359,6 +371,8 @@ impl BroadcastScheduler {
             mut buffers,
             ..
         } = msg;
+        let shared = (self.share_buffers && !buffers.is_empty())
+            .then(|| SharedBuffers::new(std::mem::take(&mut buffers)));
         let mut unknown = Vec::new();
         for (i, (uuid, id)) in targets.into_iter().enumerate() {
             let derived = format!("{original_id}_{uuid}");
@@ -386,7 +400,10 @@ impl BroadcastScheduler {
             match live {
                 Some(e) => {
                     e.outstanding.insert(derived.clone(), original_id.clone());
-                    out.push(BroadcastAction::ToEngine(req.into_frames()));
+                    out.push(match &shared {
+                        Some(b) => BroadcastAction::ToEngineShared(req.into_frames(), b.clone()),
+                        None => BroadcastAction::ToEngine(req.into_frames()),
+                    });
                 }
                 None => unknown.push(i),
             }

@@ -14,6 +14,9 @@
 //! * `add_engine(uuid, id, now)` once the engine is up (after its first heartbeat);
 //!   `remove_engine(uuid, now)` when it unregisters or dies.
 //! * `submit(msg, now)`: a request as received on `task_in`, `msg.idents == [client_id]`.
+//!   `submit_shared(msg, buffers, now)`: the same with its buffers taken out and shared with
+//!   the caller (the hub's record); with `share_buffers(true)` dispatches lend them
+//!   (`ToEngineShared`) instead of copying (the broadcast scheduler has the same switch).
 //! * `on_engine_reply(msg, now)`: as received on `task_out`, `msg.idents == [engine_uuid, client_id]`.
 //! * `tick(now)` whenever `now >= next_deadline()`.
 //! * queue_status: `unassigned()`, `engine_loads()`, `outstanding_on(uuid)`, `outstanding_ids(uuid)`.
@@ -21,6 +24,7 @@
 //! Actions ([`TaskAction`]):
 //! * `ToEngine(frames)`: send on `task_out` (`[engine_uuid, client_id, DELIM, request…]`, request
 //!   bytes unchanged).
+//! * `ToEngineShared(frames, buffers)`: the same message as `frames` followed by `buffers`.
 //! * `Assigned { msg_id, engine_uuid }`: the `tracktask` bookkeeping (again on each resubmission).
 //! * `Finished { msg_id, engine_uuid, reply }`: the final reply (`outtask`): record it, then send
 //!   `reply.into_frames()` on `task_in`. Engine replies and the synthesized `EngineError` are

@@ -24,15 +24,18 @@
 //!   is O(candidates).
 //!
 //! The request is kept until the task is final, because a retry or an unmet functional
-//! dependency resends the same bytes elsewhere (Python keeps the raw frames for the same reason);
-//! each dispatch therefore copies the request once. Replies are moved, never copied.
+//! dependency resends the same bytes elsewhere (Python keeps the raw frames for the same reason).
+//! Its buffers (the big part) are held once, as [`SharedBuffers`]: with
+//! [`TaskScheduler::share_buffers`] on (the controller's setting) a dispatch hands out a
+//! reference ([`TaskAction::ToEngineShared`]) and no byte is copied; otherwise each dispatch
+//! copies the request once. Replies are moved, never copied.
 
 use crate::deps::{Dependency, Outcome, ParsedDependency, TaskSeq};
 use crate::errors::{MetadataError, SchedFailure};
 use crate::schemes::Scheme;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rpar_core::wire::{Frames, Signer, WireMessage};
+use rpar_core::wire::{Frames, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -70,6 +73,9 @@ impl Default for TaskConfig {
 pub enum TaskAction {
     /// Send these frames on the engine-facing ROUTER: `[engine_uuid, client_id, DELIM, …]`.
     ToEngine(Frames),
+    /// As `ToEngine`, the frames up to the content followed by the request's buffers, which
+    /// are shared (not copied): only with [`TaskScheduler::share_buffers`] on.
+    ToEngineShared(Frames, SharedBuffers),
     /// The task was sent to this engine (ipyparallel's `tracktask`). Sent on every (re)submission.
     Assigned {
         msg_id: String,
@@ -126,8 +132,10 @@ enum JobState {
 #[derive(Debug)]
 struct Job {
     msg_id: String,
-    /// The request as received; `idents[0]` is the client's routing id.
+    /// The request as received, but for its buffers; `idents[0]` is the client's routing id.
     request: WireMessage,
+    /// The request's buffers.
+    buffers: SharedBuffers,
     targets: Option<Vec<Vec<u8>>>,
     after: Dependency,
     follow: Dependency,
@@ -189,6 +197,8 @@ pub struct TaskScheduler {
     dep_refs: HashMap<TaskSeq, u32>,
     /// Finished tasks past the window that a live task still depends on.
     pinned: HashMap<TaskSeq, String>,
+    /// Dispatches share the request's buffers ([`TaskAction::ToEngineShared`]).
+    share_buffers: bool,
 }
 
 /// How many finished tasks `after`/`follow` can still name (older ones are forgotten unless a
@@ -244,7 +254,14 @@ impl TaskScheduler {
             done_window: DONE_WINDOW,
             dep_refs: HashMap::new(),
             pinned: HashMap::new(),
+            share_buffers: false,
         }
+    }
+
+    /// Hand out the requests' buffers by reference ([`TaskAction::ToEngineShared`]) instead of
+    /// copying them into each [`TaskAction::ToEngine`] (off by default).
+    pub fn share_buffers(&mut self, on: bool) {
+        self.share_buffers = on;
     }
 
     pub fn config(&self) -> &TaskConfig {
@@ -375,14 +392,32 @@ impl TaskScheduler {
     // ------------------------------------------------------------------ submission
 
     /// A task request from a client: `msg.idents == [client_routing_id]`.
-    pub fn submit(&mut self, msg: WireMessage, now: Instant) -> Vec<TaskAction> {
+    pub fn submit(&mut self, mut msg: WireMessage, now: Instant) -> Vec<TaskAction> {
+        let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
+        self.submit_shared(msg, buffers, now)
+    }
+
+    /// [`TaskScheduler::submit`] for a request whose buffers the caller holds too (its task
+    /// record): `msg.buffers` is empty and `buffers` are the request's.
+    pub fn submit_shared(
+        &mut self,
+        msg: WireMessage,
+        buffers: SharedBuffers,
+        now: Instant,
+    ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.submit_inner(msg, now, &mut out);
+        self.submit_inner(msg, buffers, now, &mut out);
         self.drain(now, &mut out);
         out
     }
 
-    fn submit_inner(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<TaskAction>) {
+    fn submit_inner(
+        &mut self,
+        msg: WireMessage,
+        buffers: SharedBuffers,
+        now: Instant,
+        out: &mut Vec<TaskAction>,
+    ) {
         if msg.idents.is_empty() {
             warn!("task request without a client routing id; dropped");
             return;
@@ -404,6 +439,7 @@ impl TaskScheduler {
         let mut job = Job {
             msg_id,
             request: msg,
+            buffers,
             targets: None,
             after: Dependency::met(),
             follow: Dependency::met(),
@@ -983,7 +1019,13 @@ impl TaskScheduler {
         idents.push(e.uuid.clone());
         idents.extend(job.request.idents.iter().take(1).cloned());
         debug!(msg_id = %job.msg_id, engine = e.id, "task assigned");
-        out.push(TaskAction::ToEngine(job.request.frames_with_idents(idents)));
+        let mut frames = job.request.frames_with_idents(idents);
+        if self.share_buffers && !job.buffers.is_empty() {
+            out.push(TaskAction::ToEngineShared(frames, job.buffers.clone()));
+        } else {
+            frames.extend(job.buffers.iter().cloned());
+            out.push(TaskAction::ToEngine(frames));
+        }
         out.push(TaskAction::Assigned {
             msg_id: job.msg_id.clone(),
             engine_uuid: e.uuid.clone(),

@@ -379,3 +379,29 @@ fn a_16384_target_broadcast_does_linear_work() {
     assert_eq!(done[0].buffers, want);
     assert_eq!(s.in_flight(), 0);
 }
+
+#[test]
+fn shared_buffers_go_to_every_target_without_a_copy() {
+    let now = Instant::now();
+    let mut s = sched(Some(Duration::from_secs(5)), 3, now);
+    s.share_buffers(true);
+    let req = bcast("orig", &[0, 1, 2], false);
+    let acts = s.submit(req.clone(), now);
+    let mut lent = Vec::new();
+    for a in &acts {
+        match a {
+            BroadcastAction::ToEngineShared(f, b) => {
+                // the derived request up to its content, then the client's buffers
+                let m = split(f.clone());
+                assert!(m.buffers.is_empty());
+                Signer::new(KEY).verify(&m).expect("signed as before");
+                lent.push(b.clone());
+            }
+            BroadcastAction::ToEngine(_) => panic!("copied: {a:?}"),
+            BroadcastAction::ToClient(_) => {}
+        }
+    }
+    assert_eq!(lent.len(), 3);
+    assert!(lent.iter().all(|b| std::sync::Arc::ptr_eq(b, &lent[0])));
+    assert_eq!(*lent[0], req.buffers);
+}

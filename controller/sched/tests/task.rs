@@ -980,3 +980,52 @@ fn a_finished_task_a_waiting_task_depends_on_is_kept_past_the_window() {
         "c runs once b is done"
     );
 }
+
+#[test]
+fn shared_buffers_are_lent_to_every_dispatch_never_copied() {
+    let now = Instant::now();
+    let mut s = task_sched(Scheme::LeastLoad, 0);
+    s.share_buffers(true);
+    add(&mut s, 2, now);
+    let bufs = vec![b"fn".to_vec(), vec![7; 1000]];
+    let mut req = request_bufs("a", lb_md(json!([]), json!([]), json!([]), 0.0, 1), vec![]);
+    let shared = std::sync::Arc::new(bufs.clone());
+    let lent = |acts: &[TaskAction]| -> Vec<(Vec<u8>, rpar_core::wire::SharedBuffers)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                TaskAction::ToEngineShared(f, b) => Some((f[0].clone(), b.clone())),
+                TaskAction::ToEngine(_) => panic!("copied: {a:?}"),
+                _ => None,
+            })
+            .collect()
+    };
+    req.buffers.clear();
+    let acts = s.submit_shared(req.clone(), shared.clone(), now);
+    let first = lent(&acts);
+    assert_eq!(first.len(), 1);
+    assert!(std::sync::Arc::ptr_eq(&first[0].1, &shared));
+    // the frames end at content; the buffers are the request's, the same allocation
+    let TaskAction::ToEngineShared(frames, _) = &acts[0] else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(frames[1..], req.clone().into_frames()[..]);
+    drop(acts);
+    // a retry elsewhere lends the same buffers again
+    let acts = s.on_engine_reply(engine_reply(&first[0].0, &hdr("a"), "error", true), now);
+    let again = lent(&acts);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].0, first[0].0);
+    assert!(std::sync::Arc::ptr_eq(&again[0].1, &shared));
+    assert_eq!(*again[0].1, bufs);
+    // finished: the scheduler lets go of them
+    drop((first, again, acts));
+    let e = s
+        .engine_loads()
+        .into_iter()
+        .find(|l| l.outstanding == 1)
+        .unwrap()
+        .uuid;
+    let f = finished(s.on_engine_reply(engine_reply(&e, &hdr("a"), "ok", true), now));
+    assert_eq!(f.len(), 1);
+    assert_eq!(std::sync::Arc::strong_count(&shared), 1);
+}

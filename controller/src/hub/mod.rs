@@ -33,18 +33,8 @@ pub use monitor::SOCKETS;
 pub use parked::Parked;
 pub use records::Db;
 
-/// Open the task database the settings name (`IPController.db_class` and the backend's own
-/// `DictDB.*` / `SQLiteDB.*` / `MongoDB.*` settings).
-pub fn open_db(
-    settings: &crate::settings::Settings,
-    profile: &rpar_core::profile::ProfileDir,
-    session: &str,
-) -> anyhow::Result<Db> {
-    records::open(settings, profile, session)
-}
-
 use rpar_core::connection::EngineInfo;
-use rpar_core::wire::{Frames, Limits, Signer, WireMessage};
+use rpar_core::wire::{buffers_len, Frames, Limits, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -77,9 +67,54 @@ pub enum Sock {
 pub enum Effect {
     /// Send these frames on that socket.
     Send(Sock, Frames),
+    /// The last frames of the `Send` just before it: big buffers shared with their task record
+    /// (and, for a task, with its scheduler), which the I/O layer hands to ZeroMQ without
+    /// copying. Only [`Hub::on_message_into`] and [`Hub::tick_shared`] give it;
+    /// [`Hub::on_message`] and [`Hub::tick`] fold it into its `Send` ([`fold_trailers`]).
+    Trailer(SharedBuffers),
     /// The engine-state file (`log/engines<cluster_id>.json`) is out of date: rewrite it with
     /// [`Hub::engine_state`] (once per batch of effects, not once per engine).
     SaveEngines,
+}
+
+/// Buffers from this many bytes on travel shared ([`Effect::Trailer`]) rather than copied.
+pub(crate) const SHARE_MIN: usize = 64 << 10;
+
+/// Fold every [`Effect::Trailer`] into the `Send` before it (copying the buffers, unless
+/// nothing else holds them), so that each `Send` is a whole message.
+pub fn fold_trailers(effects: Vec<Effect>) -> Vec<Effect> {
+    if !effects.iter().any(|e| matches!(e, Effect::Trailer(_))) {
+        return effects;
+    }
+    let mut out: Vec<Effect> = Vec::with_capacity(effects.len());
+    for e in effects {
+        match e {
+            Effect::Trailer(b) => {
+                if let Some(Effect::Send(_, frames)) = out.last_mut() {
+                    frames.extend(std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()));
+                }
+            }
+            e => out.push(e),
+        }
+    }
+    out
+}
+
+/// Send `frames` followed by `buffers`: big ones shared ([`Effect::Trailer`]), small ones moved
+/// in (copied only if someone else still holds them).
+pub(crate) fn send_with(
+    out: &mut Vec<Effect>,
+    sock: Sock,
+    mut frames: Frames,
+    buffers: SharedBuffers,
+) {
+    if !buffers.is_empty() && buffers_len(&buffers) >= SHARE_MIN {
+        out.push(Effect::Send(sock, frames));
+        out.push(Effect::Trailer(buffers));
+        return;
+    }
+    frames.extend(std::sync::Arc::try_unwrap(buffers).unwrap_or_else(|b| (*b).clone()));
+    out.push(Effect::Send(sock, frames));
 }
 
 /// Static facts the hub needs.
@@ -269,14 +304,15 @@ impl Hub {
         Some(msg)
     }
 
-    /// Handle one message that arrived on `sock`.
+    /// Handle one message that arrived on `sock`. Every `Send` is a whole message.
     pub fn on_message(&mut self, sock: Sock, frames: Frames, now: Instant) -> Vec<Effect> {
         let mut out = Vec::new();
         self.on_message_into(sock, frames, now, &mut out);
-        out
+        fold_trailers(out)
     }
 
-    /// [`Hub::on_message`], appending the effects to `out` (the server's loop reuses one vector).
+    /// [`Hub::on_message`], appending the effects to `out` (the server's loop reuses one vector),
+    /// big buffers as [`Effect::Trailer`]s.
     pub fn on_message_into(
         &mut self,
         sock: Sock,
@@ -285,6 +321,7 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         self.monitor.received(sock, &frames);
+        self.records.settle(false);
         let start = out.len();
         if sock == Sock::Native {
             self.on_native(frames, now, out);
@@ -326,7 +363,14 @@ impl Hub {
     }
 
     /// Clock events: heartbeats, registration stalls, scheduler timers, stranded requests.
+    /// Every `Send` is a whole message.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        fold_trailers(self.tick_shared(now))
+    }
+
+    /// [`Hub::tick`], big buffers as [`Effect::Trailer`]s (the server's loop).
+    pub fn tick_shared(&mut self, now: Instant) -> Vec<Effect> {
+        self.records.settle(false);
         let mut out = Vec::new();
         let (pings, dead) = self.heart.tick(now);
         for p in pings {
@@ -390,6 +434,13 @@ impl Hub {
         };
         if !header.msg_type.ends_with("registration_request") {
             self.monitor.client_seen(&header.session, now);
+        }
+        if matches!(
+            header.msg_type.as_str(),
+            "result_request" | "db_request" | "resubmit_request"
+        ) {
+            // these read buffers from the records: every record gets its buffers first
+            self.records.settle(true);
         }
         match header.msg_type.as_str() {
             "registration_request" => self.register(&msg, &content, now, out),
@@ -915,6 +966,14 @@ impl Hub {
             vec![],
             out,
         );
+    }
+
+    /// Write the buffers of messages sent since into their task records, where nothing else
+    /// holds them any more (ZeroMQ has sent them, the scheduler is done with them): moved, not
+    /// copied, after the sends rather than on the routing path. The server calls this once per
+    /// wake-up; queries that read records settle everything first.
+    pub fn settle_records(&mut self) {
+        self.records.settle(false);
     }
 
     /// Relay that swaps the first two identity frames (ROUTER↔ROUTER).

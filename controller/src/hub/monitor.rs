@@ -163,14 +163,26 @@ impl Monitor {
 
     /// These effects are about to be sent.
     pub fn sent(&mut self, effects: &[Effect]) {
+        let mut last = None;
         for e in effects {
-            if let Effect::Send(sock, frames) = e {
-                let c = &mut self.sent[slot(*sock)];
-                c.messages += 1;
-                c.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
-                if *sock == Sock::HbPing {
-                    self.heartbeats += 1;
+            match e {
+                Effect::Send(sock, frames) => {
+                    let c = &mut self.sent[slot(*sock)];
+                    c.messages += 1;
+                    c.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+                    if *sock == Sock::HbPing {
+                        self.heartbeats += 1;
+                    }
+                    last = Some(*sock);
                 }
+                // the end of the message before it
+                Effect::Trailer(b) => {
+                    if let Some(sock) = last {
+                        self.sent[slot(sock)].bytes +=
+                            b.iter().map(|f| f.len() as u64).sum::<u64>();
+                    }
+                }
+                Effect::SaveEngines => {}
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use super::{Effect, Hub, HUB_RESUBMIT_IDENT};
 use crate::errors::wrap;
-use rpar_core::wire::WireMessage;
+use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_taskdb::{DbError, Query, TaskRecord};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -337,7 +337,8 @@ impl Hub {
             self.signer.sign_message(&mut m);
             // the new record keeps the original client's session, submitted from the old header
             if let Ok((h, value)) = rpar_core::Header::parse_with_value(&m.header) {
-                self.records.request(h, value, &m, "task", None);
+                let buffers = SharedBuffers::new(m.buffers.clone());
+                self.records.request(h, value, &m, &buffers, "task", None);
             }
             resubmitted.insert(old_id.clone(), json!(new_id));
             to_submit.push((old_id, new_id, m));

@@ -1,13 +1,21 @@
 //! What the hub writes into the task database as messages pass (reference §7.2), and the
 //! database backend it was configured with. Database errors are logged, never fatal: a task's
 //! routing does not depend on its record.
+//!
+//! Big buffers (from [`SHARE_MIN`] bytes) are not copied into the record on the routing path:
+//! the record is written without them and they wait here, shared with the frames on their way
+//! out (and the scheduler, for a task's request), until nothing else holds them; then
+//! [`Records::settle`] moves them into the record. Small ones are copied at once.
 
 use super::monitor::Outcome;
+use super::SHARE_MIN;
 use rpar_core::ids::parse_iso;
-use rpar_core::wire::WireMessage;
+use rpar_core::wire::{buffers_len, SharedBuffers, WireMessage};
 use rpar_core::Header;
 use rpar_taskdb::{Stream, TaskDb, TaskRecord};
 use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use tracing::debug;
 
 /// The configured backend.
@@ -15,7 +23,22 @@ pub type Db = Box<dyn TaskDb + Send>;
 
 pub struct Records {
     pub db: Db,
+    /// Big buffers waiting to go into their records: (msg_id, which field, buffers).
+    waiting: VecDeque<(String, Part, SharedBuffers)>,
 }
+
+/// Which buffers of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Request,
+    Result,
+}
+
+/// Most waiting buffers looked at per [`Records::settle`] (the rest wait for the next one).
+const SETTLE_BATCH: usize = 64;
+
+/// Most buffers waiting at once; past this the oldest are copied into their records.
+const MAX_WAITING: usize = 4096;
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
@@ -23,17 +46,84 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 
 impl Records {
     pub fn new(db: Db) -> Records {
-        Records { db }
+        Records {
+            db,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The buffers for a record's `part`: a copy when they are small; when big, `None` (the
+    /// record is written without them) and they wait for [`Records::settle`].
+    fn keep(&mut self, msg_id: &str, part: Part, buffers: &SharedBuffers) -> Option<Vec<Vec<u8>>> {
+        if buffers_len(buffers) < SHARE_MIN {
+            return Some(buffers.to_vec());
+        }
+        self.waiting
+            .push_back((msg_id.to_string(), part, buffers.clone()));
+        None
+    }
+
+    /// Move waiting buffers that nothing else holds any more into their records. With `force`
+    /// (a query is about to read records), all of them, copying those still held.
+    pub fn settle(&mut self, force: bool) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let n = if force {
+            self.waiting.len()
+        } else {
+            self.waiting.len().min(SETTLE_BATCH)
+        };
+        for _ in 0..n {
+            let Some((msg_id, part, b)) = self.waiting.pop_front() else {
+                break;
+            };
+            if force || Arc::strong_count(&b) == 1 {
+                self.write_buffers(&msg_id, part, b);
+            } else {
+                self.waiting.push_back((msg_id, part, b));
+            }
+        }
+        while self.waiting.len() > MAX_WAITING {
+            if let Some((msg_id, part, b)) = self.waiting.pop_front() {
+                self.write_buffers(&msg_id, part, b);
+            }
+        }
+    }
+
+    /// How many buffers wait for their records.
+    #[cfg(test)]
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn write_buffers(&mut self, msg_id: &str, part: Part, b: SharedBuffers) {
+        let b = Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec());
+        let upd = match part {
+            Part::Request => TaskRecord {
+                buffers: Some(b),
+                ..Default::default()
+            },
+            Part::Result => TaskRecord {
+                result_buffers: Some(b),
+                ..Default::default()
+            },
+        };
+        if let Err(e) = self.db.update_record(msg_id, upd) {
+            debug!(msg_id, error = %e, "recording buffers");
+        }
     }
 
     /// A request seen on its way to an engine (`in` / `intask`). `h` is the request's header
     /// and `value` the same header as JSON ([`Header::parse_with_value`]: parsed once by the
-    /// caller); the value goes into the record as it is.
+    /// caller); the value goes into the record as it is. `buffers` are the request's (not
+    /// in `msg`).
     pub fn request(
         &mut self,
         h: Header,
         value: Value,
         msg: &WireMessage,
+        buffers: &SharedBuffers,
         queue: &str,
         engine_uuid: Option<&str>,
     ) {
@@ -45,12 +135,13 @@ impl Records {
             .map(str::to_string);
         let submitted = parse_iso(&h.date).or_else(|| Some(now()));
         let msg_id = h.msg_id;
+        let buffers = self.keep(&msg_id, Part::Request, buffers);
         let rec = TaskRecord {
             msg_id: Some(msg_id.clone()),
             header: Some(value),
             metadata,
             content: msg.content_value().ok(),
-            buffers: Some(msg.buffers.clone()),
+            buffers,
             submitted,
             client_uuid: Some(h.session),
             engine_uuid: engine_uuid.map(str::to_string),
@@ -74,14 +165,18 @@ impl Records {
         }
     }
 
-    /// A final reply (`out` / `outtask`). Returns how the task finished.
+    /// A final reply (`out` / `outtask`), its buffers (not in `reply`) apart. Returns how the
+    /// task finished.
     pub fn result(
         &mut self,
         msg_id: &str,
         reply: &WireMessage,
+        buffers: &SharedBuffers,
         engine_uuid: Option<&str>,
     ) -> Outcome {
-        let (upd, outcome) = result_patch(reply, engine_uuid);
+        let (mut upd, outcome) = result_patch(reply, engine_uuid);
+        upd.result_buffers = self.keep(msg_id, Part::Result, buffers);
+        let big = upd.result_buffers.is_none();
         match self.db.update_record(msg_id, upd) {
             Err(e) if e.is_missing() => {
                 // a reply for a request this controller never saw (sent before a restart):
@@ -99,6 +194,8 @@ impl Records {
                     submitted: field("date").as_deref().and_then(parse_iso),
                     client_uuid: field("session"),
                     header: parent.clone(),
+                    // big buffers are waiting already, and go into this record
+                    result_buffers: (!big).then(|| buffers.to_vec()),
                     ..result_patch(reply, engine_uuid).0
                 };
                 if let Err(e) = self.db.add_record(rec) {
@@ -139,7 +236,7 @@ fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (TaskRecord, 
         result_header,
         result_metadata,
         result_content,
-        result_buffers: Some(reply.buffers.clone()),
+        result_buffers: None,
         received: Some(now()),
         started,
         completed: completed.or_else(|| Some(now())),
@@ -212,60 +309,4 @@ impl Records {
             debug!(msg_id, error = %e, "recording stranded request");
         }
     }
-}
-
-/// Open the backend named by `IPController.db_class` with its `DictDB.*`, `SQLiteDB.*` or
-/// `MongoDB.*` settings. `session` is the hub session (the default SQLite table name).
-pub fn open(
-    settings: &crate::settings::Settings,
-    profile: &rpar_core::profile::ProfileDir,
-    session: &str,
-) -> anyhow::Result<Db> {
-    use anyhow::Context;
-    use rpar_taskdb::{Backend, DbConfig};
-    let cfg = &settings.config;
-    let backend: Backend = settings
-        .db_class
-        .parse()
-        .with_context(|| format!("IPController.db_class = {:?}", settings.db_class))?;
-    let mut c = DbConfig {
-        backend,
-        session: session.to_string(),
-        profile_dir: Some(profile.path.clone()),
-        ..Default::default()
-    };
-    if let Some(n) = cfg.i64("DictDB", "record_limit")? {
-        c.limits.record_limit = n.max(1) as usize;
-    }
-    if let Some(n) = cfg.i64("DictDB", "size_limit")? {
-        c.limits.size_limit = n.max(0) as u64;
-    }
-    if let Some(f) = cfg.f64("DictDB", "cull_fraction")? {
-        c.limits.cull_fraction = f;
-    }
-    if let Some(l) = cfg.str("SQLiteDB", "location")? {
-        c.sqlite.location = Some(rpar_core::profile::expand_tilde(std::path::Path::new(&l)));
-    }
-    if let Some(f) = cfg.str("SQLiteDB", "filename")? {
-        c.sqlite.filename = f;
-    }
-    if let Some(t) = cfg.str("SQLiteDB", "table")? {
-        c.sqlite.table = Some(t);
-    }
-    if let Some(d) = cfg.str("MongoDB", "database")? {
-        c.mongo.database = d;
-    }
-    if let Some(s) = cfg.get("MongoDB", "connection_args") {
-        if let Value::Array(a) = &s.value {
-            c.mongo.connection_args = a.clone();
-        }
-    }
-    if let Some(s) = cfg.get("MongoDB", "connection_kwargs") {
-        if let Value::Object(o) = &s.value {
-            c.mongo.connection_kwargs = o.clone();
-        }
-    }
-    let db = rpar_taskdb::open(&c)
-        .with_context(|| format!("opening the {} task database", settings.db_class))?;
-    Ok(db)
 }

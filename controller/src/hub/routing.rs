@@ -2,9 +2,13 @@
 //! the broadcast scheduler and the IOPub relay, with the bookkeeping `queue_status` and the
 //! task database need. The schedulers' decisions live in crate `rpar-sched`; this module only
 //! moves their actions onto sockets and into records.
+//!
+//! A request's or reply's buffers are taken out of the message once, as [`SharedBuffers`], and
+//! shared by the record, the scheduler and the frames sent ([`send_with`]): big buffers cross
+//! the controller without a copy.
 
-use super::{Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
-use rpar_core::wire::WireMessage;
+use super::{send_with, Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
+use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_core::Header;
 use std::time::Instant;
 use tracing::{debug, warn};
@@ -30,6 +34,7 @@ impl Hub {
             debug!("direct request without a target engine dropped");
             return;
         }
+        let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         let target = &msg.idents[1];
         match (
             Header::parse_with_value(&msg.header),
@@ -48,7 +53,7 @@ impl Hub {
                 self.monitor.submitted(false);
                 self.monitor.client_seen(&h.session, now);
                 self.records
-                    .request(h, value, &msg, "mux", Some(&engine_uuid));
+                    .request(h, value, &msg, &buffers, "mux", Some(&engine_uuid));
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -56,7 +61,7 @@ impl Hub {
             (_, None) => debug!("direct request for an engine that is not registered"),
         }
         msg.idents.swap(0, 1);
-        out.push(Effect::Send(Sock::MuxEngine, msg.into_frames()));
+        send_with(out, Sock::MuxEngine, msg.into_frames(), buffers);
     }
 
     /// Engine → client: `[engine_uuid, client_id, DELIM, …]` arrives on the engine side.
@@ -65,11 +70,12 @@ impl Hub {
             debug!("direct reply without a client identity dropped");
             return;
         }
+        let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         let mut known = false;
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
                 Some(mid) => {
-                    let outcome = self.records.result(&mid, &msg, None);
+                    let outcome = self.records.result(&mid, &msg, &buffers, None);
                     self.monitor.finished(&mid, Some(eid), &outcome);
                     let aborted = outcome.is_aborted();
                     known = self
@@ -87,7 +93,7 @@ impl Hub {
         if !known {
             self.reroute(Sock::MuxClient, &mut msg);
         }
-        out.push(Effect::Send(Sock::MuxClient, msg.into_frames()));
+        send_with(out, Sock::MuxClient, msg.into_frames(), buffers);
     }
 
     /// A task reply for a task this controller never saw: submitted to a controller that died
@@ -105,13 +111,14 @@ impl Hub {
         msg.idents.truncate(2);
         let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
         let eid = self.engine_id_of(&msg.idents[1]);
-        let outcome = self.records.result(&mid, &msg, Some(&engine));
+        let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
+        let outcome = self.records.result(&mid, &msg, &buffers, Some(&engine));
         self.monitor.finished(&mid, eid, &outcome);
         let aborted = outcome.is_aborted();
         self.ledger
             .finished(mid, eid, if aborted { None } else { eid });
         self.reroute(Sock::TaskClient, &mut msg);
-        out.push(Effect::Send(Sock::TaskClient, msg.into_frames()));
+        send_with(out, Sock::TaskClient, msg.into_frames(), buffers);
     }
 
     /// A reply for a request this controller never saw (sent before a restart) goes to the
@@ -163,10 +170,11 @@ impl Hub {
 
     pub(super) fn on_task_request(
         &mut self,
-        msg: WireMessage,
+        mut msg: WireMessage,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         match Header::parse_with_value(&msg.header) {
             Ok((h, value)) => {
                 let msg_id = h.msg_id.clone();
@@ -178,7 +186,7 @@ impl Hub {
                             .learn_route(Sock::TaskClient, &h.session, client);
                     }
                     self.monitor.client_seen(&h.session, now);
-                    self.records.request(h, value, &msg, "task", None);
+                    self.records.request(h, value, &msg, &buffers, "task", None);
                 }
                 self.monitor.submitted(resubmission);
                 self.ledger.pending.insert(msg_id.clone());
@@ -186,7 +194,7 @@ impl Hub {
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
-        let actions = self.tasks.task.submit(msg, now);
+        let actions = self.tasks.task.submit_shared(msg, buffers, now);
         self.apply_task_actions(actions, out);
     }
 
@@ -242,6 +250,9 @@ impl Hub {
         for a in actions {
             match a {
                 A::ToEngine(frames) => out.push(Effect::Send(Sock::TaskEngine, frames)),
+                A::ToEngineShared(frames, buffers) => {
+                    send_with(out, Sock::TaskEngine, frames, buffers)
+                }
                 A::Assigned {
                     msg_id,
                     engine_uuid,
@@ -262,7 +273,10 @@ impl Hub {
                     let eu = engine_uuid
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
-                    let outcome = self.records.result(&msg_id, &reply, eu.as_deref());
+                    let buffers = SharedBuffers::new(std::mem::take(&mut reply.buffers));
+                    let outcome = self
+                        .records
+                        .result(&msg_id, &reply, &buffers, eu.as_deref());
                     self.monitor.finished(&msg_id, eid, &outcome);
                     let aborted = outcome.is_aborted();
                     let known = self
@@ -272,7 +286,7 @@ impl Hub {
                         if !known {
                             self.reroute(Sock::TaskClient, &mut reply);
                         }
-                        out.push(Effect::Send(Sock::TaskClient, reply.into_frames()));
+                        send_with(out, Sock::TaskClient, reply.into_frames(), buffers);
                     }
                 }
             }
@@ -305,6 +319,9 @@ impl Hub {
         for a in actions {
             match a {
                 B::ToEngine(frames) => out.push(Effect::Send(Sock::BcastEngine, frames)),
+                B::ToEngineShared(frames, buffers) => {
+                    send_with(out, Sock::BcastEngine, frames, buffers)
+                }
                 B::ToClient(frames) => out.push(Effect::Send(Sock::BcastClient, frames)),
             }
         }
@@ -329,18 +346,19 @@ impl TaskRouting {
         let bc = rpar_sched::BroadcastConfig {
             engine_death_grace: Some(cfg.engine_death_grace),
         };
-        TaskRouting {
-            task: rpar_sched::TaskScheduler::new(
-                tc,
-                rpar_core::MessageBuilder::new(),
-                rpar_core::Signer::new(key),
-            ),
-            bcast: rpar_sched::BroadcastScheduler::new(
-                bc,
-                rpar_core::MessageBuilder::new(),
-                rpar_core::Signer::new(key),
-            ),
-        }
+        let mut task = rpar_sched::TaskScheduler::new(
+            tc,
+            rpar_core::MessageBuilder::new(),
+            rpar_core::Signer::new(key),
+        );
+        task.share_buffers(true);
+        let mut bcast = rpar_sched::BroadcastScheduler::new(
+            bc,
+            rpar_core::MessageBuilder::new(),
+            rpar_core::Signer::new(key),
+        );
+        bcast.share_buffers(true);
+        TaskRouting { task, bcast }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -882,6 +882,7 @@ fn snapshot_counts_jobs_states_outcomes_and_the_dead() {
 }
 
 mod hostile;
+mod shared;
 
 /// A snapshot of a big job: one group, every engine counted once. `RPAR_SNAPSHOT_ENGINES`
 /// (default 1024) sets the size; the time a snapshot takes is printed (`--nocapture`), not

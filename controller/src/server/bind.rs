@@ -162,6 +162,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// The bound sockets.
 pub(super) struct Sockets {
     list: Vec<(Sock, zmq::Socket)>,
+    /// Each socket's raw handle, in `list` order (for sends of shared buffers).
+    raw: Vec<*mut std::os::raw::c_void>,
     /// the client-side registration ROUTER when clients and engines use different interfaces
     pub(super) extra_registration: Option<zmq::Socket>,
     /// The port each role is bound to, in [`ROLES`] order.
@@ -169,8 +171,13 @@ pub(super) struct Sockets {
 }
 
 impl Sockets {
-    pub(super) fn get(&self, s: Sock) -> Option<&zmq::Socket> {
-        self.list.iter().find(|(k, _)| *k == s).map(|(_, z)| z)
+    /// The socket of a role, to send on.
+    pub(super) fn out(&self, s: Sock) -> Option<super::frames::Out<'_>> {
+        let i = self.list.iter().position(|(k, _)| *k == s)?;
+        Some(super::frames::Out {
+            sock: &self.list[i].1,
+            raw: self.raw[i],
+        })
     }
 
     /// The port a role is bound to.
@@ -283,6 +290,7 @@ pub(super) fn bind_all(
     let (eip, cip) = (settings.engine_ip.as_str(), settings.client_ip.as_str());
     let mut socks = Sockets {
         list: Vec::with_capacity(ROLES.len()),
+        raw: Vec::with_capacity(ROLES.len()),
         extra_registration: None,
         ports: Vec::with_capacity(ROLES.len()),
     };
@@ -294,7 +302,7 @@ pub(super) fn bind_all(
         let want = reused.and_then(|(c, e)| (role.reused)(c, e));
         let port = want.or_else(|| pool.pop()).unwrap_or(0);
         let curve = settings.curve.as_ref();
-        let s = make(
+        let mut s = make(
             ctx,
             role.zmq,
             role.identity,
@@ -318,6 +326,8 @@ pub(super) fn bind_all(
             _ => {}
         }
         socks.ports.push((role.sock, port));
+        // the handle stays valid while `s` lives (in `list`, as long as `raw`)
+        socks.raw.push(s.as_mut_ptr());
         socks.list.push((role.sock, s));
     }
     Ok(socks)

@@ -6,6 +6,7 @@ use super::frames::{recv_frames, send_frames};
 use super::poll::Readers;
 use crate::hub::{Effect, Hub, Parked, Sock};
 use anyhow::Result;
+use rpar_core::wire::SharedBuffers;
 use std::time::Instant;
 use tracing::{info, warn};
 
@@ -21,7 +22,7 @@ pub(super) fn serve(
 ) -> Result<()> {
     let mut readers = Readers::new(socks.readable())?;
     let mut part = zmq::Message::new();
-    let mut effects = hub.tick(Instant::now());
+    let mut effects = hub.tick_shared(Instant::now());
     let mut state_dirty = false;
     let mut parked = Parked::default();
     let mut dask = crate::dask::DaskShell::default();
@@ -32,9 +33,15 @@ pub(super) fn serve(
         if let Some(r) = dask.poll() {
             effects.extend(hub.dask_started(r));
         }
-        for e in effects.drain(..) {
-            run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
-        }
+        run_effects(
+            &mut effects,
+            socks,
+            &mut readers,
+            &mut state_dirty,
+            &mut parked,
+        );
+        // after the sends: buffers ZeroMQ is done with go into their records
+        hub.settle_records();
         parked.tick(Instant::now(), |kind, frames| {
             retry_send(socks, &mut readers, kind, frames)
         });
@@ -97,14 +104,18 @@ pub(super) fn serve(
                 }
             }
             if effects.len() > 4096 {
-                for e in effects.drain(..) {
-                    run_effect(e, socks, &mut readers, &mut state_dirty, &mut parked);
-                }
+                run_effects(
+                    &mut effects,
+                    socks,
+                    &mut readers,
+                    &mut state_dirty,
+                    &mut parked,
+                );
             }
         }
         let now = Instant::now();
         if now >= hub.next_deadline() {
-            effects.extend(hub.tick(now));
+            effects.extend(hub.tick_shared(now));
         }
     }
 }
@@ -116,11 +127,11 @@ fn retry_send(
     kind: Sock,
     frames: rpar_core::wire::Frames,
 ) -> Result<(), rpar_core::wire::Frames> {
-    let Some(s) = socks.get(kind) else {
+    let Some(s) = socks.out(kind) else {
         return Ok(());
     };
     readers.touch(kind);
-    match send_frames(s, frames) {
+    match send_frames(s, frames, None) {
         Ok(()) => Ok(()),
         Err((zmq::Error::EHOSTUNREACH, Some(frames))) => Err(frames),
         Err((err, _)) => {
@@ -130,17 +141,49 @@ fn retry_send(
     }
 }
 
+/// Carry out (and empty) `effects`, each `Send` with the [`Effect::Trailer`] after it.
+fn run_effects(
+    effects: &mut Vec<Effect>,
+    socks: &Sockets,
+    readers: &mut Readers,
+    state_dirty: &mut bool,
+    parked: &mut Parked,
+) {
+    let mut it = effects.drain(..).peekable();
+    while let Some(e) = it.next() {
+        let trailer = match (&e, it.peek()) {
+            (Effect::Send(..), Some(Effect::Trailer(_))) => match it.next() {
+                Some(Effect::Trailer(b)) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        };
+        run_effect(e, trailer, socks, readers, state_dirty, parked);
+    }
+}
+
 fn run_effect(
     e: Effect,
+    trailer: Option<SharedBuffers>,
     socks: &Sockets,
     readers: &mut Readers,
     state_dirty: &mut bool,
     parked: &mut Parked,
 ) {
     match e {
-        Effect::Send(kind, frames) => {
-            let Some(s) = socks.get(kind) else { return };
+        Effect::Send(kind, mut frames) => {
+            let Some(s) = socks.out(kind) else { return };
             readers.touch(kind);
+            // A message that may wait (parked, or sent on both registration sockets) is made
+            // whole first; the others go out with their shared buffers lent to ZeroMQ.
+            let mut trailer = trailer;
+            let may_wait = Parked::holds(kind) && !parked.is_empty();
+            let both = kind == Sock::Registration && socks.extra_registration.is_some();
+            if may_wait || both {
+                if let Some(b) = trailer.take() {
+                    frames.extend(std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec()));
+                }
+            }
             let Some(frames) = parked.admit(kind, frames, Instant::now()) else {
                 return;
             };
@@ -155,9 +198,9 @@ fn run_effect(
                 if let Some(Err(err)) = r2 {
                     warn!(error = %err, "send failed");
                 }
-                send_frames(s, frames)
+                send_frames(s, frames, trailer)
             } else {
-                send_frames(s, frames)
+                send_frames(s, frames, trailer)
             };
             match res {
                 Ok(()) => {}
@@ -169,5 +212,7 @@ fn run_effect(
             }
         }
         Effect::SaveEngines => *state_dirty = true,
+        // (taken with the `Send` before it; one on its own has no message to end)
+        Effect::Trailer(_) => {}
     }
 }
