@@ -62,10 +62,10 @@ impl Quota {
     /// Whether one more message of `rank` may be read in this pass.
     pub fn open(&self, rank: Rank) -> bool {
         !self.full()
-            && usize::try_from(rank.0)
-                .ok()
-                .and_then(|r| self.taken.get(r))
-                .map_or(true, |t| *t < self.per_rank)
+            && !matches!(
+                usize::try_from(rank.0).ok().and_then(|r| self.taken.get(r)),
+                Some(t) if *t >= self.per_rank
+            )
     }
 
     /// Count a message of `rank` (or of no rank: `None`, a ping); returns whether `rank` may
@@ -75,7 +75,7 @@ impl Quota {
         let Some(rank) = rank else {
             return !self.full();
         };
-        if let Some(r) = usize::try_from(rank.0).ok() {
+        if let Ok(r) = usize::try_from(rank.0) {
             if let Some(t) = self.taken.get_mut(r) {
                 if *t == 0 {
                     self.touched.push(r);
