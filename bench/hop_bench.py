@@ -79,7 +79,9 @@ def one(a, transport, doorbell, workdir):
         t0 = time.monotonic()
         time.sleep(a.idle)
         dt = time.monotonic() - t0
-        out["idle_max_pct"] = max((cpu_seconds([p]) - c0[p]) / dt * 100 for p in procs)
+        idle = {p: (cpu_seconds([p]) - c0[p]) / dt * 100 for p in procs}
+        out["idle_max_pct"] = max(idle.values())
+        out["idle_all"] = " ".join(f"{idle[p]:.2f}" for p in sorted(procs))
         rc.shutdown(block=True)
         job.wait(60)
         rc.close()
@@ -105,14 +107,14 @@ def main():
     last = a.ranks - 1
     print(f"{a.bin_dir.name} build, {a.ranks} ranks, median of {a.n}, idle over {a.idle:.0f} s")
     print(f"{'transport':10} {'doorbells':10} {'rank 0 ms':>10} {f'rank {last} ms':>10} {'hop ms':>8} "
-          f"{'idle max %':>10}")
+          f"{'idle max %':>10}  idle % of each engine process (pid order)")
     with tempfile.TemporaryDirectory(prefix="hop_bench_") as wd:
         for t in a.transports.split(","):
             for doorbell in {"both": (True, False), "yes": (True,), "no": (False,)}[a.doorbells]:
                 r = one(a, t, doorbell, wd)
                 hop = r[f"rank{last}"] - r["rank0"]
                 print(f"{t:10} {'yes' if doorbell else 'no (=0)':10} {r['rank0']:10.3f} {r[f'rank{last}']:10.3f} "
-                      f"{hop:8.3f} {r['idle_max_pct']:10.2f}", flush=True)
+                      f"{hop:8.3f} {r['idle_max_pct']:10.2f}  {r['idle_all']}", flush=True)
 
 
 if __name__ == "__main__":
