@@ -23,8 +23,10 @@ def jobs():
     made = []
 
     def make(controller, n, args=(), flavour="openmpi"):
-        # a tag per job, in its namespace and on its command line (jobs share a profile)
-        tag = f"job{len(made)}"
+        # a tag per job, in its namespace and on its command line (jobs share a profile); the
+        # profile's path in it too, so that the same test running elsewhere on the machine
+        # (another checkout) never matches this one's processes
+        tag = f"job{len(made)}@{controller.profile_dir}"
         args = [f"--IPEngine.startup_command=JOB_TAG = '{tag}'", *args]
         j = EngineJob(flavour, n, controller.profile_dir, args)
         j.marker, j.tag = f"JOB_TAG = '{tag}'", tag

@@ -5,7 +5,8 @@
 //! plus one heartbeat SUB and one IOPub PUB shared by all. The broker maps
 //! "a multipart message arrived on socket S of engine r" to "give it to the local engine" or "send
 //! it over MPI to rank r", and "rank r wants to send these frames on channel C" to a socket. It
-//! also keeps the job's lifecycle: which ranks have shut down, when the whole job exits.
+//! also counts which ranks have shut down (all done, or one fatal: [`JobEvent::ExitAll`]); the
+//! rest of the job's lifecycle is [`crate::job`]'s.
 //! The I/O loop in `runtime.rs` performs the [`Route`]s; tests drive the broker directly.
 
 use crate::relay::{Channel, Life, Packet, Rank};
@@ -156,15 +157,6 @@ impl Broker {
             Life::Exit { .. } => None,
         }
     }
-
-    /// Begin exiting for an outside reason (SIGTERM, controller gone).
-    pub fn abort(&mut self, code: i32) -> Option<JobEvent> {
-        if self.exiting {
-            return None;
-        }
-        self.exiting = true;
-        Some(JobEvent::ExitAll(code))
-    }
 }
 
 #[cfg(test)]
@@ -259,17 +251,14 @@ mod tests {
             b.on_socket(Rank(0), Channel::Shell, f("x")),
             Route::Drop(_)
         ));
-        assert_eq!(b.abort(143), None);
     }
 
     #[test]
-    fn fatal_and_abort_exit_nonzero_once() {
+    fn fatal_exits_nonzero_once() {
         let mut b = Broker::new(2);
         let ev = b.on_life(Rank(1), Life::Fatal { reason: "x".into() });
         assert_eq!(ev, Some(JobEvent::ExitAll(1)));
         assert_eq!(b.on_life(Rank(0), Life::Done), None);
-        let mut b = Broker::new(2);
-        assert_eq!(b.abort(143), Some(JobEvent::ExitAll(143)));
-        assert_eq!(b.abort(143), None);
+        assert_eq!(b.on_life(Rank(1), Life::Done), None);
     }
 }

@@ -1,6 +1,6 @@
-//! The job's lifecycle policy on rank 0 of the native transport, sans I/O: events in (a ping
-//! from the controller, a rank's heartbeat echo, a signal, the controller shutting down, a
-//! tick), [`Action`]s out, time passed in.
+//! The job's lifecycle policy on rank 0, for both transports, sans I/O: events in (a ping
+//! from the controller, a rank's heartbeat echo, a signal, the controller shutting down, every
+//! engine done or one fatal, a tick), [`Action`]s out, time passed in.
 //!
 //! * Controller gone: no ping for `miss_limit` → exit (code 1). After two periods without a
 //!   ping the loop says `Hello`, so that a restarted controller, which does not know the job,
@@ -12,9 +12,13 @@
 //! * SIGTERM/SIGHUP (mpiexec tearing the job down) → unregister everything, exit 128 + signal.
 //! * The controller shutting down → exit 0.
 //!
-//! Each exit is decided once; the I/O loop carries it out (unregister, tell the ranks, stop
-//! Python). The compat transport keeps its own loop (per-engine heartbeats go to the
-//! controller itself).
+//! * Every engine shut down (each answered a `shutdown_request` and said `Life::Done`) → exit
+//!   0; a rank's `Life::Fatal` → exit 1 (the broker counts these).
+//!
+//! Each exit is decided once; the I/O loop carries it out (unregister, send `Life::Exit` to
+//! ranks >= 1, which stop at once, stop Python). What differs between the transports is in
+//! [`Policy`]: in compat every engine's own heartbeat goes to the controller, which judges each
+//! engine itself, so the core neither watches ranks' echoes nor says `Hello`.
 
 use crate::relay::Rank;
 use rpar_core::native::Departure;
@@ -29,9 +33,32 @@ pub enum Action {
     Exit(i32, Departure),
 }
 
+/// Which parts of the policy apply to a transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Watch each rank's echo of the job's ping; a silent rank takes the job down.
+    pub rank_liveness: bool,
+    /// Say `Hello` to a controller silent for two periods.
+    pub hello: bool,
+}
+
+impl Policy {
+    /// One job connection, one heartbeat (the native transport).
+    pub const NATIVE: Policy = Policy {
+        rank_liveness: true,
+        hello: true,
+    };
+    /// Every engine's own sockets and heartbeat (the compat transport).
+    pub const COMPAT: Policy = Policy {
+        rank_liveness: false,
+        hello: false,
+    };
+}
+
 /// Rank 0's job state.
 #[derive(Debug)]
 pub struct JobCore {
+    policy: Policy,
     period: Duration,
     miss_limit: Option<Duration>,
     rank_limit: Duration,
@@ -45,16 +72,29 @@ pub struct JobCore {
 
 impl JobCore {
     /// `max_misses` = 0: never decide the controller is gone.
-    pub fn new(size: u32, hb_period: Duration, max_misses: u32, now: Instant) -> JobCore {
+    pub fn new(
+        policy: Policy,
+        size: u32,
+        hb_period: Duration,
+        max_misses: u32,
+        now: Instant,
+    ) -> JobCore {
         let beat = hb_period + Duration::from_millis(500);
+        // compat watches no rank: no table
+        let ranks = if policy.rank_liveness {
+            usize::try_from(size).unwrap_or(0)
+        } else {
+            0
+        };
         JobCore {
+            policy,
             period: hb_period,
             miss_limit: (max_misses > 0).then(|| beat * max_misses),
             rank_limit: beat * max_misses.clamp(10, 50),
             last_ping: now,
             last_hello: now,
-            last_echo: vec![now; usize::try_from(size).unwrap_or(0)],
-            last_relay: vec![None; usize::try_from(size).unwrap_or(0)],
+            last_echo: vec![now; ranks],
+            last_relay: vec![None; ranks],
             exiting: false,
         }
     }
@@ -133,7 +173,9 @@ impl JobCore {
             let reason = format!("no heartbeat over MPI for {:.1}s", gap.as_secs_f64());
             return self.exit(1, Departure::RankLost { rank, reason });
         }
-        if silent > self.period * 2 && now.saturating_duration_since(self.last_hello) > self.period
+        if self.policy.hello
+            && silent > self.period * 2
+            && now.saturating_duration_since(self.last_hello) > self.period
         {
             self.last_hello = now;
             return Some(Action::Hello);
@@ -149,7 +191,65 @@ mod tests {
     const P: Duration = Duration::from_millis(1000);
 
     fn core(size: u32, misses: u32, t0: Instant) -> JobCore {
-        JobCore::new(size, P, misses, t0)
+        JobCore::new(Policy::NATIVE, size, P, misses, t0)
+    }
+
+    fn compat(size: u32, misses: u32, t0: Instant) -> JobCore {
+        JobCore::new(Policy::COMPAT, size, P, misses, t0)
+    }
+
+    #[test]
+    fn compat_controller_gone_after_the_miss_limit_without_hellos() {
+        let t0 = Instant::now();
+        let mut j = compat(4, 4, t0);
+        // pings keep it going
+        for i in 1..20u32 {
+            j.on_ping(t0 + P * i);
+            assert_eq!(j.on_tick(t0 + P * i), None);
+        }
+        let last = t0 + P * 19;
+        // no hello in compat, even after many silent periods
+        assert_eq!(j.on_tick(last + P * 3), None);
+        assert_eq!(j.on_tick(last + P * 5), None);
+        assert_eq!(
+            j.on_tick(last + Duration::from_millis(6100)),
+            Some(Action::Exit(1, Departure::ControllerGone))
+        );
+        assert_eq!(j.on_tick(last + P * 100), None, "decided once");
+        let mut j = compat(4, 0, t0);
+        assert_eq!(j.on_tick(t0 + P * 10_000), None, "0 misses: never gone");
+    }
+
+    #[test]
+    fn compat_ranks_are_judged_by_the_controller_not_the_core() {
+        let t0 = Instant::now();
+        let mut j = compat(3, 10, t0);
+        for i in 1..=100u32 {
+            let now = t0 + P * i;
+            j.on_ping(now);
+            // pings relayed, no rank ever echoes to the core (its echo goes to the controller)
+            for r in 0..3 {
+                j.on_relay(Rank(r), now);
+            }
+            assert_eq!(j.on_tick(now), None, "beat {i}");
+        }
+    }
+
+    #[test]
+    fn compat_signal_done_and_fatal_exit_once_with_their_codes() {
+        let t0 = Instant::now();
+        let mut j = compat(2, 10, t0);
+        assert_eq!(
+            j.on_signal(1),
+            Some(Action::Exit(129, Departure::Signal(1)))
+        );
+        assert_eq!(j.on_all_done(0), None);
+        let mut j = compat(2, 10, t0);
+        assert_eq!(j.on_all_done(0), Some(Action::Exit(0, Departure::Shutdown)));
+        assert_eq!(j.on_signal(15), None);
+        let mut j = compat(2, 10, t0);
+        assert_eq!(j.on_all_done(1), Some(Action::Exit(1, Departure::Exit(1))));
+        assert_eq!(j.on_tick(t0 + P * 1000), None);
     }
 
     #[test]

@@ -33,8 +33,10 @@
 mod broker;
 mod capture;
 mod cli;
+mod compat;
 mod curve;
 mod doorbell;
+mod fair;
 mod gpus;
 mod job;
 mod kernel;
@@ -48,6 +50,7 @@ mod python;
 mod relay;
 mod runtime;
 mod session;
+mod transport;
 mod tunnel;
 
 use anyhow::{Context, Result};
@@ -331,10 +334,7 @@ fn run() -> Result<i32> {
                     .collect(),
             );
         }
-        let hb_period = Duration::from_millis(registered.hb_period_ms);
-        let max_heartbeat_misses = boot.max_heartbeat_misses;
-        let thread = std::thread::Builder::new().name("runtime".into());
-        match net0 {
+        let net: Box<dyn transport::Transport> = match net0 {
             Net0::Compat(mut ctx, reg_socks) => {
                 let sockets =
                     net::Sockets::open(&mut ctx, reg_socks, &addrs, &boot.uuids, &registered.ids)?;
@@ -345,44 +345,35 @@ fn run() -> Result<i32> {
                         ctx.contexts()
                     );
                 }
-                let r0 = runtime::Rank0 {
-                    net: runtime::Compat {
-                        sockets,
-                        key: key.clone(),
-                        uuids: boot.uuids.clone(),
-                        ids: registered.ids.clone(),
-                    },
-                    link,
-                    core,
-                    outbox: outbox_rx,
-                    queue: queue.clone(),
-                    hb_period,
-                    max_heartbeat_misses,
-                    nanny,
-                };
-                thread.spawn(move || {
-                    let _g = rt_span.enter();
-                    r0.run()
-                })?
+                let ids = registered.ids.clone();
+                Box::new(compat::Compat::new(
+                    sockets,
+                    key.clone(),
+                    boot.uuids.clone(),
+                    ids,
+                ))
             }
             Net0::Native(conn) => {
                 info!("native transport: one connection for the job's {size} engines");
-                let r0 = runtime::Rank0 {
-                    net: *conn,
-                    link,
-                    core,
-                    outbox: outbox_rx,
-                    queue: queue.clone(),
-                    hb_period,
-                    max_heartbeat_misses,
-                    nanny,
-                };
-                thread.spawn(move || {
-                    let _g = rt_span.enter();
-                    r0.run()
-                })?
+                conn
             }
-        }
+        };
+        let r0 = runtime::Rank0 {
+            net,
+            link,
+            core,
+            outbox: outbox_rx,
+            queue: queue.clone(),
+            hb_period: Duration::from_millis(registered.hb_period_ms),
+            max_heartbeat_misses: boot.max_heartbeat_misses,
+            nanny,
+        };
+        std::thread::Builder::new()
+            .name("runtime".into())
+            .spawn(move || {
+                let _g = rt_span.enter();
+                r0.run()
+            })?
     } else {
         let rn = runtime::RankN {
             link,

@@ -12,7 +12,10 @@
 //!   thread; per-rank liveness stays on MPI (see [`crate::job`]).
 
 use crate::broker::Socket;
+use crate::fair::Quota;
+use crate::job::Policy;
 use crate::relay::{Channel as RelayChannel, Rank};
+use crate::transport::{Incoming, Transport};
 use anyhow::{anyhow, bail, Context, Result};
 use rpar_core::connection::{disambiguate_interface, url, EngineInfo};
 use rpar_core::native::{
@@ -36,19 +39,6 @@ pub fn endpoint(info: &EngineInfo) -> Result<Option<String>> {
     }
     let iface = disambiguate_interface(&info.interface, &info.location);
     Ok(Some(url(&iface, n.port)))
-}
-
-/// What came in on the job connection, for the runtime loop.
-#[derive(Debug)]
-pub enum Incoming {
-    /// A request for the engine of this rank, as its shell or control socket would get it.
-    Request(Rank, RelayChannel, Frames),
-    /// The job's heartbeat (already answered), with its token.
-    Ping(u64),
-    /// The controller shuts down.
-    Shutdown,
-    /// The controller did not know the job; it registered again.
-    Reregistered,
 }
 
 /// The job connection.
@@ -99,7 +89,7 @@ impl JobConn {
         })
     }
 
-    fn send(&mut self, body: Body, payload: Frames) {
+    fn send_body(&mut self, body: Body, payload: Frames) {
         let frames = self.enc.encode(body, payload);
         if let Err(e) = self.sock.send_multipart(frames, zmq::DONTWAIT) {
             warn!("native send failed: {e}");
@@ -118,7 +108,7 @@ impl JobConn {
                 requested: *id,
             })
             .collect();
-        self.send(Body::Register { engines }, vec![]);
+        self.send_body(Body::Register { engines }, vec![]);
     }
 
     fn take_ids(&mut self, ids: Vec<u32>) -> Result<()> {
@@ -184,8 +174,11 @@ impl JobConn {
     }
 
     /// The next message, without waiting.
-    pub fn recv(&mut self) -> Option<Incoming> {
+    fn next(&mut self, quota: &mut Quota) -> Option<Incoming> {
         loop {
+            if quota.full() {
+                return None;
+            }
             let frames = self.sock.recv_multipart(zmq::DONTWAIT).ok()?;
             let (env, mut payload) = match self.dec.decode_owned(frames) {
                 Ok(x) => x,
@@ -206,11 +199,13 @@ impl JobConn {
                         Channel::IoPub => continue,
                     };
                     payload.insert(0, h.channel.peer_identity().to_vec());
+                    quota.take(Some(rank));
                     return Some(Incoming::Request(rank, ch, payload));
                 }
                 Body::Ping { token } => {
-                    self.send(Body::Pong { token }, vec![]);
-                    return Some(Incoming::Ping(token));
+                    self.send_body(Body::Pong { token }, vec![]);
+                    quota.take(None);
+                    return Some(Incoming::Ping(vec![token.to_le_bytes().to_vec()]));
                 }
                 Body::Shutdown => return Some(Incoming::Shutdown),
                 Body::Reregister => {
@@ -230,31 +225,8 @@ impl JobConn {
         }
     }
 
-    /// Ask a controller that sent nothing for a while whether it knows the job.
-    pub fn hello(&mut self) {
-        self.send(Body::Hello, vec![]);
-    }
-
-    /// Whether the socket has input (its descriptor is edge-triggered: ask before sleeping).
-    pub fn has_input(&self) -> bool {
-        self.sock
-            .get_events()
-            .map(|e| e.contains(zmq::POLLIN))
-            .unwrap_or(true)
-    }
-
-    /// The socket's notification descriptor, to poll on.
-    pub fn fd(&self) -> Result<std::os::fd::RawFd> {
-        Ok(self.sock.get_fd()?)
-    }
-
-    /// Heartbeat echoes from ranks since the last call.
-    pub fn take_echoes(&mut self) -> Vec<Rank> {
-        std::mem::take(&mut self.echoes)
-    }
-
     /// Send what an engine put on one of its sockets.
-    pub fn send_engine(&mut self, sock: Socket, mut frames: Frames) {
+    fn send_engine(&mut self, sock: Socket, mut frames: Frames) {
         let (rank, channel) = match sock {
             Socket::Heart(r) => {
                 self.echoes.push(r);
@@ -273,12 +245,56 @@ impl JobConn {
         let Some(&engine) = usize::try_from(rank.0).ok().and_then(|r| self.ids.get(r)) else {
             return;
         };
-        self.send(Body::Route(RouteHeader { engine, channel }), frames);
+        self.send_body(Body::Route(RouteHeader { engine, channel }), frames);
+    }
+}
+
+impl Transport for JobConn {
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        match self.sock.get_fd() {
+            Ok(fd) => vec![fd],
+            Err(e) => {
+                warn!("the job connection has no descriptor: {e}");
+                vec![-1]
+            }
+        }
+    }
+
+    /// Nothing to note: [`Transport::has_input`] asks the socket.
+    fn on_ready(&mut self, _slot: usize) {}
+
+    /// Whether the socket has input (its descriptor is edge-triggered: ask before sleeping).
+    fn has_input(&mut self) -> bool {
+        self.sock
+            .get_events()
+            .map(|e| e.contains(zmq::POLLIN))
+            .unwrap_or(true)
+    }
+
+    fn recv(&mut self, quota: &mut Quota) -> Option<Incoming> {
+        self.next(quota)
+    }
+
+    fn send(&mut self, sock: Socket, frames: Frames) {
+        self.send_engine(sock, frames);
+    }
+
+    fn take_echoes(&mut self) -> Vec<Rank> {
+        std::mem::take(&mut self.echoes)
+    }
+
+    /// Ask a controller that sent nothing for a while whether it knows the job.
+    fn hello(&mut self) {
+        self.send_body(Body::Hello, vec![]);
     }
 
     /// Tell the controller every engine of the job is gone.
-    pub fn unregister_all(&mut self, why: Departure) {
+    fn unregister_all(&mut self, why: Departure) {
         info!(?why, "unregistering the job's {} engines", self.ids.len());
-        self.send(Body::Unregister(why), vec![]);
+        self.send_body(Body::Unregister(why), vec![]);
+    }
+
+    fn policy(&self) -> Policy {
+        Policy::NATIVE
     }
 }

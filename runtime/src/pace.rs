@@ -65,17 +65,6 @@ pub enum Wait {
     Block(i32),
 }
 
-impl Wait {
-    /// The timeout for a `poll` that takes milliseconds: a nap rounds up to whole ones.
-    pub fn as_millis(self) -> i32 {
-        match self {
-            Wait::Now => 0,
-            Wait::Nap(d) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
-            Wait::Block(ms) => ms,
-        }
-    }
-}
-
 /// The wait after a pass that moved a message (`active`) or not, `idle` after the last one.
 pub fn wait(link: LinkState, active: bool, idle: Duration) -> Wait {
     if active {
@@ -177,14 +166,6 @@ mod tests {
         assert_eq!(*naps.last().unwrap(), LAST_NAP);
         // an idle rank wakes at most 1/LAST_NAP times a second
         assert!(LAST_NAP >= 10 * MS);
-    }
-
-    #[test]
-    fn millisecond_timeouts_round_naps_up() {
-        assert_eq!(Wait::Now.as_millis(), 0);
-        assert_eq!(Wait::Nap(Duration::from_micros(20)).as_millis(), 1);
-        assert_eq!(Wait::Nap(5 * MS).as_millis(), 5);
-        assert_eq!(Wait::Block(200).as_millis(), 200);
     }
 
     #[test]

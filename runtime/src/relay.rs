@@ -232,6 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn encode_fills_its_buffer_exactly() {
+        // the MPI send takes the buffer as a boxed slice: spare capacity would be a second copy
+        let p = Packet::new(
+            Channel::Shell,
+            Rank(1),
+            vec![vec![1; 1 << 20], b"x".to_vec()],
+        );
+        let buf = p.encode();
+        assert_eq!(buf.capacity(), buf.len());
+        // and decoding copies each frame once, into a buffer of its own size (ZeroMQ takes it
+        // as it is)
+        let back = Packet::decode(&buf).unwrap();
+        assert!(back.frames.iter().all(|f| f.capacity() == f.len()));
+    }
+
+    #[test]
     fn empty_packet_round_trips() {
         let p = Packet::new(Channel::Heartbeat, Rank(u32::MAX), vec![]);
         assert_eq!(Packet::decode(&p.encode()).unwrap(), p);

@@ -1,11 +1,13 @@
-//! The runtime thread of each rank: the I/O loops around the sans-I/O [`Broker`] and
-//! [`EngineCore`].
+//! The runtime thread of each rank: the I/O loops around the sans-I/O [`Broker`],
+//! [`JobCore`] and [`EngineCore`].
 //!
-//! * Rank 0 polls its ZeroMQ sockets (compat: every engine's; native: the one job connection,
-//!   with the job's lifecycle in [`JobCore`]), its outbox doorbell, and (by probing) MPI;
-//!   routes with the broker; runs its own engine's core directly.
+//! * Rank 0 polls its connection to the controller (a [`Transport`]: compat, every engine's
+//!   sockets; native, one job connection), its outbox doorbell and its MPI doorbell, and (by
+//!   probing) MPI; routes with the broker; runs its own engine's core directly; and carries out
+//!   what the job core decides (say hello, unregister and exit). Its poll set is built once:
+//!   a small table says what each slot is.
 //! * Rank r ≥ 1 touches no network: it probes MPI for packets from rank 0, runs its core, and
-//!   sends its outbox to rank 0.
+//!   sends its outbox to rank 0; rank 0's `Life::Exit` ends it.
 //!
 //! MPI is probed, not waited on (a blocking MPI receive spins a core in OpenMPI and MPICH). Each
 //! MPI send rings the receiver's [doorbell](crate::doorbell), so a rank whose peers can all ring
@@ -13,21 +15,22 @@
 //! passes, and probes MPI only on a ring, or every few microseconds while its own sends are in
 //! flight or a ring's message has not shown up yet. Ranks on other hosts (no doorbell) fall back
 //! to probing on a timer that naps briefly right after traffic and backs off as the rank stays
-//! idle ([`pace`](crate::pace) holds the rule).
+//! idle ([`pace`](crate::pace) holds the rule). Each pass reads each side within a
+//! [`Quota`](crate::fair) (one busy rank cannot keep the loop from the others).
 //! SIGTERM (mpiexec tearing the job down) makes rank 0 unregister every engine before exiting.
 
-use crate::broker::{Broker, JobEvent, Route, Socket};
+use crate::broker::{Broker, JobEvent, Route};
+use crate::fair::Quota;
 use crate::job::{Action, JobCore};
 use crate::kernel::{interrupt_python, EngineCore, JobQueue};
 use crate::link::Link;
 use crate::nanny::Nanny;
-use crate::native::{Incoming, JobConn};
-use crate::net::Sockets;
 use crate::pace::{self, Wait, IDLE_MS};
 use crate::relay::{Channel, Life, Packet, Rank};
 use crate::session::OutboxRx;
+use crate::transport::{Incoming, Transport};
 use rpar_core::native::Departure;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -41,52 +44,109 @@ pub fn install_signal_handlers() {
     }
 }
 
-/// The wait before the next pass of a loop over `link` ([`pace`](crate::pace) decides).
-fn wait_for(link: &Link, idle: u32, since_active: Duration) -> Wait {
-    pace::wait(link.state(), idle == 0, since_active)
+/// How busy a loop has been, for its [`pace`](crate::pace).
+struct Activity {
+    /// Passes in a row that moved nothing.
+    idle: u32,
+    /// The last pass that moved more than heartbeats (which come every period and predict no
+    /// traffic: the pace backs off over them).
+    last_real: Instant,
 }
 
-/// How rank 0 sends what the engines put on their sockets.
-pub trait EngineNet {
-    fn send(&mut self, sock: Socket, frames: Vec<Vec<u8>>);
-}
-
-/// The compat transport: every engine's own sockets.
-pub struct Compat {
-    pub sockets: Sockets,
-    pub key: Vec<u8>,
-    pub uuids: Vec<String>,
-    pub ids: Vec<u32>,
-}
-
-impl EngineNet for Compat {
-    fn send(&mut self, sock: Socket, frames: Vec<Vec<u8>>) {
-        fn at(v: &[zmq::Socket], r: Rank) -> Option<&zmq::Socket> {
-            usize::try_from(r.0).ok().and_then(|i| v.get(i))
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            idle: 0,
+            last_real: Instant::now(),
         }
-        let s = match sock {
-            Socket::Shell(r) => at(&self.sockets.shell, r),
-            Socket::Control(r) => at(&self.sockets.control, r),
-            Socket::Heart(r) => at(&self.sockets.heart, r),
-            Socket::IoPub(_) => Some(&self.sockets.iopub),
+    }
+
+    /// The wait before the next pass over `link`.
+    fn wait(&self, link: &Link) -> Wait {
+        pace::wait(link.state(), self.idle == 0, self.last_real.elapsed())
+    }
+
+    /// A pass moved something (`active`), more than heartbeats (`real`).
+    fn after(&mut self, active: bool, real: bool) {
+        self.idle = if active {
+            0
+        } else {
+            self.idle.saturating_add(1)
         };
-        if let Some(s) = s {
-            if let Err(e) = s.send_multipart(frames, zmq::DONTWAIT) {
-                debug!("send on {sock:?} failed: {e}");
+        if real {
+            self.last_real = Instant::now();
+        }
+    }
+}
+
+/// What a slot of rank 0's poll set is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// The transport's descriptor of this index.
+    Net(usize),
+    /// The outbox's bell (rank 0's own engine queued something).
+    Outbox,
+    /// The MPI doorbell.
+    Door,
+}
+
+/// Rank 0's poll set: descriptors and what each is, built once.
+struct PollSet {
+    fds: Vec<libc::pollfd>,
+    slots: Vec<Slot>,
+}
+
+impl PollSet {
+    fn new(net: &[RawFd], outbox: RawFd, door: Option<RawFd>) -> PollSet {
+        let mut slots: Vec<Slot> = (0..net.len()).map(Slot::Net).collect();
+        let mut fds: Vec<RawFd> = net.to_vec();
+        slots.push(Slot::Outbox);
+        fds.push(outbox);
+        if let Some(d) = door {
+            slots.push(Slot::Door);
+            fds.push(d);
+        }
+        let fds = fds
+            .into_iter()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        PollSet { fds, slots }
+    }
+
+    /// Wait, then the slots that woke.
+    fn wait(&mut self, wait: Wait) -> Vec<Slot> {
+        if pace::poll_for(&mut self.fds, wait) <= 0 {
+            return Vec::new();
+        }
+        let mut ready = Vec::new();
+        for (f, s) in self.fds.iter_mut().zip(&self.slots) {
+            if f.revents != 0 {
+                f.revents = 0;
+                ready.push(*s);
             }
         }
+        ready
     }
 }
 
-impl EngineNet for JobConn {
-    fn send(&mut self, sock: Socket, frames: Vec<Vec<u8>>) {
-        self.send_engine(sock, frames);
-    }
+/// What one pass of rank 0's loop saw.
+#[derive(Default)]
+struct Pass {
+    ev: Option<JobEvent>,
+    action: Option<Action>,
+    /// Something moved: look again at once.
+    active: bool,
+    /// More than heartbeats moved.
+    real: bool,
 }
 
 /// What rank 0's loop needs.
-pub struct Rank0<N> {
-    pub net: N,
+pub struct Rank0 {
+    pub net: Box<dyn Transport>,
     pub link: Link,
     pub core: EngineCore,
     pub outbox: OutboxRx,
@@ -96,9 +156,93 @@ pub struct Rank0<N> {
     pub nanny: Option<Nanny>,
 }
 
-impl<N: EngineNet> Rank0<N> {
-    fn zmq_send(&mut self, sock: Socket, frames: Vec<Vec<u8>>) {
-        self.net.send(sock, frames);
+impl Rank0 {
+    /// Run until the job exits; returns the exit code.
+    pub fn run(mut self) -> (i32, Link) {
+        pace::fine_timer_slack();
+        let size = self.link.size();
+        let mut broker = Broker::new(size);
+        let hb = (self.hb_period, self.max_heartbeat_misses);
+        let mut job = JobCore::new(self.net.policy(), size, hb.0, hb.1, Instant::now());
+        let bell = self.outbox.bell.as_raw_fd();
+        let mut polls = PollSet::new(&self.net.fds(), bell, self.link.bell_fd());
+        let (mut from_net, mut from_mpi) = (Quota::new(size), Quota::new(size));
+        let mut activity = Activity::new();
+        loop {
+            let wait = if self.net.has_input() {
+                Wait::Now
+            } else if size == 1 {
+                Wait::Block(IDLE_MS)
+            } else {
+                activity.wait(&self.link)
+            };
+            for slot in polls.wait(wait) {
+                match slot {
+                    Slot::Net(i) => self.net.on_ready(i),
+                    Slot::Outbox => self.outbox.drain_bell(),
+                    Slot::Door => self.link.on_bell(),
+                }
+            }
+            let now = Instant::now();
+            let mut pass = Pass::default();
+            from_net.reset();
+            while let Some(inc) = self.net.recv(&mut from_net) {
+                self.on_incoming(inc, &mut broker, &mut job, now, &mut pass);
+            }
+            from_mpi.reset();
+            self.move_traffic(&mut broker, &mut from_mpi, &mut pass);
+            for r in self.net.take_echoes() {
+                job.on_echo(r, now);
+            }
+            if let Some(sig) = rpar_core::signals::received() {
+                warn!("signal {sig}: unregistering all engines and exiting");
+                pass.action = pass.action.or(job.on_signal(sig));
+            }
+            if let Some(JobEvent::ExitAll(code)) = pass.ev {
+                pass.action = pass.action.or(job.on_all_done(code));
+            }
+            match pass.action.or_else(|| job.on_tick(now)) {
+                Some(Action::Hello) => self.net.hello(),
+                Some(Action::Exit(code, why)) => return self.exit(code, why),
+                None => {}
+            }
+            activity.after(pass.active, pass.real);
+        }
+    }
+
+    fn on_incoming(
+        &mut self,
+        inc: Incoming,
+        broker: &mut Broker,
+        job: &mut JobCore,
+        now: Instant,
+        pass: &mut Pass,
+    ) {
+        // heartbeats are `active`, not `real`
+        pass.active = true;
+        match inc {
+            Incoming::Request(rank, ch, frames) => {
+                pass.real = true;
+                let route = broker.on_socket(rank, ch, frames);
+                let e = self.perform(broker, route);
+                pass.ev = pass.ev.take().or(e);
+            }
+            Incoming::Ping(frames) => {
+                job.on_ping(now);
+                for route in broker.ping(&frames) {
+                    if let Route::Local(p) | Route::Remote(_, p) = &route {
+                        job.on_relay(p.header.rank, now);
+                    }
+                    let e = self.perform(broker, route);
+                    pass.ev = pass.ev.take().or(e);
+                }
+            }
+            Incoming::Shutdown => {
+                info!("the controller shuts down");
+                pass.action = pass.action.take().or(job.on_controller_shutdown());
+            }
+            Incoming::Reregistered => info!("registered again"),
+        }
     }
 
     fn perform(&mut self, broker: &mut Broker, route: Route) -> Option<JobEvent> {
@@ -114,7 +258,7 @@ impl<N: EngineNet> Rank0<N> {
                 None
             }
             Route::Zmq(s, frames) => {
-                self.zmq_send(s, frames);
+                self.net.send(s, frames);
                 None
             }
             Route::Drop(why) => {
@@ -132,44 +276,58 @@ impl<N: EngineNet> Rank0<N> {
             any |= p.header.channel != Channel::Heartbeat;
             let (route, e) = broker.on_engine(Rank(0), p);
             if let Route::Zmq(s, frames) = route {
-                self.zmq_send(s, frames);
+                self.net.send(s, frames);
             }
             ev = ev.or(e);
         }
         (any, ev)
     }
 
-    /// One wake-up's traffic: rank 0's own outbox, then what came over MPI.
-    /// Returns (anything moved, anything but heartbeat echoes moved).
-    fn move_traffic(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> (bool, bool) {
+    /// One wake-up's traffic besides the controller's: rank 0's own outbox, then what came
+    /// over MPI (within `quota`).
+    fn move_traffic(&mut self, broker: &mut Broker, quota: &mut Quota, pass: &mut Pass) {
         let (any, e) = self.pump_outbox(broker);
-        *ev = ev.take().or(e);
-        let (a, r) = self.relay_in(broker, ev);
-        (any | a, any | r)
-    }
-
-    /// Take in what came over MPI: (anything, anything but heartbeat echoes).
-    fn relay_in(&mut self, broker: &mut Broker, ev: &mut Option<JobEvent>) -> (bool, bool) {
-        let (mut active, mut real) = (false, false);
-        while let Some((src, buf)) = self.link.try_recv() {
-            active = true;
+        pass.ev = pass.ev.take().or(e);
+        pass.active |= any;
+        pass.real |= any;
+        while !quota.full() {
+            let Some((src, buf)) = self.link.try_recv() else {
+                break;
+            };
+            pass.active = true;
             match Packet::decode(&buf) {
                 Ok(p) => {
-                    real |= p.header.channel != Channel::Heartbeat;
+                    pass.real |= p.header.channel != Channel::Heartbeat;
                     let (route, e) = broker.on_engine(src, p);
-                    *ev = ev.take().or(e);
+                    pass.ev = pass.ev.take().or(e);
                     let e = self.perform(broker, route);
-                    *ev = ev.take().or(e);
+                    pass.ev = pass.ev.take().or(e);
                 }
                 Err(e) => warn!("bad relay packet from rank {src}: {e}"),
             }
+            // a rank at its bound: the rest waits in MPI for the next pass, which comes at
+            // once (this one was active), after the controller's side had its turn
+            if !quota.take(Some(src)) {
+                break;
+            }
         }
         self.link.reap();
-        (active, real)
     }
 
-    /// The end of every exit: tell each rank, let the sends finish, stop Python.
-    fn finish(&mut self, code: i32) {
+    /// The end of every exit: unregister, tell each rank, let the sends finish, stop Python.
+    fn exit(mut self, code: i32, why: Departure) -> (i32, Link) {
+        match &why {
+            Departure::RankLost { rank, reason } => {
+                error!("rank {rank} is lost ({reason}): the job goes down")
+            }
+            Departure::ControllerGone => {
+                error!("no heartbeat from the controller: it is gone; exiting")
+            }
+            _ => {}
+        }
+        let mut scratch = Broker::new(self.link.size());
+        self.pump_outbox(&mut scratch);
+        self.net.unregister_all(why);
         let size = self.link.size();
         for r in 1..size {
             self.link.send(
@@ -183,273 +341,7 @@ impl<N: EngineNet> Rank0<N> {
         }
         info!("job exiting with code {code}");
         stop_python(&self.queue, code);
-    }
-}
-
-impl Rank0<Compat> {
-    /// Run until the job exits; returns the exit code.
-    pub fn run(mut self) -> (i32, Link) {
-        pace::fine_timer_slack();
-        let size = self.link.size();
-        let mut broker = Broker::new(size);
-        let mut last_ping = Instant::now();
-        let mut idle = 0u32;
-        let mut last_active = Instant::now();
-        let bell = self.outbox.bell.as_raw_fd();
-        let door = self.link.bell_fd();
-        let miss_limit =
-            (self.hb_period + Duration::from_millis(500)) * self.max_heartbeat_misses.max(1);
-        loop {
-            let mut ev: Option<JobEvent> = None;
-            let n = self.net.sockets.shell.len();
-            let readable: Vec<bool> = {
-                let mut items: Vec<zmq::PollItem> = Vec::with_capacity(2 * n + 2);
-                let socks = &self.net.sockets;
-                items.extend(socks.shell.iter().map(|s| s.as_poll_item(zmq::POLLIN)));
-                items.extend(socks.control.iter().map(|s| s.as_poll_item(zmq::POLLIN)));
-                items.push(socks.hb_sub.as_poll_item(zmq::POLLIN));
-                items.push(zmq::PollItem::from_fd(bell, zmq::POLLIN));
-                if let Some(fd) = door {
-                    items.push(zmq::PollItem::from_fd(fd, zmq::POLLIN));
-                }
-                let wait = if size == 1 {
-                    Wait::Block(IDLE_MS)
-                } else {
-                    wait_for(&self.link, idle, last_active.elapsed())
-                };
-                // zmq_poll counts in milliseconds: a shorter nap looks at the sockets at once,
-                // then naps on the descriptors that are not ZeroMQ's
-                let short = matches!(wait, Wait::Nap(d) if d < Duration::from_millis(1));
-                let timeout = if short { 0 } else { wait.as_millis() };
-                if let Err(e) = zmq::poll(&mut items, i64::from(timeout)) {
-                    if e != zmq::Error::EINTR {
-                        warn!("poll: {e}");
-                    }
-                }
-                if short && !items.iter().any(|i| i.is_readable()) {
-                    let mut fds = [bell, door.unwrap_or(-1)].map(|fd| libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
-                    pace::poll_for(&mut fds, wait);
-                }
-                items.iter().map(|i| i.is_readable()).collect()
-            };
-            // `active`: something moved, look again at once; `real`: more than heartbeats,
-            // which come every period and predict no traffic (the pace backs off over them)
-            let mut active = false;
-            let mut real = false;
-            for (i, ready) in readable.iter().enumerate().take(2 * n) {
-                if !ready {
-                    continue;
-                }
-                let (rank, ch) = if i < n {
-                    (Rank(i as u32), Channel::Shell)
-                } else {
-                    (Rank((i - n) as u32), Channel::Control)
-                };
-                loop {
-                    let sock = if ch == Channel::Shell {
-                        &self.net.sockets.shell[rank.0 as usize]
-                    } else {
-                        &self.net.sockets.control[rank.0 as usize]
-                    };
-                    let frames = match sock.recv_multipart(zmq::DONTWAIT) {
-                        Ok(f) => f,
-                        Err(_) => break,
-                    };
-                    active = true;
-                    real = true;
-                    let route = broker.on_socket(rank, ch, frames);
-                    ev = ev.or(self.perform(&mut broker, route));
-                }
-            }
-            if readable[2 * n] {
-                while let Ok(frames) = self.net.sockets.hb_sub.recv_multipart(zmq::DONTWAIT) {
-                    active = true;
-                    last_ping = Instant::now();
-                    for route in broker.ping(&frames) {
-                        ev = ev.or(self.perform(&mut broker, route));
-                    }
-                }
-            }
-            if readable[2 * n + 1] {
-                self.outbox.drain_bell();
-            }
-            if readable.get(2 * n + 2).copied().unwrap_or(false) {
-                self.link.on_bell();
-            }
-            let (a, r) = self.move_traffic(&mut broker, &mut ev);
-            active |= a;
-            real |= r;
-            if let Some(sig) = rpar_core::signals::received() {
-                warn!("signal {sig}: unregistering all engines and exiting");
-                ev = ev.or(broker.abort(128 + sig));
-            }
-            if self.max_heartbeat_misses > 0 && last_ping.elapsed() > miss_limit {
-                error!(
-                    "no heartbeat from the controller for {:.1}s: it is gone; exiting",
-                    last_ping.elapsed().as_secs_f64()
-                );
-                ev = ev.or(broker.abort(1));
-            }
-            if let Some(JobEvent::ExitAll(code)) = ev {
-                return self.exit(code);
-            }
-            if active {
-                idle = 0;
-            } else {
-                idle = idle.saturating_add(1);
-            }
-            if real {
-                last_active = Instant::now();
-            }
-        }
-    }
-
-    fn exit(mut self, code: i32) -> (i32, Link) {
-        let mut scratch = Broker::new(self.link.size());
-        self.pump_outbox(&mut scratch);
-        let c = &self.net;
-        c.sockets.unregister_all(&c.key, &c.uuids, &c.ids);
-        self.finish(code);
         // dropping the sockets lingers until the unregistrations are out
-        drop(self.net);
-        (code, self.link)
-    }
-}
-
-fn pollfd(fd: std::os::fd::RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
-impl Rank0<JobConn> {
-    /// Run until the job exits; returns the exit code. One job connection, the outbox bell
-    /// and the doorbell are the whole poll set, built once; the job's lifecycle decisions are
-    /// [`JobCore`]'s.
-    pub fn run(mut self) -> (i32, Link) {
-        pace::fine_timer_slack();
-        let size = self.link.size();
-        let mut broker = Broker::new(size);
-        let mut job = JobCore::new(
-            size,
-            self.hb_period,
-            self.max_heartbeat_misses,
-            Instant::now(),
-        );
-        let mut idle = 0u32;
-        let mut last_active = Instant::now();
-        let conn_fd = match self.net.fd() {
-            Ok(fd) => fd,
-            Err(e) => {
-                error!("the job connection has no descriptor: {e:#}");
-                return self.exit(1, Departure::Exit(1));
-            }
-        };
-        // slot 0: the job connection (edge-triggered: its input is asked with `has_input`)
-        const BELL: usize = 1;
-        let mut fds = vec![pollfd(conn_fd), pollfd(self.outbox.bell.as_raw_fd())];
-        let door = self.link.bell_fd().map(|fd| {
-            fds.push(pollfd(fd));
-            fds.len() - 1
-        });
-        loop {
-            let wait = if self.net.has_input() {
-                Wait::Now
-            } else if size == 1 {
-                Wait::Block(IDLE_MS)
-            } else {
-                wait_for(&self.link, idle, last_active.elapsed())
-            };
-            pace::poll_for(&mut fds, wait);
-            let bell_rang = fds[BELL].revents != 0;
-            let door_rang = door.is_some_and(|d| fds[d].revents != 0);
-            fds.iter_mut().for_each(|f| f.revents = 0);
-            if bell_rang {
-                self.outbox.drain_bell();
-            }
-            if door_rang {
-                self.link.on_bell();
-            }
-            let now = Instant::now();
-            let mut ev: Option<JobEvent> = None;
-            let mut action: Option<Action> = None;
-            // as in the ZeroMQ loop: heartbeats are `active`, not `real`
-            let (mut active, mut real) = (false, false);
-            while let Some(inc) = self.net.recv() {
-                active = true;
-                match inc {
-                    Incoming::Request(rank, ch, frames) => {
-                        real = true;
-                        let route = broker.on_socket(rank, ch, frames);
-                        ev = ev.or(self.perform(&mut broker, route));
-                    }
-                    Incoming::Ping(token) => {
-                        job.on_ping(now);
-                        for route in broker.ping(&[token.to_le_bytes().to_vec()]) {
-                            match &route {
-                                Route::Local(p) | Route::Remote(_, p) => {
-                                    job.on_relay(p.header.rank, now)
-                                }
-                                _ => {}
-                            }
-                            ev = ev.or(self.perform(&mut broker, route));
-                        }
-                    }
-                    Incoming::Shutdown => {
-                        info!("the controller shuts down");
-                        action = action.or(job.on_controller_shutdown());
-                    }
-                    Incoming::Reregistered => info!("registered again"),
-                }
-            }
-            let (a, r) = self.move_traffic(&mut broker, &mut ev);
-            active |= a;
-            real |= r;
-            for r in self.net.take_echoes() {
-                job.on_echo(r, now);
-            }
-            if let Some(sig) = rpar_core::signals::received() {
-                warn!("signal {sig}: unregistering all engines and exiting");
-                action = action.or(job.on_signal(sig));
-            }
-            if let Some(JobEvent::ExitAll(code)) = ev {
-                action = action.or(job.on_all_done(code));
-            }
-            match action.or_else(|| job.on_tick(now)) {
-                Some(Action::Hello) => self.net.hello(),
-                Some(Action::Exit(code, why)) => {
-                    if let Departure::RankLost { rank, reason } = &why {
-                        error!("rank {rank} is lost ({reason}): the job goes down");
-                    } else if why == Departure::ControllerGone {
-                        error!("no heartbeat from the controller: it is gone; exiting");
-                    }
-                    return self.exit(code, why);
-                }
-                None => {}
-            }
-            if active {
-                idle = 0;
-            } else {
-                idle = idle.saturating_add(1);
-            }
-            if real {
-                last_active = Instant::now();
-            }
-        }
-    }
-
-    fn exit(mut self, code: i32, why: Departure) -> (i32, Link) {
-        let mut scratch = Broker::new(self.link.size());
-        self.pump_outbox(&mut scratch);
-        self.net.unregister_all(why);
-        self.finish(code);
-        // dropping the connection lingers until the unregistration is out
         drop(self.net);
         (code, self.link)
     }
@@ -502,23 +394,31 @@ impl RankN {
         let bell = self.outbox.bell.as_raw_fd();
         // without a doorbell, poll the outbox bell twice (-1 entries are ignored by poll)
         let door = self.link.bell_fd().unwrap_or(-1);
-        let mut idle = 0u32;
-        let mut last_active = Instant::now();
+        let mut pfds = [bell, door].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let mut activity = Activity::new();
+        // one source (rank 0): only the pass bound counts
+        let mut quota = Quota::new(0);
         loop {
-            let mut pfds = [bell, door].map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            pace::poll_for(&mut pfds, wait_for(&self.link, idle, last_active.elapsed()));
-            if pfds[0].revents != 0 {
+            pace::poll_for(&mut pfds, activity.wait(&self.link));
+            if std::mem::take(&mut pfds[0].revents) != 0 {
                 self.outbox.drain_bell();
             }
-            if pfds[1].revents != 0 {
+            if std::mem::take(&mut pfds[1].revents) != 0 {
                 self.link.on_bell();
             }
             let (mut active, mut real) = self.pump();
-            while let Some((src, buf)) = self.link.try_recv() {
+            // within a quota: this rank's replies (the outbox, next pass) are not kept waiting
+            // by a flood of requests
+            quota.reset();
+            while !quota.full() {
+                let Some((src, buf)) = self.link.try_recv() else {
+                    break;
+                };
+                quota.take(None);
                 active = true;
                 let p = match Packet::decode(&buf) {
                     Ok(p) => p,
@@ -549,14 +449,7 @@ impl RankN {
                 // SAFETY: terminating the process (the job is being torn down).
                 unsafe { libc::_exit(128 + sig) };
             }
-            if active {
-                idle = 0;
-            } else {
-                idle = idle.saturating_add(1);
-            }
-            if real {
-                last_active = Instant::now();
-            }
+            activity.after(active, real);
         }
     }
 }

@@ -674,11 +674,18 @@ impl Hub {
     }
 
     /// Register every pending engine whose heart has answered, in id order. An engine waits
-    /// (at most `min(period, 1 s)` after the lower id's registration request) for a lower id
-    /// still pending, so clients see ids appear in order: the Python client stops task
-    /// farming under the `pure` scheme when the ids it knows are not 0..n-1.
+    /// for a lower id still pending, so clients see ids appear in order: at most
+    /// `min(period, 1 s)` after the lower id's registration request, and under the `pure`
+    /// scheme until that engine registers or is dropped (`registration_timeout`), because the
+    /// Python client then stops task farming for good as soon as the ids it knows are not
+    /// 0..n-1 (a Python ipengine on a busy node can take longer than a second to answer its
+    /// first ping).
     fn finish_ready_registrations(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        let hold = self.cfg.hb_period.min(Duration::from_secs(1));
+        let hold = if self.cfg.scheme == "pure" {
+            self.cfg.registration_timeout
+        } else {
+            self.cfg.hb_period.min(Duration::from_secs(1))
+        };
         let pending: Vec<(Vec<u8>, bool, Instant)> = self
             .pending_regs
             .values()

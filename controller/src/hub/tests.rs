@@ -258,6 +258,26 @@ fn a_silent_lower_id_holds_others_only_briefly() {
 }
 
 #[test]
+fn under_the_pure_scheme_a_slow_lower_id_holds_others_until_it_registers() {
+    let t0 = Instant::now();
+    let mut h = hub_with(t0, "pure");
+    let _ = current_ping(&mut h, t0);
+    for u in ["p0", "p1"] {
+        request_registration(&mut h, u, json!({"uuid": u}), t0);
+    }
+    pong(&mut h, "p1", t0);
+    // well past min(period, 1 s): p1 still waits for p0
+    let out = h.tick(t0 + Duration::from_millis(1500));
+    assert!(sends(&out, Sock::Notification).is_empty());
+    let out = pong(&mut h, "p0", t0 + Duration::from_millis(1600));
+    let ids: Vec<Value> = sends(&out, Sock::Notification)
+        .iter()
+        .map(|m| content(m)["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!(0), json!(1)]);
+}
+
+#[test]
 fn silent_heart_is_unregistered_and_answering_one_is_not() {
     let t0 = Instant::now();
     let mut h = hub(t0);
