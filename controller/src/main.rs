@@ -5,13 +5,9 @@ use rpar_controller::{cli, db, server, settings};
 use rpar_core::logging;
 use rpar_core::profile::{self, ProfileDir};
 
-/// mimalloc for the controller's own (Rust) allocations: the hot path allocates and frees a few
-/// dozen small blocks per task (frames, parsed JSON, records), and glibc's malloc spent about a
-/// quarter of the controller's CPU on them (no-op tasks, release build: 179 -> 126 us of CPU
-/// per task with 8 simulated engines). mimalloc hands freed pages back to the system itself.
-/// libzmq's own blocks (its receive buffers) still come from glibc: [`tune_allocator`].
+/// Small blocks from mimalloc, big ones (task buffers) from glibc: [`rpar_controller::alloc`].
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: rpar_controller::alloc::SplitAlloc = rpar_controller::alloc::SplitAlloc;
 
 fn level(cmd: &cli::CommandLine) -> tracing::Level {
     if cmd.cli.debug {
@@ -24,8 +20,8 @@ fn level(cmd: &cli::CommandLine) -> tracing::Level {
         .unwrap_or(tracing::Level::INFO)
 }
 
-/// glibc (which serves libzmq's allocations; Rust's go to mimalloc): keep task-sized blocks
-/// (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
+/// glibc (which serves libzmq's allocations and the controller's big blocks): keep task-sized
+/// blocks (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
 ///
 /// Every task buffer passes through a few short-lived blocks (ZeroMQ's receive buffer, the
 /// frame, the copy sent on). Served by their own mappings (glibc's 128 KiB start), each such
