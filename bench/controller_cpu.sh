@@ -2,16 +2,17 @@
 # Controller CPU per no-op task with no Python anywhere: rpar-controller, rpar-loadgen's simulated
 # engines and rpar-loadclient's load-balanced client. Prints tasks/s and the controller's
 # utime+stime (from /proc/PID/stat) per task, for each engine count.
-# Usage: bench/controller_cpu.sh [TASKS] [WINDOW] [ENGINES...]   (release builds: PROFILE=release)
+# Usage: bench/controller_cpu.sh [TASKS] [WINDOW] [ENGINES...]  (binaries from target/$PROFILE,
+# default release; CTL=path runs another controller binary, e.g. an older build, to compare)
 set -euo pipefail
 tasks=${1:-200000}; window=${2:-512}; shift 2 || true
-engines=("${@:-8 64}"); [ $# -gt 0 ] && engines=("$@") || engines=(8 64)
+if [ $# -gt 0 ]; then engines=("$@"); else engines=(8 64); fi
 bin=${BIN:-target/${PROFILE:-release}}
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 for n in "${engines[@]}"; do
   dir=$(mktemp -d); prof=$dir/profile_bench
-  "$bin/rpar-controller" --profile-dir="$prof" --ip=127.0.0.1 >"$dir/ctl.log" 2>&1 &
+  "${CTL:-$bin/rpar-controller}" --profile-dir="$prof" --ip=127.0.0.1 >"$dir/ctl.log" 2>&1 &
   ctl=$!
   for _ in $(seq 100); do [ -f "$prof/security/ipcontroller-engine.json" ] && [ -f "$prof/security/ipcontroller-client.json" ] && break; sleep 0.1; done
   "$bin/rpar-loadgen" --engines="$n" --jobs=2 --profile-dir="$prof" >"$dir/lg.log" 2>&1 &

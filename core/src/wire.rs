@@ -12,6 +12,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use thiserror::Error;
 
 /// The delimiter between routing identities and the message proper.
@@ -206,12 +207,36 @@ impl WireMessage {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What the replay history keeps of a signature: its first 128 bits (two different signatures
+/// agree there with odds of 2^-128; half the memory of whole ones, so fewer cache misses on a
+/// 65 536-entry set, checked on every message).
+type SeenKey = [u8; 16];
+
+/// Hashes a [`SeenKey`] by its first 8 bytes. The keys are HMAC outputs, remembered only once
+/// verified, so nobody without the key can choose them: no need for SipHash's protection
+/// (which cost more than the lookup).
+#[derive(Default, Clone, Copy)]
+struct SeenHasher(u64);
+
+impl Hasher for SeenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut w = [0u8; 8];
+        let n = bytes.len().min(8);
+        w[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(8) ^ u64::from_le_bytes(w);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Signs and verifies messages with one HMAC key; remembers recent signatures to refuse replays.
 #[derive(Clone)]
 pub struct Signer {
     mac: Option<HmacSha256>,
-    seen: HashSet<[u8; 32]>,
-    order: VecDeque<[u8; 32]>,
+    seen: HashSet<SeenKey, BuildHasherDefault<SeenHasher>>,
+    order: VecDeque<SeenKey>,
     history: usize,
 }
 
@@ -237,7 +262,7 @@ impl Signer {
         };
         Signer {
             mac,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             order: VecDeque::new(),
             history: Self::DEFAULT_HISTORY,
         }
@@ -304,11 +329,12 @@ impl Signer {
 
     /// Refuse a signature seen before; remember it otherwise.
     fn remember(&mut self, got: [u8; 32]) -> Result<(), WireError> {
-        if self.seen.contains(&got) {
+        let mut key = SeenKey::default();
+        key.copy_from_slice(&got[..16]);
+        if !self.seen.insert(key) {
             return Err(WireError::Replayed);
         }
-        self.seen.insert(got);
-        self.order.push_back(got);
+        self.order.push_back(key);
         while self.order.len() > self.history {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
