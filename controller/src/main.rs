@@ -5,6 +5,10 @@ use rpar_controller::{cli, db, server, settings};
 use rpar_core::logging;
 use rpar_core::profile::{self, ProfileDir};
 
+/// Small blocks from mimalloc, big ones (task buffers) from glibc: [`rpar_controller::alloc`].
+#[global_allocator]
+static ALLOCATOR: rpar_controller::alloc::SplitAlloc = rpar_controller::alloc::SplitAlloc;
+
 fn level(cmd: &cli::CommandLine) -> tracing::Level {
     if cmd.cli.debug {
         return tracing::Level::DEBUG;
@@ -16,7 +20,8 @@ fn level(cmd: &cli::CommandLine) -> tracing::Level {
         .unwrap_or(tracing::Level::INFO)
 }
 
-/// glibc: keep task-sized blocks (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
+/// glibc (which serves libzmq's allocations and the controller's big blocks): keep task-sized
+/// blocks (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
 ///
 /// Every task buffer passes through a few short-lived blocks (ZeroMQ's receive buffer, the
 /// frame, the copy sent on). Served by their own mappings (glibc's 128 KiB start), each such

@@ -12,6 +12,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use thiserror::Error;
 
 /// The delimiter between routing identities and the message proper.
@@ -206,16 +207,36 @@ impl WireMessage {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What the replay history keeps of a signature: its first 128 bits (two different signatures
+/// agree there with odds of 2^-128; half the memory of whole ones, so fewer cache misses on a
+/// 65 536-entry set, checked on every message).
+type SeenKey = [u8; 16];
+
+/// Hashes a [`SeenKey`] by its first 8 bytes. The keys are HMAC outputs, remembered only once
+/// verified, so nobody without the key can choose them: no need for SipHash's protection
+/// (which cost more than the lookup).
+#[derive(Default, Clone, Copy)]
+struct SeenHasher(u64);
+
+impl Hasher for SeenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut w = [0u8; 8];
+        let n = bytes.len().min(8);
+        w[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(8) ^ u64::from_le_bytes(w);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Signs and verifies messages with one HMAC key; remembers recent signatures to refuse replays.
 #[derive(Clone)]
 pub struct Signer {
     mac: Option<HmacSha256>,
-    /// Recent signatures, by their first 64 bits: an HMAC's bits are uniform, so two different
-    /// messages share a key with probability 2^-64 per pair (a fresh message refused as a
-    /// replay about once in 10^14 messages at the full history), and a replay always matches.
-    /// A quarter of the memory of whole digests (about 1.7 MB per verifier at 65 536).
-    seen: HashSet<u64>,
-    order: VecDeque<u64>,
+    seen: HashSet<SeenKey, BuildHasherDefault<SeenHasher>>,
+    order: VecDeque<SeenKey>,
     history: usize,
 }
 
@@ -241,7 +262,7 @@ impl Signer {
         };
         Signer {
             mac,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             order: VecDeque::new(),
             history: Self::DEFAULT_HISTORY,
         }
@@ -308,20 +329,18 @@ impl Signer {
 
     /// Refuse a signature seen before; remember it otherwise.
     fn remember(&mut self, got: [u8; 32]) -> Result<(), WireError> {
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&got[..8]);
-        let key = u64::from_le_bytes(key);
-        if self.seen.contains(&key) {
+        let mut key = SeenKey::default();
+        key.copy_from_slice(&got[..16]);
+        if !self.seen.insert(key) {
             return Err(WireError::Replayed);
         }
-        // forget before remembering, so the queue never outgrows the history (a VecDeque
-        // doubles its capacity when pushed past it)
+        // forget before queueing, so the queue never outgrows the history (a VecDeque doubles
+        // its capacity when pushed past it); the key just inserted is not among the old ones
         while self.order.len() >= self.history {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(key);
         self.order.push_back(key);
         Ok(())
     }

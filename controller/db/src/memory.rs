@@ -207,11 +207,15 @@ impl MemoryDb {
         } else {
             u64::MAX
         };
+        // Only the count limit passed: the first `count_goal` candidates are all it takes (no
+        // walk of every record, nor a list of them all, on each cull).
+        let wanted = if over_size { usize::MAX } else { count_goal };
         let candidates: Vec<u64> = self
             .records
             .iter()
             .filter(|(_, r)| r.completed.is_some() || r.submitted.is_none())
             .map(|(&s, _)| s)
+            .take(wanted)
             .collect();
         let (n_before, bytes_before) = (self.records.len(), self.buffer_bytes);
         let mut culled = 0usize;
