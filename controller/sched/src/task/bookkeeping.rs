@@ -54,18 +54,25 @@ impl TaskScheduler {
                 }
             }
         }
+        // forget before remembering, so the queue never grows past the window (a VecDeque
+        // doubles its capacity when pushed past it)
+        while self.finished.len() >= self.done_window.max(1) && self.retire_oldest() {}
         self.finished.push_back((seq, msg_id.to_string()));
-        while self.finished.len() > self.done_window {
-            let Some((old, m)) = self.finished.pop_front() else {
-                break;
-            };
-            if self.dep_refs.contains_key(&old) {
-                // out of the window, but a live task depends on it: forgotten when released
-                self.pinned.insert(old, m);
-            } else {
-                self.forget(old, &m);
-            }
+        while self.finished.len() > self.done_window && self.retire_oldest() {}
+    }
+
+    /// Take the oldest task out of the finished window (`false` when it is empty).
+    fn retire_oldest(&mut self) -> bool {
+        let Some((old, m)) = self.finished.pop_front() else {
+            return false;
+        };
+        if self.dep_refs.contains_key(&old) {
+            // out of the window, but a live task depends on it: forgotten when released
+            self.pinned.insert(old, m);
+        } else {
+            self.forget(old, &m);
         }
+        true
     }
 
     pub(super) fn forget(&mut self, seq: TaskSeq, msg_id: &str) {
