@@ -173,6 +173,24 @@ impl MemoryDb {
         self.maybe_cull();
     }
 
+    /// Store `rec`, whose msg_id (set) is not in the index: what [`MemoryDb::with_record`]
+    /// does for a new id merging `rec` into an empty record.
+    fn insert_new(&mut self, rec: TaskRecord) {
+        let Some(id) = rec.msg_id.clone() else {
+            return;
+        };
+        let s = self.next_seq;
+        self.next_seq += 1;
+        self.culled.remove(&id);
+        self.index.insert(id, s);
+        self.buffer_bytes += rec.buffer_bytes() as u64;
+        if rec.completed.is_some() {
+            self.cull_blocked = false;
+        }
+        self.records.insert(s, rec);
+        self.maybe_cull();
+    }
+
     /// Remove a record, returning its msg_id; its buffers are freed here.
     fn remove_seq(&mut self, seq: u64) -> Option<String> {
         let mut rec = self.records.remove(&seq)?;
@@ -282,8 +300,17 @@ impl TaskDb for MemoryDb {
     }
 
     fn add_record(&mut self, rec: TaskRecord) -> Result<(), DbError> {
-        let id = rec.msg_id.clone().ok_or(DbError::MissingMsgId)?;
-        self.with_record(&id, |r| r.merge(rec));
+        let Some(id) = rec.msg_id.as_deref() else {
+            return Err(DbError::MissingMsgId);
+        };
+        if self.index.contains_key(id) {
+            let id = id.to_string();
+            self.with_record(&id, |r| r.merge(rec));
+        } else {
+            // A new id (every request): the record goes in as it is, not merged into an
+            // empty one (one lookup and one copy of the id fewer per task).
+            self.insert_new(rec);
+        }
         Ok(())
     }
 
