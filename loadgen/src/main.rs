@@ -14,8 +14,9 @@ mod sim;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rpar_core::connection::{self, disambiguate_interface, url, EngineInfo};
+use rpar_core::flags::ProfileFlags;
 use rpar_core::native::{Body, Decoder, Departure, Encoder, EngineSpec, RouteHeader};
-use rpar_core::profile::{cluster_id, ProfileDir, ProfileOpts};
+use rpar_core::profile::{cluster_id, ProfileDir};
 use rpar_core::wire::{Frames, Signer};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,15 +38,8 @@ struct Args {
     /// The engine connection file (ipcontroller-engine.json).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
-    /// Profile name ($IPYTHONDIR/profile_<name>).
-    #[arg(long)]
-    profile: Option<String>,
-    /// Profile directory.
-    #[arg(long = "profile-dir")]
-    profile_dir: Option<PathBuf>,
-    /// Cluster id (security/ipcontroller-<id>-engine.json).
-    #[arg(long = "cluster-id")]
-    cluster_id: Option<String>,
+    #[command(flatten)]
+    profile: ProfileFlags,
     /// Seconds to wait for every job's registration reply.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
@@ -108,13 +102,8 @@ fn engine_file(a: &Args) -> PathBuf {
     if let Some(f) = &a.file {
         return f.clone();
     }
-    let profile = ProfileDir::resolve(&ProfileOpts {
-        profile: a.profile.clone(),
-        profile_dir: a.profile_dir.clone(),
-        ipython_dir: None,
-        cluster_id: a.cluster_id.clone(),
-    });
-    profile.connection_file(&cluster_id(a.cluster_id.as_deref()), "engine")
+    let profile = ProfileDir::resolve(&a.profile.opts());
+    profile.connection_file(&cluster_id(a.profile.cluster_id.as_deref()), "engine")
 }
 
 fn main() {

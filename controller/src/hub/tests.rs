@@ -234,11 +234,7 @@ fn registrations_finish_in_id_order() {
     assert!(sends(&out, Sock::Notification).is_empty());
     // r0 answers: both register, 0 before 1
     let out = pong(&mut h, "r0", t0 + Duration::from_millis(10));
-    let ids: Vec<Value> = sends(&out, Sock::Notification)
-        .iter()
-        .map(|m| content(m)["id"].clone())
-        .collect();
-    assert_eq!(ids, vec![json!(0), json!(1)]);
+    assert_eq!(notified_ids(&out), vec![json!(0), json!(1)]);
 }
 
 #[test]
@@ -270,11 +266,7 @@ fn under_the_pure_scheme_a_slow_lower_id_holds_others_until_it_registers() {
     let out = h.tick(t0 + Duration::from_millis(1500));
     assert!(sends(&out, Sock::Notification).is_empty());
     let out = pong(&mut h, "p0", t0 + Duration::from_millis(1600));
-    let ids: Vec<Value> = sends(&out, Sock::Notification)
-        .iter()
-        .map(|m| content(m)["id"].clone())
-        .collect();
-    assert_eq!(ids, vec![json!(0), json!(1)]);
+    assert_eq!(notified_ids(&out), vec![json!(0), json!(1)]);
 }
 
 #[test]
@@ -464,6 +456,42 @@ fn mux_swaps_identities_both_ways_and_records() {
     assert_eq!(rr[&req_id]["result_content"]["status"], "ok");
     let hist = query(&mut h, "history_request", json!({}), t0);
     assert_eq!(hist["history"], json!([req_id]));
+}
+
+/// Send a client's `execute_request` for engine `engine` through the mux; returns its msg_id
+/// and header (for [`mux_reply_ok`]).
+fn mux_execute(h: &mut Hub, engine: &str, now: Instant) -> (String, Vec<u8>) {
+    let req = Peer::new("client").msg(
+        vec![b"cid".to_vec(), engine.as_bytes().to_vec()],
+        "execute_request",
+        b"{}",
+        json!({}),
+        json!({"code": "1"}),
+    );
+    let id = Header::parse(&req.header).unwrap().msg_id;
+    let hdr = req.header.clone();
+    h.on_message(Sock::MuxClient, req.into_frames(), now);
+    (id, hdr)
+}
+
+/// Engine `engine`'s `ok` reply to the request whose header is `parent`.
+fn mux_reply_ok(h: &mut Hub, engine: &str, parent: &[u8], now: Instant) {
+    let rep = Peer::new(engine).msg(
+        vec![engine.as_bytes().to_vec(), b"cid".to_vec()],
+        "execute_reply",
+        parent,
+        json!({"status": "ok"}),
+        json!({"status": "ok", "execution_count": 1}),
+    );
+    h.on_message(Sock::MuxEngine, rep.into_frames(), now);
+}
+
+/// The engine ids of the registration notifications among `out`, in order.
+fn notified_ids(out: &[Effect]) -> Vec<Value> {
+    sends(out, Sock::Notification)
+        .iter()
+        .map(|m| content(m)["id"].clone())
+        .collect()
 }
 
 /// Send a hub query from a client; return the reply content (checking its parent).
@@ -662,17 +690,7 @@ fn purge_refuses_pending_and_drops_completed() {
     let t0 = Instant::now();
     let mut h = hub(t0);
     register(&mut h, "p", None, t0);
-    let cl = Peer::new("client");
-    let req = cl.msg(
-        vec![b"cid".to_vec(), b"p".to_vec()],
-        "execute_request",
-        b"{}",
-        json!({}),
-        json!({"code": "1"}),
-    );
-    let id = Header::parse(&req.header).unwrap().msg_id;
-    let hdr = req.header.clone();
-    h.on_message(Sock::MuxClient, req.into_frames(), t0);
+    let (id, hdr) = mux_execute(&mut h, "p", t0);
     let c = query(
         &mut h,
         "purge_request",
@@ -680,15 +698,7 @@ fn purge_refuses_pending_and_drops_completed() {
         t0,
     );
     assert_eq!(c["ename"], "IndexError", "pending ids cannot be purged");
-    let e = Peer::new("p");
-    let rep = e.msg(
-        vec![b"p".to_vec(), b"cid".to_vec()],
-        "execute_reply",
-        &hdr,
-        json!({"status": "ok"}),
-        json!({"status": "ok", "execution_count": 1}),
-    );
-    h.on_message(Sock::MuxEngine, rep.into_frames(), t0);
+    mux_reply_ok(&mut h, "p", &hdr, t0);
     assert_eq!(
         query(&mut h, "purge_request", json!({"msg_ids": "all"}), t0)["status"],
         "ok"

@@ -65,25 +65,8 @@ fn purge_of_an_out_of_range_engine_id_purges_nothing() {
     let t0 = Instant::now();
     let mut h = hub(t0);
     register(&mut h, "p", None, t0);
-    let cl = Peer::new("client");
-    let req = cl.msg(
-        vec![b"cid".to_vec(), b"p".to_vec()],
-        "execute_request",
-        b"{}",
-        json!({}),
-        json!({"code": "1"}),
-    );
-    let id = Header::parse(&req.header).unwrap().msg_id;
-    let hdr = req.header.clone();
-    h.on_message(Sock::MuxClient, req.into_frames(), t0);
-    let rep = Peer::new("p").msg(
-        vec![b"p".to_vec(), b"cid".to_vec()],
-        "execute_reply",
-        &hdr,
-        json!({"status": "ok"}),
-        json!({"status": "ok", "execution_count": 1}),
-    );
-    h.on_message(Sock::MuxEngine, rep.into_frames(), t0);
+    let (id, hdr) = mux_execute(&mut h, "p", t0);
+    mux_reply_ok(&mut h, "p", &hdr, t0);
     for v in edge_ids() {
         let c = query(
             &mut h,
