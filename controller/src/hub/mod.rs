@@ -93,7 +93,7 @@ pub fn fold_trailers(effects: Vec<Effect>) -> Vec<Effect> {
         match e {
             Effect::Trailer(b) => {
                 if let Some(Effect::Send(_, frames)) = out.last_mut() {
-                    frames.extend(std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()));
+                    frames.extend(std::sync::Arc::unwrap_or_clone(b));
                 }
             }
             e => out.push(e),
@@ -115,7 +115,7 @@ pub(crate) fn send_with(
         out.push(Effect::Trailer(buffers));
         return;
     }
-    frames.extend(std::sync::Arc::try_unwrap(buffers).unwrap_or_else(|b| (*b).clone()));
+    frames.extend(std::sync::Arc::unwrap_or_clone(buffers));
     out.push(Effect::Send(sock, frames));
 }
 
@@ -306,11 +306,14 @@ impl Hub {
         Some(msg)
     }
 
-    /// Handle one message that arrived on `sock`. Every `Send` is a whole message.
+    /// Handle one message that arrived on `sock`. Every `Send` is a whole message (so nothing
+    /// else holds the big buffers any more: they go into their records at once).
     pub fn on_message(&mut self, sock: Sock, frames: Frames, now: Instant) -> Vec<Effect> {
         let mut out = Vec::new();
         self.on_message_into(sock, frames, now, &mut out);
-        fold_trailers(out)
+        let out = fold_trailers(out);
+        self.records.settle(false);
+        out
     }
 
     /// [`Hub::on_message`], appending the effects to `out` (the server's loop reuses one vector),
@@ -323,7 +326,6 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         self.monitor.received(sock, &frames);
-        self.records.settle(false);
         let start = out.len();
         if sock == Sock::Native {
             self.on_native(frames, now, out);
@@ -367,12 +369,13 @@ impl Hub {
     /// Clock events: heartbeats, registration stalls, scheduler timers, stranded requests.
     /// Every `Send` is a whole message.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
-        fold_trailers(self.tick_shared(now))
+        let out = fold_trailers(self.tick_shared(now));
+        self.records.settle(false);
+        out
     }
 
     /// [`Hub::tick`], big buffers as [`Effect::Trailer`]s (the server's loop).
     pub fn tick_shared(&mut self, now: Instant) -> Vec<Effect> {
-        self.records.settle(false);
         let mut out = Vec::new();
         let (pings, dead) = self.heart.tick(now);
         for p in pings {

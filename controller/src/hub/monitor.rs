@@ -158,7 +158,7 @@ impl Monitor {
     pub fn received(&mut self, sock: Sock, frames: &Frames) {
         let c = &mut self.received[slot(sock)];
         c.messages += 1;
-        c.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+        c.bytes += bytes(frames);
     }
 
     /// These effects are about to be sent.
@@ -169,7 +169,7 @@ impl Monitor {
                 Effect::Send(sock, frames) => {
                     let c = &mut self.sent[slot(*sock)];
                     c.messages += 1;
-                    c.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+                    c.bytes += bytes(frames);
                     if *sock == Sock::HbPing {
                         self.heartbeats += 1;
                     }
@@ -178,8 +178,7 @@ impl Monitor {
                 // the end of the message before it
                 Effect::Trailer(b) => {
                     if let Some(sock) = last {
-                        self.sent[slot(sock)].bytes +=
-                            b.iter().map(|f| f.len() as u64).sum::<u64>();
+                        self.sent[slot(sock)].bytes += bytes(b);
                     }
                 }
                 Effect::SaveEngines => {}
@@ -473,6 +472,11 @@ impl Hub {
             ..Default::default()
         }
     }
+}
+
+/// Total bytes of `frames`, as a counter adds them.
+fn bytes(frames: &[Vec<u8>]) -> u64 {
+    u64::try_from(rpar_core::wire::buffers_len(frames)).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Records {
     }
 
     fn write_buffers(&mut self, msg_id: &str, part: Part, b: SharedBuffers) {
-        let b = Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec());
+        let b = Arc::unwrap_or_clone(b);
         let upd = match part {
             Part::Request => TaskRecord {
                 buffers: Some(b),

@@ -53,7 +53,7 @@ pub(super) fn send_frames(
         if let Err(e) = out.sock.send(&first[..], flags(0)) {
             let mut back = frames;
             if let Some(b) = shared {
-                back.extend(std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec()));
+                back.extend(std::sync::Arc::unwrap_or_clone(b));
             }
             return Err((e, Some(back)));
         }

@@ -181,7 +181,7 @@ fn run_effect(
             let both = kind == Sock::Registration && socks.extra_registration.is_some();
             if may_wait || both {
                 if let Some(b) = trailer.take() {
-                    frames.extend(std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| b.to_vec()));
+                    frames.extend(std::sync::Arc::unwrap_or_clone(b));
                 }
             }
             let Some(frames) = parked.admit(kind, frames, Instant::now()) else {
