@@ -126,3 +126,29 @@ def test_client_without_the_server_key_gets_nothing(make_controller, tmp_path, m
         assert rc.ids == []
     finally:
         rc.close()
+
+
+def test_cluster_start_and_status_over_curve(tmp_path):
+    """`rpar cluster start` waits for the engines through the hub, and `rpar cluster status` asks
+    it: both must speak CURVE when the profile's controller does (they used to wait in vain)."""
+    from util_cluster import RparEnv
+
+    e = RparEnv(tmp_path)
+    try:
+        e.create_profile()
+        (e.profile_dir / "ipcontroller_config.py").write_text("c.IPController.enable_curve = True\n")
+        r = e.start("--n=2", timeout=120)
+        assert "2 engines registered" in r.stderr
+        client = read_json(e.profile_dir / "security" / "ipcontroller-client.json")
+        assert len(client["curve_serverkey"]) == 40
+        st = json.loads(e.rpar("cluster", "status", "--profile=default", "--json").stdout)
+        # asked through the hub's CURVE socket (no metrics server is configured)
+        assert st["source"] == "hub" and st["engines"]["registered"] == 2, st
+        assert [row["id"] for row in st["engine_rows"]] == [0, 1], st
+        rc = e.client(n=2)
+        try:
+            assert rc[:].apply_sync(pow, 3, 2) == [9, 9]
+        finally:
+            rc.close()
+    finally:
+        e.cleanup()

@@ -114,6 +114,14 @@ pub fn available() -> bool {
     zmq::has("curve") == Some(true)
 }
 
+/// Make `s` a CURVE client of the server whose public key is `server`, with `keys` (before it
+/// connects).
+pub fn set_client(s: &zmq::Socket, server: &CurveKey, keys: &CurveKeyPair) -> zmq::Result<()> {
+    s.set_curve_serverkey(server.as_str().as_bytes())?;
+    s.set_curve_publickey(keys.public.as_str().as_bytes())?;
+    s.set_curve_secretkey(keys.secret.as_str().as_bytes())
+}
+
 /// `value` if it is non-empty, parsed; `what` names its source for the error.
 pub fn optional(what: &str, value: Option<&str>) -> Result<Option<CurveKey>, CurveError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {

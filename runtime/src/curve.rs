@@ -70,9 +70,7 @@ pub fn resolve(conn_serverkey: Option<&str>, cfg: &CurveSettings) -> Result<Opti
 impl ClientCurve {
     /// Make `s` a CURVE client of the controller (before it connects).
     pub fn apply(&self, s: &zmq::Socket) -> zmq::Result<()> {
-        s.set_curve_serverkey(self.server.as_str().as_bytes())?;
-        s.set_curve_publickey(self.keys.public.as_str().as_bytes())?;
-        s.set_curve_secretkey(self.keys.secret.as_str().as_bytes())
+        curve::set_client(s, &self.server, &self.keys)
     }
 }
 
