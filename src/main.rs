@@ -91,7 +91,8 @@ struct StartFlags {
     /// The controller's address as engines and clients see it.
     #[arg(long)]
     location: Option<String>,
-    /// Seconds between starting the controller and the engines.
+    /// Least seconds from the controller's start to the engines' (default 0: the engines start
+    /// as soon as the controller has written its connection files).
     #[arg(long)]
     delay: Option<f64>,
     /// Seconds to wait for the engines to register (0: do not wait).

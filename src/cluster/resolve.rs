@@ -237,7 +237,7 @@ fn resolve(args: &StartArgs, parts: Parts) -> Result<(Resolved, Config)> {
             args.controller_extra.clone(),
         ]
         .concat(),
-        delay: args.delay.or(cfg.f64("Cluster", "delay")?).unwrap_or(1.0),
+        delay: args.delay.or(cfg.f64("Cluster", "delay")?).unwrap_or(0.0),
         engine_timeout: args
             .engine_timeout
             .or(cfg.f64("Cluster", "engine_timeout")?)

@@ -212,6 +212,7 @@ fn start_inner(plan: &Plan, cf: &mut ClusterFile, runner: &dyn Runner) -> Result
         bail!("no engine launcher resolved");
     };
     // controller
+    let controller_started = Instant::now();
     let spec = spec_for(r, Role::Controller, &sid);
     let handles = ctrl.start(&spec, Role::Controller, runner)?;
     for h in &handles {
@@ -223,8 +224,13 @@ fn start_inner(plan: &Plan, cf: &mut ClusterFile, runner: &dyn Runner) -> Result
     cf.controller.handles = handles.clone();
     cf.save()?;
     wait_for_connection_files(r, &handles, since, r.connection_timeout, runner)?;
-    if r.delay > 0.0 {
-        std::thread::sleep(Duration::from_secs_f64(r.delay));
+    // `delay` runs from the controller's start, as ipcluster's (it sleeps, then waits for the
+    // files): only what is left of it once the files are there
+    let left = Duration::try_from_secs_f64(r.delay)
+        .unwrap_or_default()
+        .saturating_sub(controller_started.elapsed());
+    if !left.is_zero() {
+        std::thread::sleep(left);
     }
     start_engine_set(r, engines.as_ref(), cf, &sid, r.n, runner)?;
     let want = cf.engines.sets.get(&sid).map(|s| s.n).unwrap_or(r.n);

@@ -56,9 +56,8 @@ pub(super) fn wait_for_connection_files(
     let deadline = Instant::now() + Duration::from_secs_f64(timeout);
     let mut last_check = Instant::now();
     loop {
+        // each file is written whole (renamed into place), client then engine
         if modified_since(&client, since) && modified_since(&engine, since) {
-            // the controller writes client then engine; give it a moment to finish writing
-            std::thread::sleep(Duration::from_millis(100));
             return Ok(());
         }
         if signalled() {
@@ -86,7 +85,7 @@ pub(super) fn wait_for_connection_files(
                 describe_handles(handles, runner)
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -265,7 +265,7 @@ pub static CLASSES: &[ClassDef] = &[
             t("controller_ip", Str, "''", "--ip passed to the controller. --ip"),
             t("controller_location", Str, "''", "--location passed to the controller. --location"),
             t("controller_args", List, "[]", "Extra controller arguments (also: rpar cluster start -- ARGS)."),
-            t("delay", Float, "1.0", "Seconds between starting the controller and the engines. --delay"),
+            t("delay", Float, "0.0", "Least seconds between starting the controller and the engines, counted from the controller's start (ipcluster: 1.0; rpar starts the engines once the connection files are written, so it needs none). --delay"),
             t("engine_timeout", Int, "60", "Seconds `rpar cluster start` waits for the engines to register (0: do not wait)."),
             t("send_engines_connection_env", Bool, "True", "Give engines the connection info in $IPP_CONNECTION_INFO."),
             t("daemonize", Bool, "False", "Return once the cluster is up and leave it running. --daemonize"),
