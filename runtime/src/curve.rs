@@ -31,11 +31,21 @@ pub struct CurveSettings {
 
 /// Resolve the engine's CURVE keys; `None`: no CURVE (no server key anywhere).
 pub fn resolve(conn_serverkey: Option<&str>, cfg: &CurveSettings) -> Result<Option<ClientCurve>> {
+    resolve_with(conn_serverkey, cfg, |var| std::env::var(var).ok())
+}
+
+/// [`resolve`], with the environment variables read by `env`.
+fn resolve_with(
+    conn_serverkey: Option<&str>,
+    cfg: &CurveSettings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ClientCurve>> {
+    let from_env = |var: &str| curve::optional(&format!("${var}"), env(var).as_deref());
     let server = match curve::optional("the connection file's curve_serverkey", conn_serverkey)? {
         Some(k) => Some(k),
         None => match curve::optional("IPEngine.curve_serverkey", cfg.serverkey.as_deref())? {
             Some(k) => Some(k),
-            None => curve::from_env(curve::SERVERKEY_VAR)?,
+            None => from_env(curve::SERVERKEY_VAR)?,
         },
     };
     let Some(server) = server else {
@@ -50,11 +60,11 @@ pub fn resolve(conn_serverkey: Option<&str>, cfg: &CurveSettings) -> Result<Opti
     }
     let public = match curve::optional("IPEngine.curve_publickey", cfg.publickey.as_deref())? {
         Some(k) => Some(k),
-        None => curve::from_env(curve::PUBLICKEY_VAR)?,
+        None => from_env(curve::PUBLICKEY_VAR)?,
     };
     let secret = match curve::optional("IPEngine.curve_secretkey", cfg.secretkey.as_deref())? {
         Some(k) => Some(k),
-        None => curve::from_env(curve::SECRETKEY_VAR)?,
+        None => from_env(curve::SECRETKEY_VAR)?,
     };
     let keys = match curve::pair(
         public,
@@ -80,11 +90,29 @@ mod tests {
 
     #[test]
     fn no_server_key_no_curve() {
-        // (IPP_CURVE_SERVERKEY is not set in the test environment)
-        if std::env::var_os(curve::SERVERKEY_VAR).is_none() {
-            assert_eq!(resolve(None, &CurveSettings::default()).unwrap(), None);
-            assert_eq!(resolve(Some(""), &CurveSettings::default()).unwrap(), None);
-        }
+        let unset = |_: &str| None;
+        let cfg = CurveSettings::default();
+        assert_eq!(resolve_with(None, &cfg, unset).unwrap(), None);
+        assert_eq!(resolve_with(Some(""), &cfg, unset).unwrap(), None);
+    }
+
+    #[test]
+    fn the_environment_comes_last() {
+        let server = curve::generate().unwrap().public;
+        let mine = curve::generate().unwrap();
+        let env = |var: &str| match var {
+            curve::SERVERKEY_VAR => Some(server.as_str().to_string()),
+            curve::PUBLICKEY_VAR => Some(mine.public.as_str().to_string()),
+            curve::SECRETKEY_VAR => Some(mine.secret.as_str().to_string()),
+            _ => None,
+        };
+        let c = resolve_with(None, &CurveSettings::default(), env)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.server, c.keys), (server.clone(), mine));
+        let bad = |var: &str| (var == curve::SERVERKEY_VAR).then(|| "short".to_string());
+        let e = resolve_with(None, &CurveSettings::default(), bad).unwrap_err();
+        assert!(e.to_string().contains("$IPP_CURVE_SERVERKEY"), "{e}");
     }
 
     #[test]
