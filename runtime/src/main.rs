@@ -46,6 +46,7 @@ mod native;
 mod net;
 mod pace;
 mod preflight;
+mod pybuf;
 mod python;
 mod relay;
 mod runtime;

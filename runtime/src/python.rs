@@ -19,10 +19,11 @@
 
 use crate::capture::Capture;
 use crate::kernel::{Job, JobQueue};
+use crate::pybuf;
 use crate::session::{Outbox, Request, Session};
 use anyhow::{anyhow, Context, Result};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyModule};
+use pyo3::types::{PyList, PyModule};
 use serde_json::{json, Value};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -260,7 +261,7 @@ impl Runner {
             match job {
                 Job::Stop => return false,
                 Job::Run(req) => {
-                    self.inner.handle(&req);
+                    self.inner.handle(*req);
                     self.queue.finished();
                 }
             }
@@ -353,7 +354,7 @@ impl Executor {
             match queue.pop() {
                 Job::Stop => return,
                 Job::Run(req) => {
-                    inner.handle(&req);
+                    inner.handle(*req);
                     queue.finished();
                 }
             }
@@ -415,14 +416,14 @@ impl Inner {
         });
     }
 
-    fn handle(&self, req: &Request) {
+    fn handle(&self, mut req: Request) {
         let s = &self.session;
         debug!("running {} {}", req.msg_type, req.msg_id);
         self.outbox.send(s.status(&req.header_raw, "busy"));
         self.set_parent(&req.header_raw);
         self.capture.set_parent(Some(req.header_raw.clone()));
-        let mut md = s.init_metadata(req);
-        let (mut content, buffers) = match self.run(req) {
+        let mut md = s.init_metadata(&req);
+        let (mut content, buffers) = match self.run(&mut req) {
             Ok(x) => x,
             Err(e) => (
                 rpar_core::msg::error_content(
@@ -455,12 +456,12 @@ impl Inner {
         self.capture.flush();
         s.finish_metadata(&mut md, &content);
         let rt = Session::reply_type(&req.msg_type);
-        self.outbox.send(s.reply(req, &rt, &content, &md, buffers));
+        self.outbox.send(s.reply(&req, &rt, &content, &md, buffers));
         self.outbox.send(s.status(&req.header_raw, "idle"));
         self.capture.set_parent(None);
     }
 
-    fn run(&self, req: &Request) -> Result<(Value, Vec<Vec<u8>>)> {
+    fn run(&self, req: &mut Request) -> Result<(Value, Vec<Vec<u8>>)> {
         Python::with_gil(|py| -> Result<(Value, Vec<Vec<u8>>)> {
             let support = self.support.bind(py);
             let (text, bufs): (String, Vec<Vec<u8>>) = match req.msg_type.as_str() {
@@ -483,10 +484,10 @@ impl Inner {
                     (t, vec![])
                 }
                 "apply_request" => {
-                    let list = PyList::new(py, req.buffers.iter().map(|b| PyBytes::new(py, b)))?;
-                    let (t, out): (String, Vec<Bound<'_, PyBytes>>) =
+                    let list = pybuf::views(py, std::mem::take(&mut req.buffers))?;
+                    let (t, out): (String, Bound<'_, PyList>) =
                         support.getattr("apply")?.call1((list,))?.extract()?;
-                    (t, out.iter().map(|b| b.as_bytes().to_vec()).collect())
+                    (t, pybuf::frames(py, &out)?)
                 }
                 "clear_request" => {
                     let t: String = support.getattr("clear")?.call0()?.extract()?;

@@ -548,8 +548,8 @@ def apply(bufs):
             _shell_soon()
         imports.check_interrupt()
         result = f(*args, **kwargs)
-        out = serialize_object(result, buffer_threshold=1024, item_threshold=64)
-        out = [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in out]
+        # bytes and memoryviews (of arrays too): the engine copies each once into its frame
+        out = list(serialize_object(result, buffer_threshold=1024, item_threshold=64))
         return _json({"status": "ok"}), out
     except BaseException as e:
         stb = None
