@@ -7,6 +7,7 @@
 //! shared by the record, the scheduler and the frames sent ([`send_with`]): big buffers cross
 //! the controller without a copy.
 
+use super::pick::request_header;
 use super::{send_with, Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_core::Header;
@@ -36,11 +37,8 @@ impl Hub {
         }
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         let target = &msg.idents[1];
-        match (
-            Header::parse_with_value(&msg.header),
-            self.engine_id_of(target),
-        ) {
-            (Ok((h, value)), Some(eid)) => {
+        match (request_header(&msg.header), self.engine_id_of(target)) {
+            (Ok(h), Some(eid)) => {
                 let engine_uuid = String::from_utf8_lossy(target).into_owned();
                 self.ledger
                     .learn_route(Sock::MuxClient, &h.session, &msg.idents[0]);
@@ -53,7 +51,7 @@ impl Hub {
                 self.monitor.submitted(false);
                 self.monitor.client_seen(&h.session, now);
                 self.records
-                    .request(h, value, &msg, &buffers, "mux", Some(&engine_uuid));
+                    .request(h, &msg, &buffers, "mux", Some(&engine_uuid));
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -175,8 +173,8 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
-        match Header::parse_with_value(&msg.header) {
-            Ok((h, value)) => {
+        match request_header(&msg.header) {
+            Ok(h) => {
                 let msg_id = h.msg_id.clone();
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
@@ -186,7 +184,7 @@ impl Hub {
                             .learn_route(Sock::TaskClient, &h.session, client);
                     }
                     self.monitor.client_seen(&h.session, now);
-                    self.records.request(h, value, &msg, &buffers, "task", None);
+                    self.records.request(h, &msg, &buffers, "task", None);
                 }
                 self.monitor.submitted(resubmission);
                 self.ledger.pending.insert(msg_id.clone());
