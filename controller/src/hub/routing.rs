@@ -173,9 +173,12 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
+        // the scheduler's msg_id, as `msg_id_of` reads it: a non-empty string
+        let mut sched_id = None;
         match request_header(&msg.header) {
             Ok(h) => {
                 let msg_id = h.msg_id.clone();
+                sched_id = Some((!msg_id.is_empty()).then(|| msg_id.clone()));
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
                 if !resubmission {
@@ -192,22 +195,26 @@ impl Hub {
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
-        let actions = self.tasks.task.submit_shared(msg, buffers, now);
+        let actions = match sched_id {
+            Some(id) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
+            None => self.tasks.task.submit_shared(msg, buffers, now),
+        };
         self.apply_task_actions(actions, out);
     }
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
-        if let Some(mid) = rpar_core::msg::msg_id_of(&msg.parent) {
-            if msg.idents.len() >= 2 && !self.ledger.pending.contains(&mid) {
-                if self.ledger.is_completed(&mid) {
+        let parent_id = rpar_core::msg::msg_id_of(&msg.parent);
+        if let Some(mid) = &parent_id {
+            if msg.idents.len() >= 2 && !self.ledger.pending.contains(mid) {
+                if self.ledger.is_completed(mid) {
                     debug!(msg_id = %mid, "second reply for a finished task; dropped");
                 } else {
-                    self.relay_orphan_task_reply(mid, msg, out);
+                    self.relay_orphan_task_reply(mid.clone(), msg, out);
                 }
                 return;
             }
         }
-        let actions = self.tasks.task.on_engine_reply(msg, now);
+        let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
         self.apply_task_actions(actions, out);
     }
 
