@@ -72,14 +72,7 @@ impl Hub {
         let mut known = false;
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
-                Some(mid) => {
-                    let outcome = self.records.result(&mid, &msg, &buffers, None);
-                    self.monitor.finished(&mid, Some(eid), &outcome);
-                    let aborted = outcome.is_aborted();
-                    known = self
-                        .ledger
-                        .finished(mid, Some(eid), (!aborted).then_some(eid));
-                }
+                Some(mid) => known = self.finished(mid, &msg, &buffers, None, Some(eid)),
                 None => {
                     if let Err(e) = msg.parent_value() {
                         warn!(error = %e, "direct reply with a bad parent header")
@@ -110,13 +103,26 @@ impl Hub {
         let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
         let eid = self.engine_id_of(&msg.idents[1]);
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
-        let outcome = self.records.result(&mid, &msg, &buffers, Some(&engine));
-        self.monitor.finished(&mid, eid, &outcome);
-        let aborted = outcome.is_aborted();
-        self.ledger
-            .finished(mid, eid, if aborted { None } else { eid });
+        self.finished(mid, &msg, &buffers, Some(&engine), eid);
         self.reroute(Sock::TaskClient, &mut msg);
         send_with(out, Sock::TaskClient, msg.into_frames(), buffers);
+    }
+
+    /// A request or task finished with `reply` (its buffers apart), on engine `eid`: recorded,
+    /// counted, and forgotten as outstanding (an aborted one counts for no engine). Returns
+    /// whether it was outstanding here.
+    fn finished(
+        &mut self,
+        msg_id: String,
+        reply: &WireMessage,
+        buffers: &SharedBuffers,
+        engine_uuid: Option<&str>,
+        eid: Option<u32>,
+    ) -> bool {
+        let outcome = self.records.result(&msg_id, reply, buffers, engine_uuid);
+        self.monitor.finished(&msg_id, eid, &outcome);
+        let count_on = if outcome.is_aborted() { None } else { eid };
+        self.ledger.finished(msg_id, eid, count_on)
     }
 
     /// A reply for a request this controller never saw (sent before a restart) goes to the
@@ -279,14 +285,7 @@ impl Hub {
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
                     let buffers = SharedBuffers::new(std::mem::take(&mut reply.buffers));
-                    let outcome = self
-                        .records
-                        .result(&msg_id, &reply, &buffers, eu.as_deref());
-                    self.monitor.finished(&msg_id, eid, &outcome);
-                    let aborted = outcome.is_aborted();
-                    let known = self
-                        .ledger
-                        .finished(msg_id, eid, if aborted { None } else { eid });
+                    let known = self.finished(msg_id, &reply, &buffers, eu.as_deref(), eid);
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
                         if !known {
                             self.reroute(Sock::TaskClient, &mut reply);
