@@ -15,6 +15,8 @@
 //!     first);
 //!   - [`TaskDb::update_record`]`(msg_id, patch)`: merge the fields set in `patch`, creating the
 //!     record if absent;
+//!   - [`TaskDb::add_raw`] / [`TaskDb::update_raw`]: the same with the JSON fields still
+//!     frame bytes ([`RawWrite`]; the hub's path, parsed only when read by the memory DB);
 //!   - [`TaskDb::append_stream`]`(msg_id, Stream::Stdout, text)`;
 //!   - [`TaskDb::drop_record`], [`TaskDb::drop_matching_records`] (purge);
 //!   - [`TaskDb::flush`] (wait until durable), [`TaskDb::close`].
@@ -68,6 +70,7 @@ pub mod memory;
 pub mod mongo;
 pub mod nodb;
 pub mod query;
+pub mod raw;
 pub mod record;
 pub mod reply;
 #[cfg(feature = "sqlite")]
@@ -85,6 +88,7 @@ pub use memory::MemoryDb;
 pub use mongo::MongoDb;
 pub use nodb::NoDb;
 pub use query::Query;
+pub use raw::RawWrite;
 pub use record::{parse_keys, Field, FieldKind, Stream, TaskRecord};
 pub use reply::{db_reply, history_reply, result_entry};
 #[cfg(feature = "sqlite")]
@@ -103,6 +107,18 @@ pub trait TaskDb: Send {
 
     /// Merge the fields set in `patch` into record `msg_id`, creating it if absent.
     fn update_record(&mut self, msg_id: &str, patch: TaskRecord) -> Result<(), DbError>;
+
+    /// [`TaskDb::add_record`] for a write whose JSON fields are still frame bytes
+    /// ([`RawWrite`]). By default they are parsed first; the memory DB keeps the bytes and
+    /// parses them only when a read or a query needs them.
+    fn add_raw(&mut self, w: RawWrite) -> Result<(), DbError> {
+        self.add_record(w.into_record())
+    }
+
+    /// [`TaskDb::update_record`] for a [`RawWrite`] (its `rec.msg_id` is not used).
+    fn update_raw(&mut self, msg_id: &str, w: RawWrite) -> Result<(), DbError> {
+        self.update_record(msg_id, w.into_record())
+    }
 
     /// Append IOPub stream text to the record's stdout/stderr, creating the record if absent.
     fn append_stream(&mut self, msg_id: &str, stream: Stream, text: &str) -> Result<(), DbError>;

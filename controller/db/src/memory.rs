@@ -7,14 +7,22 @@
 //! `size_limit * (1 - cull_fraction)`. Pending tasks are never culled, so the limits can be
 //! exceeded while many tasks are outstanding. Culled ids are remembered (a bounded number of
 //! them) so `get_record` can say "culled" rather than "no such record".
+//!
+//! A record's JSON fields written as frame bytes ([`TaskDb::add_raw`]) stay bytes until a read
+//! or a query needs them ([`stored`]): most are never read, and bytes cost one block each to
+//! keep and to free, where a parsed value costs one per key and string.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::config::Backend;
 use crate::error::DbError;
 use crate::query::{Cond, Operand, Query};
+use crate::raw::RawWrite;
 use crate::record::{Field, Stream, TaskRecord};
 use crate::TaskDb;
+
+mod stored;
+use stored::Stored;
 
 /// Default `DictDB.size_limit`: 192 MiB of buffers.
 pub const DEFAULT_SIZE_LIMIT: u64 = 192 << 20;
@@ -94,7 +102,7 @@ impl CulledIds {
 pub struct MemoryDb {
     limits: Limits,
     index: HashMap<String, u64>,
-    records: BTreeMap<u64, TaskRecord>,
+    records: BTreeMap<u64, Stored>,
     next_seq: u64,
     buffer_bytes: u64,
     culled: CulledIds,
@@ -144,22 +152,23 @@ impl MemoryDb {
     }
 
     /// Apply `f` to record `msg_id` (created if absent), keeping the byte count right.
-    fn with_record(&mut self, msg_id: &str, f: impl FnOnce(&mut TaskRecord)) {
+    fn with_record(&mut self, msg_id: &str, f: impl FnOnce(&mut Stored)) {
         let seq = match self.index.get(msg_id) {
             Some(&s) => s,
             None => {
                 let s = self.next_seq;
                 self.next_seq += 1;
                 self.index.insert(msg_id.to_string(), s);
-                self.records.insert(s, TaskRecord::new(msg_id));
+                self.records.insert(s, Stored::new(TaskRecord::new(msg_id)));
                 self.culled.remove(msg_id);
                 s
             }
         };
-        if let Some(rec) = self.records.get_mut(&seq) {
-            let before = rec.buffer_bytes() as u64;
-            let was_done = rec.completed.is_some();
-            f(rec);
+        if let Some(stored) = self.records.get_mut(&seq) {
+            let before = stored.rec.buffer_bytes() as u64;
+            let was_done = stored.rec.completed.is_some();
+            f(stored);
+            let rec = &mut stored.rec;
             // The record is keyed by msg_id: keep its field consistent whatever the patch said.
             if rec.msg_id.as_deref() != Some(msg_id) {
                 rec.msg_id = Some(msg_id.to_string());
@@ -175,10 +184,11 @@ impl MemoryDb {
 
     /// Store `rec`, whose msg_id (set) is not in the index: what [`MemoryDb::with_record`]
     /// does for a new id merging `rec` into an empty record.
-    fn insert_new(&mut self, rec: TaskRecord) {
-        let Some(id) = rec.msg_id.clone() else {
+    fn insert_new(&mut self, stored: Stored) {
+        let Some(id) = stored.rec.msg_id.clone() else {
             return;
         };
+        let rec = &stored.rec;
         let s = self.next_seq;
         self.next_seq += 1;
         self.culled.remove(&id);
@@ -187,13 +197,14 @@ impl MemoryDb {
         if rec.completed.is_some() {
             self.cull_blocked = false;
         }
-        self.records.insert(s, rec);
+        self.records.insert(s, stored);
         self.maybe_cull();
     }
 
     /// Remove a record, returning its msg_id; its buffers are freed here.
     fn remove_seq(&mut self, seq: u64) -> Option<String> {
-        let mut rec = self.records.remove(&seq)?;
+        let mut stored = self.records.remove(&seq)?;
+        let rec = &mut stored.rec;
         let id = rec.msg_id.take();
         if let Some(id) = id.as_deref() {
             self.index.remove(id);
@@ -201,7 +212,7 @@ impl MemoryDb {
         let bytes = rec.buffer_bytes() as u64;
         self.buffer_bytes -= bytes;
         self.cull_blocked = false;
-        drop(rec);
+        drop(stored);
         self.trimmer.freed(bytes);
         Some(id.unwrap_or_default())
     }
@@ -231,7 +242,7 @@ impl MemoryDb {
         let candidates: Vec<u64> = self
             .records
             .iter()
-            .filter(|(_, r)| r.completed.is_some() || r.submitted.is_none())
+            .filter(|(_, s)| s.rec.completed.is_some() || s.rec.submitted.is_none())
             .map(|(&s, _)| s)
             .take(wanted)
             .collect();
@@ -309,8 +320,26 @@ impl TaskDb for MemoryDb {
         } else {
             // A new id (every request): the record goes in as it is, not merged into an
             // empty one (one lookup and one copy of the id fewer per task).
-            self.insert_new(rec);
+            self.insert_new(Stored::new(rec));
         }
+        Ok(())
+    }
+
+    fn add_raw(&mut self, w: RawWrite) -> Result<(), DbError> {
+        let Some(id) = w.rec.msg_id.as_deref() else {
+            return Err(DbError::MissingMsgId);
+        };
+        if self.index.contains_key(id) {
+            let id = id.to_string();
+            self.with_record(&id, |r| r.merge_raw(w));
+        } else {
+            self.insert_new(Stored::from_raw(w));
+        }
+        Ok(())
+    }
+
+    fn update_raw(&mut self, msg_id: &str, w: RawWrite) -> Result<(), DbError> {
+        self.with_record(msg_id, |r| r.merge_raw(w));
         Ok(())
     }
 
@@ -326,7 +355,7 @@ impl TaskDb for MemoryDb {
 
     fn get_record(&self, msg_id: &str) -> Result<TaskRecord, DbError> {
         match self.index.get(msg_id).and_then(|s| self.records.get(s)) {
-            Some(r) => Ok(r.clone()),
+            Some(r) => Ok(r.full()),
             None if self.culled.contains(msg_id) => Err(DbError::Culled(msg_id.to_string())),
             None => Err(DbError::NotFound(msg_id.to_string())),
         }
@@ -341,7 +370,7 @@ impl TaskDb for MemoryDb {
             .candidates(query)
             .into_iter()
             .filter_map(|s| self.records.get(&s))
-            .filter(|r| query.matches(r))
+            .filter(|r| r.matches(query))
             .map(|r| r.project(keys))
             .collect())
     }
@@ -350,7 +379,7 @@ impl TaskDb for MemoryDb {
         let mut v: Vec<(chrono::DateTime<chrono::Utc>, u64, &str)> = self
             .records
             .iter()
-            .filter_map(|(&s, r)| Some((r.submitted?, s, r.msg_id.as_deref()?)))
+            .filter_map(|(&s, r)| Some((r.rec.submitted?, s, r.rec.msg_id.as_deref()?)))
             .collect();
         v.sort_unstable();
         Ok(v.into_iter().map(|(_, _, id)| id.to_string()).collect())
@@ -367,7 +396,7 @@ impl TaskDb for MemoryDb {
         let doomed: Vec<u64> = self
             .candidates(query)
             .into_iter()
-            .filter(|s| self.records.get(s).is_some_and(|r| query.matches(r)))
+            .filter(|s| self.records.get(s).is_some_and(|r| r.matches(query)))
             .collect();
         Ok(doomed
             .into_iter()

@@ -25,6 +25,14 @@ impl TaskDb for NoDb {
         Ok(())
     }
 
+    fn add_raw(&mut self, _w: crate::RawWrite) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    fn update_raw(&mut self, _msg_id: &str, _w: crate::RawWrite) -> Result<(), DbError> {
+        Ok(())
+    }
+
     fn append_stream(&mut self, _id: &str, _s: Stream, _text: &str) -> Result<(), DbError> {
         Ok(())
     }

@@ -32,7 +32,9 @@ pub(super) struct Ledger {
     /// All outstanding msg_ids (mux and task).
     pub pending: HashSet<String>,
     completed: Completed,
-    routes: HashMap<(Sock, String), Vec<u8>>,
+    /// Client routing ids by socket, then session (looked up by `&str`: no key is built per
+    /// request).
+    routes: HashMap<Sock, HashMap<String, Vec<u8>>>,
 }
 
 /// Finished msg_ids, oldest first, with the engine they count for (aborted tasks count for none).
@@ -157,24 +159,32 @@ impl Ledger {
 
     /// Client `session` sends on `sock` from routing id `ident` now.
     pub fn learn_route(&mut self, sock: Sock, session: &str, ident: &[u8]) {
-        if let Some(r) = self.routes.get_mut(&(sock, session.to_string())) {
+        if let Some(r) = self.routes.get_mut(&sock).and_then(|m| m.get_mut(session)) {
             if r.as_slice() != ident {
                 *r = ident.to_vec();
             }
             return;
         }
-        if self.routes.len() >= ROUTES_KEPT * 2 {
+        if self.routes_len() >= ROUTES_KEPT * 2 {
             self.routes.clear();
         }
         self.routes
-            .insert((sock, session.to_string()), ident.to_vec());
+            .entry(sock)
+            .or_default()
+            .insert(session.to_string(), ident.to_vec());
     }
 
     /// The routing id client `session` uses on `sock` now, if it sent anything there.
     pub fn route(&self, sock: Sock, session: &str) -> Option<&[u8]> {
         self.routes
-            .get(&(sock, session.to_string()))
+            .get(&sock)
+            .and_then(|m| m.get(session))
             .map(Vec::as_slice)
+    }
+
+    /// Routes kept, all sockets together.
+    fn routes_len(&self) -> usize {
+        self.routes.values().map(HashMap::len).sum()
     }
 
     /// Entries held, for the bounded-memory tests.
@@ -188,6 +198,6 @@ impl Ledger {
             + self.completed.order.len()
             + self.completed.set.len()
             + self.completed.counts.len()
-            + self.routes.len()
+            + self.routes_len()
     }
 }

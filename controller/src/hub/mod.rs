@@ -23,6 +23,7 @@ mod lifecycle;
 mod monitor;
 mod native;
 mod parked;
+mod pick;
 mod queries;
 mod records;
 mod registration;

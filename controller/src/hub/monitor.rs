@@ -62,18 +62,18 @@ pub enum Outcome {
 impl Outcome {
     /// The outcome a reply content reports (`status`, `ename`, `evalue`).
     pub fn of_content(content: Option<&Value>) -> Outcome {
-        let get = |k: &str| {
-            content
-                .and_then(|c| c.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        };
-        match get("status") {
+        let get = |k: &str| content.and_then(|c| c.get(k)).and_then(Value::as_str);
+        Outcome::of_fields(get("status"), get("ename"), get("evalue"))
+    }
+
+    /// The outcome of a reply content's `status`, `ename` and `evalue` (strings, or absent).
+    pub fn of_fields(status: Option<&str>, ename: Option<&str>, evalue: Option<&str>) -> Outcome {
+        match status.unwrap_or("") {
             "ok" => Outcome::Ok,
             "aborted" => Outcome::Aborted,
             _ => Outcome::Error {
-                ename: get("ename").to_string(),
-                evalue: get("evalue").chars().take(EVALUE_KEPT).collect(),
+                ename: ename.unwrap_or("").to_string(),
+                evalue: evalue.unwrap_or("").chars().take(EVALUE_KEPT).collect(),
             },
         }
     }

@@ -336,9 +336,9 @@ impl Hub {
             };
             self.signer.sign_message(&mut m);
             // the new record keeps the original client's session, submitted from the old header
-            if let Ok((h, value)) = rpar_core::Header::parse_with_value(&m.header) {
+            if let Ok(h) = super::pick::request_header(&m.header) {
                 let buffers = SharedBuffers::new(m.buffers.clone());
-                self.records.request(h, value, &m, &buffers, "task", None);
+                self.records.request(h, &m, &buffers, "task", None);
             }
             resubmitted.insert(old_id.clone(), json!(new_id));
             to_submit.push((old_id, new_id, m));

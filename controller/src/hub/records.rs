@@ -6,13 +6,16 @@
 //! the record is written without them and they wait here, shared with the frames on their way
 //! out (and the scheduler, for a task's request), until nothing else holds them; then
 //! [`Records::settle`] moves them into the record. Small ones are copied at once.
+//!
+//! A message's header, metadata and content go into the record as the bytes of their frames
+//! ([`RawWrite`]); only the few fields the record indexes (dates, label, engine) are read here.
 
 use super::monitor::Outcome;
+use super::pick::{pick, RequestHeader};
 use super::SHARE_MIN;
 use rpar_core::ids::parse_iso;
 use rpar_core::wire::{buffers_len, SharedBuffers, WireMessage};
-use rpar_core::Header;
-use rpar_taskdb::{Stream, TaskDb, TaskRecord};
+use rpar_taskdb::{Field, RawWrite, Stream, TaskDb, TaskRecord};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -114,33 +117,23 @@ impl Records {
         }
     }
 
-    /// A request seen on its way to an engine (`in` / `intask`). `h` is the request's header
-    /// and `value` the same header as JSON ([`Header::parse_with_value`]: parsed once by the
-    /// caller); the value goes into the record as it is. `buffers` are the request's (not
-    /// in `msg`).
+    /// A request seen on its way to an engine (`in` / `intask`). `h` is what the caller read of
+    /// the request's header ([`super::pick::request_header`]); the header frame itself goes
+    /// into the record. `buffers` are the request's (not in `msg`).
     pub fn request(
         &mut self,
-        h: Header,
-        value: Value,
+        h: RequestHeader,
         msg: &WireMessage,
         buffers: &SharedBuffers,
         queue: &str,
         engine_uuid: Option<&str>,
     ) {
-        let metadata = msg.metadata_value().ok();
-        let label = metadata
-            .as_ref()
-            .and_then(|m| m.get("label"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let [label] = pick(&msg.metadata, ["label"]);
         let submitted = parse_iso(&h.date).or_else(|| Some(now()));
         let msg_id = h.msg_id;
         let buffers = self.keep(&msg_id, Part::Request, buffers);
         let rec = TaskRecord {
-            msg_id: Some(msg_id.clone()),
-            header: Some(value),
-            metadata,
-            content: msg.content_value().ok(),
+            msg_id: Some(msg_id),
             buffers,
             submitted,
             client_uuid: Some(h.session),
@@ -149,8 +142,12 @@ impl Records {
             label,
             ..Default::default()
         };
-        if let Err(e) = self.db.add_record(rec) {
-            debug!(%msg_id, error = %e, "recording request");
+        let w = RawWrite::new(rec)
+            .with_json(Field::Header, msg.header.clone())
+            .with_json(Field::Metadata, msg.metadata.clone())
+            .with_json(Field::Content, msg.content.clone());
+        if let Err(e) = self.db.add_raw(w) {
+            debug!(error = %e, "recording request");
         }
     }
 
@@ -175,9 +172,9 @@ impl Records {
         engine_uuid: Option<&str>,
     ) -> Outcome {
         let (mut upd, outcome) = result_patch(reply, engine_uuid);
-        upd.result_buffers = self.keep(msg_id, Part::Result, buffers);
-        let big = upd.result_buffers.is_none();
-        match self.db.update_record(msg_id, upd) {
+        upd.rec.result_buffers = self.keep(msg_id, Part::Result, buffers);
+        let big = upd.rec.result_buffers.is_none();
+        match self.db.update_raw(msg_id, upd) {
             Err(e) if e.is_missing() => {
                 // a reply for a request this controller never saw (sent before a restart):
                 // recorded from what the reply says of its request
@@ -189,16 +186,17 @@ impl Records {
                         .and_then(Value::as_str)
                         .map(str::to_string)
                 };
-                let rec = TaskRecord {
+                let mut rec = result_patch(reply, engine_uuid).0;
+                rec.rec = TaskRecord {
                     msg_id: Some(msg_id.to_string()),
                     submitted: field("date").as_deref().and_then(parse_iso),
                     client_uuid: field("session"),
                     header: parent.clone(),
                     // big buffers are waiting already, and go into this record
                     result_buffers: (!big).then(|| buffers.to_vec()),
-                    ..result_patch(reply, engine_uuid).0
+                    ..rec.rec
                 };
-                if let Err(e) = self.db.add_record(rec) {
+                if let Err(e) = self.db.add_raw(rec) {
                     debug!(msg_id, error = %e, "recording the result of an unknown request");
                 }
             }
@@ -210,40 +208,24 @@ impl Records {
 }
 
 /// The record update a final reply makes, and how the task finished.
-fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (TaskRecord, Outcome) {
-    let result_header = reply.header_value().ok();
-    let result_metadata = reply.metadata_value().ok();
-    let result_content = reply.content_value().ok();
-    let outcome = Outcome::of_content(result_content.as_ref());
-    let started = result_metadata
-        .as_ref()
-        .and_then(|m| m.get("started"))
-        .and_then(Value::as_str)
-        .and_then(parse_iso);
-    let completed = result_header
-        .as_ref()
-        .and_then(|h| h.get("date"))
-        .and_then(Value::as_str)
-        .and_then(parse_iso);
-    let engine = engine_uuid.map(str::to_string).or_else(|| {
-        result_metadata
-            .as_ref()
-            .and_then(|m| m.get("engine"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
+fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (RawWrite, Outcome) {
+    let [date] = pick(&reply.header, ["date"]);
+    let [started, engine] = pick(&reply.metadata, ["started", "engine"]);
+    let [status, ename, evalue] = pick(&reply.content, ["status", "ename", "evalue"]);
+    let outcome = Outcome::of_fields(status.as_deref(), ename.as_deref(), evalue.as_deref());
     let upd = TaskRecord {
-        result_header,
-        result_metadata,
-        result_content,
         result_buffers: None,
         received: Some(now()),
-        started,
-        completed: completed.or_else(|| Some(now())),
-        engine_uuid: engine,
+        started: started.as_deref().and_then(parse_iso),
+        completed: date.as_deref().and_then(parse_iso).or_else(|| Some(now())),
+        engine_uuid: engine_uuid.map(str::to_string).or(engine),
         ..Default::default()
     };
-    (upd, outcome)
+    let w = RawWrite::new(upd)
+        .with_json(Field::ResultHeader, reply.header.clone())
+        .with_json(Field::ResultMetadata, reply.metadata.clone())
+        .with_json(Field::ResultContent, reply.content.clone());
+    (w, outcome)
 }
 
 impl Records {

@@ -7,6 +7,7 @@
 //! shared by the record, the scheduler and the frames sent ([`send_with`]): big buffers cross
 //! the controller without a copy.
 
+use super::pick::request_header;
 use super::{send_with, Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_core::Header;
@@ -36,11 +37,8 @@ impl Hub {
         }
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         let target = &msg.idents[1];
-        match (
-            Header::parse_with_value(&msg.header),
-            self.engine_id_of(target),
-        ) {
-            (Ok((h, value)), Some(eid)) => {
+        match (request_header(&msg.header), self.engine_id_of(target)) {
+            (Ok(h), Some(eid)) => {
                 let engine_uuid = String::from_utf8_lossy(target).into_owned();
                 self.ledger
                     .learn_route(Sock::MuxClient, &h.session, &msg.idents[0]);
@@ -53,7 +51,7 @@ impl Hub {
                 self.monitor.submitted(false);
                 self.monitor.client_seen(&h.session, now);
                 self.records
-                    .request(h, value, &msg, &buffers, "mux", Some(&engine_uuid));
+                    .request(h, &msg, &buffers, "mux", Some(&engine_uuid));
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -74,14 +72,7 @@ impl Hub {
         let mut known = false;
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
-                Some(mid) => {
-                    let outcome = self.records.result(&mid, &msg, &buffers, None);
-                    self.monitor.finished(&mid, Some(eid), &outcome);
-                    let aborted = outcome.is_aborted();
-                    known = self
-                        .ledger
-                        .finished(mid, Some(eid), (!aborted).then_some(eid));
-                }
+                Some(mid) => known = self.finished(mid, &msg, &buffers, None, Some(eid)),
                 None => {
                     if let Err(e) = msg.parent_value() {
                         warn!(error = %e, "direct reply with a bad parent header")
@@ -112,13 +103,26 @@ impl Hub {
         let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
         let eid = self.engine_id_of(&msg.idents[1]);
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
-        let outcome = self.records.result(&mid, &msg, &buffers, Some(&engine));
-        self.monitor.finished(&mid, eid, &outcome);
-        let aborted = outcome.is_aborted();
-        self.ledger
-            .finished(mid, eid, if aborted { None } else { eid });
+        self.finished(mid, &msg, &buffers, Some(&engine), eid);
         self.reroute(Sock::TaskClient, &mut msg);
         send_with(out, Sock::TaskClient, msg.into_frames(), buffers);
+    }
+
+    /// A request or task finished with `reply` (its buffers apart), on engine `eid`: recorded,
+    /// counted, and forgotten as outstanding (an aborted one counts for no engine). Returns
+    /// whether it was outstanding here.
+    fn finished(
+        &mut self,
+        msg_id: String,
+        reply: &WireMessage,
+        buffers: &SharedBuffers,
+        engine_uuid: Option<&str>,
+        eid: Option<u32>,
+    ) -> bool {
+        let outcome = self.records.result(&msg_id, reply, buffers, engine_uuid);
+        self.monitor.finished(&msg_id, eid, &outcome);
+        let count_on = if outcome.is_aborted() { None } else { eid };
+        self.ledger.finished(msg_id, eid, count_on)
     }
 
     /// A reply for a request this controller never saw (sent before a restart) goes to the
@@ -175,9 +179,12 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
-        match Header::parse_with_value(&msg.header) {
-            Ok((h, value)) => {
+        // the scheduler's msg_id, as `msg_id_of` reads it: a non-empty string
+        let mut sched_id = None;
+        match request_header(&msg.header) {
+            Ok(h) => {
                 let msg_id = h.msg_id.clone();
+                sched_id = Some((!msg_id.is_empty()).then(|| msg_id.clone()));
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
                 if !resubmission {
@@ -186,7 +193,7 @@ impl Hub {
                             .learn_route(Sock::TaskClient, &h.session, client);
                     }
                     self.monitor.client_seen(&h.session, now);
-                    self.records.request(h, value, &msg, &buffers, "task", None);
+                    self.records.request(h, &msg, &buffers, "task", None);
                 }
                 self.monitor.submitted(resubmission);
                 self.ledger.pending.insert(msg_id.clone());
@@ -194,22 +201,26 @@ impl Hub {
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
-        let actions = self.tasks.task.submit_shared(msg, buffers, now);
+        let actions = match sched_id {
+            Some(id) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
+            None => self.tasks.task.submit_shared(msg, buffers, now),
+        };
         self.apply_task_actions(actions, out);
     }
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
-        if let Some(mid) = rpar_core::msg::msg_id_of(&msg.parent) {
-            if msg.idents.len() >= 2 && !self.ledger.pending.contains(&mid) {
-                if self.ledger.is_completed(&mid) {
+        let parent_id = rpar_core::msg::msg_id_of(&msg.parent);
+        if let Some(mid) = &parent_id {
+            if msg.idents.len() >= 2 && !self.ledger.pending.contains(mid) {
+                if self.ledger.is_completed(mid) {
                     debug!(msg_id = %mid, "second reply for a finished task; dropped");
                 } else {
-                    self.relay_orphan_task_reply(mid, msg, out);
+                    self.relay_orphan_task_reply(mid.clone(), msg, out);
                 }
                 return;
             }
         }
-        let actions = self.tasks.task.on_engine_reply(msg, now);
+        let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
         self.apply_task_actions(actions, out);
     }
 
@@ -274,14 +285,7 @@ impl Hub {
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
                     let buffers = SharedBuffers::new(std::mem::take(&mut reply.buffers));
-                    let outcome = self
-                        .records
-                        .result(&msg_id, &reply, &buffers, eu.as_deref());
-                    self.monitor.finished(&msg_id, eid, &outcome);
-                    let aborted = outcome.is_aborted();
-                    let known = self
-                        .ledger
-                        .finished(msg_id, eid, if aborted { None } else { eid });
+                    let known = self.finished(msg_id, &reply, &buffers, eu.as_deref(), eid);
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
                         if !known {
                             self.reroute(Sock::TaskClient, &mut reply);

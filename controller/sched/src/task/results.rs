@@ -7,13 +7,31 @@ impl TaskScheduler {
     /// A reply from an engine, as received on the engine-facing ROUTER:
     /// `msg.idents == [engine_uuid, client_routing_id]`.
     pub fn on_engine_reply(&mut self, msg: WireMessage, now: Instant) -> Vec<TaskAction> {
+        let parent_id = header_msg_id(&msg.parent);
+        self.on_engine_reply_to(msg, parent_id, now)
+    }
+
+    /// [`TaskScheduler::on_engine_reply`] for a reply whose parent msg_id the caller has read
+    /// already ([`rpar_core::msg::msg_id_of`] of `msg.parent`), so that it is parsed once.
+    pub fn on_engine_reply_to(
+        &mut self,
+        msg: WireMessage,
+        parent_id: Option<String>,
+        now: Instant,
+    ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.result(msg, now, &mut out);
+        self.result(msg, parent_id, now, &mut out);
         self.drain(now, &mut out);
         out
     }
 
-    pub(super) fn result(&mut self, mut msg: WireMessage, now: Instant, out: &mut Vec<TaskAction>) {
+    pub(super) fn result(
+        &mut self,
+        mut msg: WireMessage,
+        parent_id: Option<String>,
+        now: Instant,
+        out: &mut Vec<TaskAction>,
+    ) {
         if msg.idents.len() < 2 {
             warn!(
                 frames = msg.idents.len(),
@@ -21,7 +39,7 @@ impl TaskScheduler {
             );
             return;
         }
-        let Some(msg_id) = header_msg_id(&msg.parent) else {
+        let Some(msg_id) = parent_id else {
             warn!("task reply without a readable parent_header.msg_id; dropped");
             return;
         };
@@ -215,7 +233,8 @@ impl TaskScheduler {
                 Vec::new(),
             );
             info!(msg_id = %job.msg_id, engine = id, "engine died with the task outstanding");
-            self.result(reply, now, out);
+            let parent_id = header_msg_id(&reply.parent);
+            self.result(reply, parent_id, now, out);
         }
         self.engines.remove(&k);
     }

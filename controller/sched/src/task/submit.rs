@@ -18,8 +18,21 @@ impl TaskScheduler {
         buffers: SharedBuffers,
         now: Instant,
     ) -> Vec<TaskAction> {
+        let msg_id = header_msg_id(&msg.header);
+        self.submit_shared_as(msg, buffers, msg_id, now)
+    }
+
+    /// [`TaskScheduler::submit_shared`] for a request whose msg_id the caller has read already
+    /// ([`rpar_core::msg::msg_id_of`] of `msg.header`), so that it is parsed once.
+    pub fn submit_shared_as(
+        &mut self,
+        msg: WireMessage,
+        buffers: SharedBuffers,
+        msg_id: Option<String>,
+        now: Instant,
+    ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.submit_inner(msg, buffers, now, &mut out);
+        self.submit_inner(msg, buffers, msg_id, now, &mut out);
         self.drain(now, &mut out);
         out
     }
@@ -28,6 +41,7 @@ impl TaskScheduler {
         &mut self,
         msg: WireMessage,
         buffers: SharedBuffers,
+        msg_id: Option<String>,
         now: Instant,
         out: &mut Vec<TaskAction>,
     ) {
@@ -35,7 +49,7 @@ impl TaskScheduler {
             warn!("task request without a client routing id; dropped");
             return;
         }
-        let msg_id = match header_msg_id(&msg.header) {
+        let msg_id = match msg_id {
             Some(m) => m,
             None => {
                 warn!("task request without a readable header.msg_id; dropped");

@@ -1,0 +1,199 @@
+//! Reading a few fields of a JSON frame without building the rest: what the hub's routing path
+//! needs of a request or reply (a date, a status) while the frame itself goes into its record
+//! as bytes.
+
+use rpar_core::Header;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use std::fmt;
+
+/// The string values of `keys` in a JSON object frame, as a full parse
+/// ([`rpar_core::wire::WireMessage::parse_part`]) and `value.get(key).as_str()` read them: the
+/// last of duplicate keys; `None` for a key that is missing or not a string, and for every key
+/// when the frame is not a JSON object (an empty frame included).
+pub(crate) fn pick<const N: usize>(raw: &[u8], keys: [&str; N]) -> [Option<String>; N] {
+    match fields(raw, keys) {
+        Some(got) => got.map(|g| match g {
+            Got::Str(s) => Some(s),
+            Got::Missing | Got::Other => None,
+        }),
+        None => std::array::from_fn(|_| None),
+    }
+}
+
+/// What [`fields`] found under a key (the last of duplicates, as a full parse keeps).
+enum Got {
+    Missing,
+    Str(String),
+    Other,
+}
+
+/// The values of `keys` in a JSON object frame; `None` when the frame is not one.
+fn fields<const N: usize>(raw: &[u8], keys: [&str; N]) -> Option<[Got; N]> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let got = Pick(keys).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(got)
+}
+
+/// What the hub reads of a request's header.
+#[derive(Debug, PartialEq)]
+pub(crate) struct RequestHeader {
+    pub msg_id: String,
+    pub session: String,
+    pub date: String,
+}
+
+/// A request's header as [`Header::parse_with_value`] reads it (an error where it fails: not
+/// an object, or one of [`Header`]'s fields not a string), without building the rest.
+pub(crate) fn request_header(raw: &[u8]) -> Result<RequestHeader, rpar_core::WireError> {
+    const KEYS: [&str; 6] = [
+        "msg_id", "session", "date", "msg_type", "username", "version",
+    ];
+    if let Some([msg_id, session, date, rest @ ..]) = fields(raw, KEYS) {
+        let text = |g: Got| match g {
+            Got::Missing => Some(String::new()),
+            Got::Str(s) => Some(s),
+            Got::Other => None,
+        };
+        if !rest.iter().any(|g| matches!(g, Got::Other)) {
+            if let (Some(msg_id), Some(session), Some(date)) =
+                (text(msg_id), text(session), text(date))
+            {
+                return Ok(RequestHeader {
+                    msg_id,
+                    session,
+                    date,
+                });
+            }
+        }
+    }
+    // not a header: the full parse says why
+    Header::parse_with_value(raw).map(|(h, _)| RequestHeader {
+        msg_id: h.msg_id,
+        session: h.session,
+        date: h.date,
+    })
+}
+
+struct Pick<'k, const N: usize>([&'k str; N]);
+
+impl<'de, const N: usize> DeserializeSeed<'de> for Pick<'_, N> {
+    type Value = [Got; N];
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
+    type Value = [Got; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: [Got; N] = std::array::from_fn(|_| Got::Missing);
+        while let Some(k) = map.next_key_seed(Key(&self.0))? {
+            match k {
+                Some(i) => {
+                    out[i] = match map.next_value::<Value>()? {
+                        Value::String(s) => Got::Str(s),
+                        _ => Got::Other,
+                    }
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A map key: which of the keys it is, if any (compared, never copied).
+struct Key<'a, 'k>(&'a [&'k str]);
+
+impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_, '_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|k| *k == s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpar_core::wire::WireMessage;
+
+    /// What the eager reading gives.
+    fn eager<const N: usize>(raw: &[u8], keys: [&str; N]) -> [Option<String>; N] {
+        let v = WireMessage::parse_part("x", raw).ok();
+        keys.map(|k| {
+            v.as_ref()
+                .and_then(|v| v.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    }
+
+    #[test]
+    fn pick_reads_as_a_full_parse() {
+        let frames: &[&[u8]] = &[
+            br#"{"status": "ok", "ename": "E", "other": {"status": "no"}, "x": [1, {"a": 2}]}"#,
+            br#"{"status": "ok", "status": "error"}"#,
+            br#"{"status": 5, "ename": null, "evalue": "v\u00e9\n"}"#,
+            br#"{"st\u0061tus": "escaped key"}"#,
+            br#"{"status": "ok"} trailing"#,
+            br#"{"status": "ok""#,
+            br#"["status", "ok"]"#,
+            b"",
+            b"null",
+            b"{}",
+        ];
+        for f in frames {
+            let keys = ["status", "ename", "evalue"];
+            assert_eq!(
+                pick(f, keys),
+                eager(f, keys),
+                "{}",
+                String::from_utf8_lossy(f)
+            );
+        }
+    }
+
+    #[test]
+    fn request_header_reads_as_a_full_parse() {
+        let frames: &[&[u8]] = &[
+            br#"{"msg_id": "a", "msg_id": "b", "msg_type": "t", "session": "s",
+                "username": "u", "date": "2026-01-01T00:00:00Z", "version": "5.3", "x": [1]}"#,
+            br#"{"msg_id": "a", "session": "s"}"#,
+            br#"{"msg_id": 5, "session": "s"}"#,
+            br#"{"msg_id": 5, "msg_id": "m"}"#,
+            br#"{"msg_id": "m", "version": null}"#,
+            br#"{"msg_id": "m", "username": 1}"#,
+            br#"{"msg_id": "m", "unknown": 1}"#,
+            br#"[]"#,
+            b"",
+        ];
+        for f in frames {
+            let full = Header::parse_with_value(f).map(|(h, _)| (h.msg_id, h.session, h.date));
+            let ours = request_header(f).map(|h| (h.msg_id, h.session, h.date));
+            assert_eq!(ours.ok(), full.ok(), "{}", String::from_utf8_lossy(f));
+        }
+    }
+}
