@@ -8,7 +8,10 @@
 //!
 //! Ordering: before an engine sends a reply it calls [`Capture::flush`], which flushes C stdio and
 //! writes a marker into each pipe, then waits until the reader has passed the marker. A pipe is a
-//! FIFO, so every byte written before the reply is published before it.
+//! FIFO, so every byte written before the reply is published before it. The common case, nothing
+//! written since the last flush, skips the round trip through the reader thread: the reader reads
+//! and publishes under a lock, so with that lock held, both pipes empty (`FIONREAD`) and nothing
+//! held back by the reader, every byte written before is already published.
 
 use crate::session::{Outbox, Session};
 use serde_json::json;
@@ -34,6 +37,11 @@ pub struct Capture {
     attached: OnceLock<Attached>,
     /// The original stdout/stderr (for text outside requests, and for logs).
     orig: [OwnedFd; 2],
+    /// The read ends of the two pipes (read by the reader thread only).
+    pipes: [OwnedFd; 2],
+    /// Held by the reader while it reads and publishes: the bytes it holds back (a partial
+    /// marker or UTF-8 sequence, text within its linger) of each pipe.
+    held: Mutex<[usize; 2]>,
 }
 
 fn dup(fd: RawFd) -> std::io::Result<OwnedFd> {
@@ -50,7 +58,7 @@ impl Capture {
     /// Redirect fds 1 and 2 into pipes and start the reader thread.
     pub fn install() -> std::io::Result<Arc<Capture>> {
         let orig = [dup(1)?, dup(2)?];
-        let mut readers = Vec::new();
+        let mut readers: Vec<OwnedFd> = Vec::new();
         for target in [1, 2] {
             let (r, w) = nix::unistd::pipe().map_err(std::io::Error::from)?;
             // SAFETY: dup2 onto the standard descriptor; w is closed after (1/2 keep the pipe).
@@ -67,11 +75,15 @@ impl Capture {
             seq: Mutex::new(0),
             attached: OnceLock::new(),
             orig,
+            pipes: readers
+                .try_into()
+                .map_err(|_| std::io::Error::other("two pipes"))?,
+            held: Mutex::new([0, 0]),
         });
         let c = cap.clone();
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || c.reader(readers))?;
+            .spawn(move || c.reader())?;
         Ok(cap)
     }
 
@@ -95,6 +107,9 @@ impl Capture {
         // SAFETY: fflush(NULL) flushes every C stdio output stream.
         unsafe {
             libc::fflush(std::ptr::null_mut());
+        }
+        if self.settled() {
+            return;
         }
         let seq = {
             let mut s = self.seq.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,6 +137,12 @@ impl Capture {
         }
     }
 
+    /// Has every byte written so far been published (nothing in the pipes, nothing held)?
+    fn settled(&self) -> bool {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        *held == [0, 0] && self.pipes.iter().all(|p| unread(p.as_raw_fd()) == Some(0))
+    }
+
     fn emit(&self, which: usize, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -142,7 +163,8 @@ impl Capture {
         }
     }
 
-    fn reader(self: Arc<Self>, readers: Vec<OwnedFd>) {
+    fn reader(self: Arc<Self>) {
+        let readers = [self.pipes[0].as_raw_fd(), self.pipes[1].as_raw_fd()];
         let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
         let mut since: [Option<Instant>; 2] = [None, None];
         let mut buf = vec![0u8; 65536];
@@ -157,7 +179,7 @@ impl Capture {
             let mut fds: Vec<libc::pollfd> = readers
                 .iter()
                 .map(|r| libc::pollfd {
-                    fd: r.as_raw_fd(),
+                    fd: *r,
                     events: libc::POLLIN,
                     revents: 0,
                 })
@@ -170,6 +192,8 @@ impl Capture {
                 }
                 return;
             }
+            // reading and publishing under `held` (see `settled`)
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             for (i, pfd) in fds.iter().enumerate() {
                 if pfd.revents & (libc::POLLIN | libc::POLLHUP) == 0 {
                     continue;
@@ -191,6 +215,7 @@ impl Capture {
                     self.process(i, &mut pending[i], &mut since[i], true);
                 }
             }
+            *held = [pending[0].len(), pending[1].len()];
         }
     }
 
@@ -230,6 +255,17 @@ impl Capture {
             *since
         };
     }
+}
+
+/// The bytes waiting in a pipe (`None` if the descriptor cannot say).
+fn unread(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if r < 0 {
+        return None;
+    }
+    usize::try_from(n).ok()
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) {

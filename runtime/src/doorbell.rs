@@ -13,9 +13,15 @@
 //! ring); a peer it cannot reach is served by the timed MPI probing of `runtime.rs` as before.
 //! Reachability is symmetric (same namespace both ways), so both ends agree without a message.
 //!
-//! Rings are counted: a ring whose message MPI has not yet made visible to `MPI_Improbe` keeps
-//! the receiver probing briefly (see [`pace`](crate::pace)); a lost
-//! ring (full socket buffer) only costs latency up to the loop's idle timeout.
+//! A ring carries the sender's rank and how many messages it has sent to this receiver so far;
+//! the receiver's [`Ledger`] sets that against the messages it received from that rank, so it
+//! knows exactly how many are owed: a message received before its ring, or rings lost to a full
+//! socket buffer (Linux queues only `net.unix.max_dgram_qlen` datagrams, 10 by default), leave
+//! no stale count behind, since the next ring carries the total. With nothing owed the loop need
+//! not probe MPI at all (a probe that finds nothing costs a `sched_yield` in Open MPI on an
+//! oversubscribed node). A ring whose message MPI has not yet made visible to `MPI_Improbe`
+//! keeps the receiver probing briefly (see [`pace`](crate::pace)); a lost last ring only costs
+//! latency up to the loop's idle timeout.
 
 use crate::relay::Rank;
 use std::io;
@@ -27,8 +33,105 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 pub struct Doorbell {
     sock: UnixDatagram,
     job: String,
+    me: Rank,
     /// Indexed by rank: `Some(addr)` if that peer's doorbell answered the start-up probe.
     peers: Vec<Option<SocketAddr>>,
+    /// Indexed by rank: the rings sent to that peer (= relay messages sent to it).
+    sent: Vec<u64>,
+}
+
+/// A ring on the wire: the sender's rank, then its count of messages sent to the receiver.
+const RING_LEN: usize = 12;
+
+fn ring_bytes(from: Rank, count: u64) -> [u8; RING_LEN] {
+    let mut b = [0u8; RING_LEN];
+    b[..4].copy_from_slice(&from.0.to_le_bytes());
+    b[4..].copy_from_slice(&count.to_le_bytes());
+    b
+}
+
+/// What a datagram on the doorbell says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// The start-up probe (empty): not a ring.
+    Probe,
+    /// `from` has sent this many messages to this rank so far.
+    Count { from: Rank, count: u64 },
+    /// Not a ring of this build: a wake-up that says nothing (probe MPI once).
+    Odd,
+}
+
+impl Ring {
+    pub fn parse(b: &[u8]) -> Ring {
+        if b.is_empty() {
+            return Ring::Probe;
+        }
+        let (Ok(r), Ok(c)) = (
+            <[u8; 4]>::try_from(b.get(..4).unwrap_or_default()),
+            <[u8; 8]>::try_from(b.get(4..).unwrap_or_default()),
+        ) else {
+            return Ring::Odd;
+        };
+        Ring::Count {
+            from: Rank(u32::from_le_bytes(r)),
+            count: u64::from_le_bytes(c),
+        }
+    }
+}
+
+/// Rings against received messages, per peer (sans I/O): how many messages are owed.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    /// Indexed by rank: the highest count that peer rang with.
+    announced: Vec<u64>,
+    /// Indexed by rank: the messages received from that peer.
+    received: Vec<u64>,
+    /// The sum over peers of what is announced and not yet received.
+    owed: u64,
+}
+
+impl Ledger {
+    pub fn new(size: u32) -> Ledger {
+        let n = usize::try_from(size).unwrap_or(0);
+        Ledger {
+            announced: vec![0; n],
+            received: vec![0; n],
+            owed: 0,
+        }
+    }
+
+    fn owed_by(&self, i: usize) -> u64 {
+        self.announced[i].saturating_sub(self.received[i])
+    }
+
+    fn update(&mut self, peer: Rank, f: impl FnOnce(&mut Ledger, usize)) {
+        let Some(i) = usize::try_from(peer.0)
+            .ok()
+            .filter(|i| *i < self.received.len())
+        else {
+            return;
+        };
+        let before = self.owed_by(i);
+        f(self, i);
+        self.owed = self.owed - before + self.owed_by(i);
+    }
+
+    /// A ring: `peer` has sent `count` messages in all. True if it announced a new one.
+    pub fn rung(&mut self, peer: Rank, count: u64) -> bool {
+        let before = self.owed;
+        self.update(peer, |l, i| l.announced[i] = l.announced[i].max(count));
+        self.owed > before
+    }
+
+    /// A message from `peer` was received.
+    pub fn received(&mut self, peer: Rank) {
+        self.update(peer, |l, i| l.received[i] += 1);
+    }
+
+    /// Messages announced and not yet received.
+    pub fn owed(&self) -> u64 {
+        self.owed
+    }
 }
 
 fn address(job: &str, rank: Rank) -> io::Result<SocketAddr> {
@@ -41,10 +144,13 @@ impl Doorbell {
     pub fn bind(job: &str, me: Rank, size: u32) -> io::Result<Doorbell> {
         let sock = UnixDatagram::bind_addr(&address(job, me)?)?;
         sock.set_nonblocking(true)?;
+        let n = usize::try_from(size).unwrap_or(0);
         Ok(Doorbell {
             sock,
             job: job.to_string(),
-            peers: vec![None; size as usize],
+            me,
+            peers: vec![None; n],
+            sent: vec![0; n],
         })
     }
 
@@ -73,25 +179,36 @@ impl Doorbell {
         n
     }
 
-    /// Wake `peer` (if reachable). Never blocks; a full buffer already means "wake up".
-    pub fn ring(&self, peer: Rank) {
-        if let Some(Some(addr)) = self.peers.get(peer.0 as usize) {
-            let _ = self.sock.send_to_addr(b"!", addr);
+    /// Count one more message sent to `peer` and wake it (if reachable). Never blocks; a full
+    /// buffer already means "wake up" (and the next ring carries the count).
+    pub fn ring(&mut self, peer: Rank) {
+        let Some(i) = usize::try_from(peer.0)
+            .ok()
+            .filter(|i| *i < self.sent.len())
+        else {
+            return;
+        };
+        self.sent[i] += 1;
+        if let Some(addr) = &self.peers[i] {
+            let _ = self
+                .sock
+                .send_to_addr(&ring_bytes(self.me, self.sent[i]), addr);
         }
     }
 
-    /// Empty the doorbell; returns the number of rings (empty probe datagrams not counted).
-    pub fn drain(&self) -> u64 {
+    /// Empty the doorbell into `ledger`; returns (rings that announced a message, datagrams
+    /// that were not rings of this build).
+    pub fn drain(&self, ledger: &mut Ledger) -> (u64, u64) {
         let mut buf = [0u8; 16];
-        let mut rings = 0;
-        loop {
-            match self.sock.recv(&mut buf) {
-                Ok(0) => {}
-                Ok(_) => rings += 1,
-                Err(_) => break,
+        let (mut new, mut odd) = (0, 0);
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            match Ring::parse(buf.get(..n).unwrap_or(&buf)) {
+                Ring::Probe => {}
+                Ring::Count { from, count } => new += u64::from(ledger.rung(from, count)),
+                Ring::Odd => odd += 1,
             }
         }
-        rings
+        (new, odd)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -112,19 +229,79 @@ mod tests {
         assert_eq!(a.probe([Rank(1), Rank(2), Rank(7)]), 1);
         assert!(a.peers[1].is_some() && a.peers[2].is_none());
         assert_eq!(b.probe([Rank(0)]), 1);
-        assert_eq!(b.drain(), 0, "probe datagrams are not rings");
-        assert_eq!(a.drain(), 0);
+        let (mut la, mut lb) = (Ledger::new(3), Ledger::new(3));
+        assert_eq!(b.drain(&mut lb), (0, 0), "probe datagrams are not rings");
+        assert_eq!(a.drain(&mut la), (0, 0));
         a.ring(Rank(1));
         a.ring(Rank(1));
         a.ring(Rank(2)); // no-op
-        assert_eq!(b.drain(), 2);
-        assert_eq!(b.drain(), 0);
+        a.ring(Rank(9)); // no such rank: no-op
+        assert_eq!(b.drain(&mut lb), (2, 0));
+        assert_eq!(lb.owed(), 2);
+        assert_eq!(b.drain(&mut lb), (0, 0));
         b.ring(Rank(0));
-        assert_eq!(a.drain(), 1);
+        assert_eq!(a.drain(&mut la), (1, 0));
+        assert_eq!(la.owed(), 1);
         // another job with the same ranks is a different namespace of names
         let c = Doorbell::bind(&format!("{job}-other"), Rank(1), 3).unwrap();
         a.ring(Rank(1));
-        assert_eq!(c.drain(), 0);
-        assert_eq!(b.drain(), 1);
+        let mut lc = Ledger::new(3);
+        assert_eq!(c.drain(&mut lc), (0, 0));
+        assert_eq!(b.drain(&mut lb), (1, 0));
+        assert_eq!(lb.owed(), 3);
+        // a datagram of another kind wakes the loop but announces nothing
+        let d = UnixDatagram::unbound().unwrap();
+        d.send_to_addr(b"!", &address(&job, Rank(1)).unwrap())
+            .unwrap();
+        assert_eq!(b.drain(&mut lb), (0, 1));
+    }
+
+    #[test]
+    fn rings_parse() {
+        assert_eq!(Ring::parse(b""), Ring::Probe);
+        assert_eq!(Ring::parse(b"!"), Ring::Odd);
+        assert_eq!(Ring::parse(&[0; 13]), Ring::Odd);
+        assert_eq!(
+            Ring::parse(&ring_bytes(Rank(7), 42)),
+            Ring::Count {
+                from: Rank(7),
+                count: 42
+            }
+        );
+    }
+
+    #[test]
+    fn the_ledger_counts_exactly_whatever_the_order_and_losses() {
+        let mut l = Ledger::new(3);
+        assert!(l.rung(Rank(1), 1));
+        assert_eq!(l.owed(), 1);
+        l.received(Rank(1));
+        assert_eq!(l.owed(), 0);
+        // a message received before its ring: its ring then announces nothing
+        l.received(Rank(2));
+        assert_eq!(l.owed(), 0);
+        assert!(!l.rung(Rank(2), 1));
+        assert_eq!(l.owed(), 0);
+        // rings 2 and 3 lost (full buffer), ring 4 carries the total
+        assert!(l.rung(Rank(1), 4));
+        assert_eq!(l.owed(), 3);
+        // an old ring arriving late changes nothing
+        assert!(!l.rung(Rank(1), 2));
+        assert_eq!(l.owed(), 3);
+        for _ in 0..3 {
+            l.received(Rank(1));
+        }
+        assert_eq!(l.owed(), 0);
+        // two peers at once
+        l.rung(Rank(0), 2);
+        l.rung(Rank(2), 3);
+        assert_eq!(l.owed(), 4);
+        l.received(Rank(2));
+        assert_eq!(l.owed(), 3);
+        // ranks outside the job (a stray datagram) are ignored
+        assert!(!l.rung(Rank(3), 100));
+        assert!(!l.rung(Rank(u32::MAX), 100));
+        l.received(Rank(99));
+        assert_eq!(l.owed(), 3);
     }
 }

@@ -338,16 +338,17 @@ impl EngineCore {
     /// Send the reply to `req`, wrapped in busy/idle.
     fn answer(&self, req: &Request, content: Value) {
         let s = &self.session;
-        self.outbox.send(s.status(&req.header_raw, "busy"));
         let status = content
             .get("status")
             .and_then(Value::as_str)
             .unwrap_or("ok")
             .to_string();
         let rt = Session::reply_type(&req.msg_type);
-        self.outbox
-            .send(s.reply(req, &rt, &content, &self.control_md(&status), vec![]));
-        self.outbox.send(s.status(&req.header_raw, "idle"));
+        self.outbox.send_all([
+            s.status(&req.header_raw, "busy"),
+            s.reply(req, &rt, &content, &self.control_md(&status), vec![]),
+            s.status(&req.header_raw, "idle"),
+        ]);
     }
 
     /// The `aborted` reply of a request that will not run.

@@ -3,41 +3,120 @@
 //!
 //! Only the runtime thread of a rank uses its [`Link`]. Sends are `MPI_Isend` (so two ranks
 //! sending large messages to each other cannot deadlock in rendezvous); completed sends are
-//! reaped on every poll. Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in
+//! reaped once per pass of the loop, all of them by one `MPI_Testsome` (each test of a send
+//! still in flight runs MPI's progress engine, which yields the CPU when it finds nothing to
+//! do on an oversubscribed node: one call per pass, not one per send). Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in
 //! MPI and can also watch ZeroMQ sockets, the outbox and signals.
 //!
 //! With a [`Doorbell`] every send also rings the receiver, and the link counts rings against
-//! received messages, so the runtime loop knows when it may sleep until the next ring.
+//! received messages ([`Ledger`]), so the runtime loop knows when it may sleep until the next
+//! ring, and the link probes MPI only when a message is owed (or the last probe found one, or
+//! [`PROBE_EVERY`] has passed): a probe that finds nothing is not free (Open MPI yields the
+//! CPU in it when the node is oversubscribed).
 
-use crate::doorbell::Doorbell;
+use crate::doorbell::{Doorbell, Ledger};
 use crate::pace::LinkState;
 use crate::relay::{Rank, TAG};
+use mpi::ffi;
 use mpi::point_to_point::MatchedReceiveVec;
-use mpi::request::{Request, StaticScope};
+use mpi::request::StaticScope;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use std::time::{Duration, Instant};
 
+/// Sends in flight: their requests (as MPI sets them: `MPI_REQUEST_NULL` once complete) and
+/// the buffers they read, index for index.
+#[derive(Default)]
 struct Pending {
-    req: Request<'static, [u8], StaticScope>,
-    buf: *mut [u8],
+    reqs: Vec<ffi::MPI_Request>,
+    bufs: Vec<*mut [u8]>,
+    /// `MPI_Testsome`'s output.
+    done: Vec<i32>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
+    fn push(&mut self, req: ffi::MPI_Request, buf: *mut [u8]) {
+        self.reqs.push(req);
+        self.bufs.push(buf);
+    }
+
+    /// Free the buffers of the completed sends, one `MPI_Testsome` for all.
+    fn reap(&mut self) {
+        if self.reqs.is_empty() {
+            return;
+        }
+        let Ok(n) = i32::try_from(self.reqs.len()) else {
+            return;
+        };
+        self.done.resize(self.reqs.len(), 0);
+        let mut count: i32 = 0;
+        // SAFETY: `reqs` holds `n` live requests (or nulls) and `done` room for `n` indices;
+        // the statuses are ignored.
+        unsafe {
+            ffi::MPI_Testsome(
+                n,
+                self.reqs.as_mut_ptr(),
+                &mut count,
+                self.done.as_mut_ptr(),
+                ffi::RSMPI_STATUSES_IGNORE,
+            );
+        }
+        if count <= 0 {
+            // nothing completed (or MPI_UNDEFINED: none active)
+            return;
+        }
+        // SAFETY: reading MPI's constant handle.
+        let null = unsafe { ffi::RSMPI_REQUEST_NULL };
+        let mut i = 0;
+        while i < self.reqs.len() {
+            if self.reqs[i] == null {
+                self.reqs.swap_remove(i);
+                let buf = self.bufs.swap_remove(i);
+                // SAFETY: the send completed, MPI no longer reads the buffer we leaked.
+                drop(unsafe { Box::from_raw(buf) });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Give up on the sends still in flight (their peer is gone): requests and buffers are
+    /// leaked, as MPI may still read them.
+    fn abandon(&mut self) {
+        self.reqs.clear();
+        self.bufs.clear();
+    }
 }
 
 /// One rank's relay endpoint.
 pub struct Link {
     comm: SimpleCommunicator,
-    pending: Vec<Pending>,
+    pending: Pending,
     bell: Option<Doorbell>,
     /// Every peer this rank hears from rings its doorbell.
     rung_by_all: bool,
-    /// Rings not yet matched by a received message.
-    owed: u64,
+    /// Rings against received messages.
+    ledger: Ledger,
     last_ring: Instant,
+    /// The last probe found nothing (false: probe again).
+    drained: bool,
+    /// A wake-up that announced nothing countable: probe once.
+    odd_ring: bool,
+    last_probe: Instant,
 }
 
 /// How long a ring whose message has not shown up keeps the loop probing MPI (while sends are
 /// in flight the loop probes too: MPI only progresses them when called).
 const RING_GRACE: Duration = Duration::from_millis(200);
+
+/// With doorbells and nothing owed, MPI is still probed this often (a message whose ring was
+/// lost, which Open MPI's shared memory makes visible before the ring is sent, so this is a
+/// safety net only).
+pub const PROBE_EVERY: Duration = Duration::from_millis(crate::pace::IDLE_MS as u64);
 
 // SAFETY: the communicator handle and in-flight buffers are used by exactly one thread at a time
 // (moved once from the main thread into the runtime thread). MPI is initialized with
@@ -46,13 +125,17 @@ unsafe impl Send for Link {}
 
 impl Link {
     pub fn new(comm: SimpleCommunicator) -> Link {
+        let size = u32::try_from(comm.size()).unwrap_or(0);
         Link {
             comm,
-            pending: Vec::new(),
+            pending: Pending::default(),
             bell: None,
             rung_by_all: false,
-            owed: 0,
+            ledger: Ledger::new(size),
             last_ring: Instant::now(),
+            drained: false,
+            odd_ring: false,
+            last_probe: Instant::now(),
         }
     }
 
@@ -72,11 +155,11 @@ impl Link {
     /// Take the rings off the doorbell (call when its descriptor is readable).
     pub fn on_bell(&mut self) {
         if let Some(b) = &self.bell {
-            let n = b.drain();
-            if n > 0 {
-                self.owed += n;
+            let (new, odd) = b.drain(&mut self.ledger);
+            if new > 0 {
                 self.last_ring = Instant::now();
             }
+            self.odd_ring |= odd > 0;
         }
     }
 
@@ -85,8 +168,19 @@ impl Link {
         LinkState {
             rung_by_all: self.rung_by_all,
             sending: !self.pending.is_empty(),
-            owed: self.owed > 0 && self.last_ring.elapsed() <= RING_GRACE,
+            owed: self.ledger.owed() > 0 && self.last_ring.elapsed() <= RING_GRACE,
         }
+    }
+
+    /// Whether a probe may find something: always without doorbells from every peer; with
+    /// them, while a message is owed, after a probe that found one, on an odd wake-up, or
+    /// once per [`PROBE_EVERY`].
+    fn worth_probing(&self) -> bool {
+        !self.rung_by_all
+            || !self.drained
+            || self.odd_ring
+            || self.ledger.owed() > 0
+            || self.last_probe.elapsed() >= PROBE_EVERY
     }
 
     pub fn rank(&self) -> Rank {
@@ -101,7 +195,7 @@ impl Link {
         &self.comm
     }
 
-    /// Start sending `data` to `to`.
+    /// Start sending `data` to `to` (the loop reaps it, [`Link::reap`]).
     pub fn send(&mut self, to: Rank, data: Vec<u8>) {
         let buf: &'static mut [u8] = Box::leak(data.into_boxed_slice());
         let ptr: *mut [u8] = buf;
@@ -109,36 +203,42 @@ impl Link {
             .comm
             .process_at_rank(to.0 as i32)
             .immediate_send_with_tag(StaticScope, &*buf, TAG);
-        self.pending.push(Pending { req, buf: ptr });
-        if let Some(b) = &self.bell {
+        // SAFETY: the request is completed by `reap` (or abandoned with its buffer leaked) and
+        // the buffer lives until then.
+        let (raw, _, _) = unsafe { req.into_raw() };
+        self.pending.push(raw, ptr);
+        if let Some(b) = &mut self.bell {
             b.ring(to);
         }
-        self.reap();
     }
 
     /// Free the buffers of completed sends.
     pub fn reap(&mut self) {
-        let mut still = Vec::with_capacity(self.pending.len());
-        for p in self.pending.drain(..) {
-            match p.req.test() {
-                Ok(_) => {
-                    // SAFETY: the send completed, MPI no longer reads the buffer we leaked.
-                    drop(unsafe { Box::from_raw(p.buf) });
-                }
-                Err(req) => still.push(Pending { req, buf: p.buf }),
-            }
-        }
-        self.pending = still;
+        self.pending.reap();
     }
 
-    /// A received message, if one is waiting.
+    /// A received message, if one is waiting (not probed for when none can be, see
+    /// [`Link::worth_probing`]).
     pub fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
+        if !self.worth_probing() {
+            return None;
+        }
+        self.odd_ring = false;
+        self.last_probe = Instant::now();
+        let got = self.probe();
+        self.drained = got.is_none();
+        if let Some((src, _)) = &got {
+            self.ledger.received(*src);
+        }
+        got
+    }
+
+    fn probe(&mut self) -> Option<(Rank, Vec<u8>)> {
         let matched = self
             .comm
             .any_process()
             .immediate_matched_probe_with_tag(TAG)?;
         let (data, status) = matched.matched_receive_vec::<u8>();
-        self.owed = self.owed.saturating_sub(1);
         Some((Rank(status.source_rank() as u32), data))
     }
 
@@ -149,16 +249,13 @@ impl Link {
             self.reap();
             std::thread::sleep(Duration::from_millis(1));
         }
-        for p in self.pending.drain(..) {
-            // An incomplete request must not be dropped (rsmpi panics); leak it with its buffer.
-            std::mem::forget(p.req);
-        }
+        self.pending.abandon();
     }
 
     /// Receive and discard whatever is still addressed to this rank.
     pub fn drain(&mut self) -> usize {
         let mut n = 0;
-        while self.try_recv().is_some() {
+        while self.probe().is_some() {
             n += 1;
         }
         n

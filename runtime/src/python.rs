@@ -456,8 +456,10 @@ impl Inner {
         self.capture.flush();
         s.finish_metadata(&mut md, &content);
         let rt = Session::reply_type(&req.msg_type);
-        self.outbox.send(s.reply(&req, &rt, &content, &md, buffers));
-        self.outbox.send(s.status(&req.header_raw, "idle"));
+        self.outbox.send_all([
+            s.reply(&req, &rt, &content, &md, buffers),
+            s.status(&req.header_raw, "idle"),
+        ]);
         self.capture.set_parent(None);
     }
 

@@ -169,12 +169,18 @@ impl Rank0 {
         let (mut from_net, mut from_mpi) = (Quota::new(size), Quota::new(size));
         let mut activity = Activity::new();
         loop {
-            let wait = if self.net.has_input() {
-                Wait::Now
-            } else if size == 1 {
+            let wait = if size == 1 {
                 Wait::Block(IDLE_MS)
             } else {
                 activity.wait(&self.link)
+            };
+            // input no descriptor announces is asked for only before a wait (the compat
+            // transport asks every socket): a pass that looks again at once reads it anyway
+            // at the latest in the pass after
+            let wait = if wait != Wait::Now && self.net.has_input() {
+                Wait::Now
+            } else {
+                wait
             };
             for slot in polls.wait(wait) {
                 match slot {

@@ -227,7 +227,16 @@ impl Outbox {
 
     /// Queue a packet and ring the bell. Never blocks; a closed loop drops the packet.
     pub fn send(&self, p: Packet) {
-        if self.tx.send(p).is_ok() {
+        self.send_all([p]);
+    }
+
+    /// Queue packets, in order, and ring the bell once.
+    pub fn send_all(&self, packets: impl IntoIterator<Item = Packet>) {
+        let mut queued = false;
+        for p in packets {
+            queued |= self.tx.send(p).is_ok();
+        }
+        if queued {
             // A full pipe already means "wake up"; EAGAIN is fine.
             // SAFETY: writing one byte from a valid buffer to a descriptor we own.
             unsafe {
@@ -348,5 +357,13 @@ mod tests {
         tx.send(Packet::new(Channel::IoPub, Rank(0), vec![]));
         assert!(rx.rx.try_recv().is_ok());
         rx.drain_bell();
+        // several at once: in order, one ring
+        tx.send_all((1..4).map(|r| Packet::new(Channel::IoPub, Rank(r), vec![])));
+        let got: Vec<u32> = rx.rx.try_iter().map(|p| p.header.rank.0).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        let mut buf = [0u8; 8];
+        // SAFETY: reading into a local buffer.
+        let n = unsafe { libc::read(rx.bell.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(n, 1);
     }
 }

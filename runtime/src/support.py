@@ -584,9 +584,18 @@ def _event_loop():
 
     if _loop is None:
         _loop = asyncio.new_event_loop()
-    if asyncio._get_running_loop() is None:
+    if asyncio._get_running_loop() is None and not _is_current(_loop):
         asyncio.set_event_loop(_loop)
     return _loop
+
+
+def _is_current(loop):
+    """Is `loop` already this thread's event loop (the default policy's record of it)? Setting
+    it again on every request re-attached the child watcher each time."""
+    import asyncio
+
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    return local is not None and getattr(local, "_loop", None) is loop
 
 
 def loop_busy():
