@@ -22,6 +22,7 @@ use crate::kernel::{Job, JobQueue};
 use crate::pybuf;
 use crate::session::{Outbox, Request, Session};
 use anyhow::{anyhow, Context, Result};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyModule};
 use serde_json::{json, Value};
@@ -235,6 +236,8 @@ pub struct Startup {
 /// What the Python thread works with.
 struct Inner {
     support: Py<PyModule>,
+    /// `sys`, whose (possibly replaced) stdout and stderr are flushed after each request.
+    sys: Py<PyModule>,
     publisher: Py<Publisher>,
     session: Arc<Session>,
     outbox: Outbox,
@@ -326,6 +329,7 @@ impl Executor {
             Ok(Executor {
                 inner: Rc::new(Inner {
                     support: support.unbind(),
+                    sys: py.import("sys")?.unbind(),
                     publisher,
                     session,
                     outbox,
@@ -447,9 +451,10 @@ impl Inner {
             }
         }
         Python::with_gil(|py| {
-            for name in ["stdout", "stderr"] {
-                if let Ok(f) = py.import("sys").and_then(|m| m.getattr(name)) {
-                    let _ = f.call_method0("flush");
+            let sys = self.sys.bind(py);
+            for name in [intern!(py, "stdout"), intern!(py, "stderr")] {
+                if let Ok(f) = sys.getattr(name) {
+                    let _ = f.call_method0(intern!(py, "flush"));
                 }
             }
         });
@@ -480,15 +485,17 @@ impl Inner {
                         .map(Value::to_string)
                         .unwrap_or_else(|| "{}".into());
                     let t: String = support
-                        .getattr("execute")?
+                        .getattr(intern!(py, "execute"))?
                         .call1((code, silent, store, exprs))?
                         .extract()?;
                     (t, vec![])
                 }
                 "apply_request" => {
                     let list = pybuf::views(py, std::mem::take(&mut req.buffers))?;
-                    let (t, out): (String, Bound<'_, PyList>) =
-                        support.getattr("apply")?.call1((list,))?.extract()?;
+                    let (t, out): (String, Bound<'_, PyList>) = support
+                        .getattr(intern!(py, "apply"))?
+                        .call1((list,))?
+                        .extract()?;
                     (t, pybuf::frames(py, &out)?)
                 }
                 "clear_request" => {
