@@ -46,6 +46,47 @@ def _logs(job, ctl):
     return f"{job.output()}\n{ctl.output()}"
 
 
+def _loaded():
+    import sys
+
+    session = sys.modules.get("jupyter_client.session")
+    return {
+        "zmq": "zmq" in sys.modules,
+        "tornado": "tornado" in sys.modules,
+        "IPython": "IPython" in sys.modules,
+        "session_ran": session is not None and "Session" in vars(session),
+    }
+
+
+def _session_names():
+    import jupyter_client
+    from jupyter_client.session import MAX_BYTES, MAX_ITEMS, Session
+
+    return Session.__name__, MAX_ITEMS, MAX_BYTES, bool(jupyter_client.__version__)
+
+
+def test_apply_loads_only_the_serializer(tmp_path):
+    """An apply request loads ipyparallel's serializer without what it does not use (pyzmq,
+    tornado, IPython, jupyter_client.session's code: a third of an engine's start-up CPU), and
+    all of it is there as soon as code asks for it."""
+    profile = tmp_path / "profile_default"
+    profile.mkdir()
+    ctl = Controller(profile, ["--ip=127.0.0.1", "--ping=500"])
+    job = EngineJob("openmpi", 1, profile, [])
+    rc = ctl.client(timeout=20)
+    try:
+        rc.wait_for_engines(1, timeout=90)
+        _loaded.__module__ = _session_names.__module__ = "__main__"
+        assert rc[0].apply_sync(_loaded) == {"zmq": False, "tornado": False, "IPython": False,
+                                             "session_ran": False}, _logs(job, ctl)
+        assert rc[0].apply_sync(_session_names) == ("Session", 64, 1024, True)
+        assert rc[0].apply_sync(_loaded)["session_ran"] is True
+    finally:
+        rc.close()
+        job.stop()
+        ctl.stop()
+
+
 def test_ipython_config_takes_effect(cluster):
     n, rc, _, job, ctl = cluster
     dv = rc[:]

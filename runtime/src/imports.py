@@ -120,13 +120,62 @@ def lazy_package(name):
     sys.modules[name] = mod
 
 
+# Modules the serializer imports only for a few integer constants: jupyter_client.session (for
+# MAX_ITEMS and MAX_BYTES) costs 60 ms of CPU per engine start (zmq, tornado, traitlets, dateutil),
+# most of what an apply request's first import costs. It is put in sys.modules unexecuted, holding
+# just those constants, read from its own source (an installed version that defines them some
+# other way is imported as it is); anything else of it runs the real module in place.
+LAZY_CONSTANTS = {"jupyter_client.session": ("MAX_ITEMS", "MAX_BYTES")}
+
+
+def lazy_constants(name, names):
+    if name in sys.modules:
+        return
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec(name)
+        source = spec.loader.get_source(name) if spec is not None else None
+    except (ImportError, ValueError, AttributeError, OSError):
+        return
+    if source is None or not hasattr(spec.loader, "exec_module"):
+        return
+    values = {}
+    for n in names:
+        found = re.findall(rf"^{n}\s*=\s*(\d+)\s*$", source, re.MULTILINE)
+        if len(found) != 1:
+            return
+        values[n] = int(found[0])
+    mod = importlib.util.module_from_spec(spec)
+    mod.__dict__.update(values)
+
+    def __getattr__(attr):
+        # the import system asks a module for __path__ (is it a package?) in `from m import x`
+        if attr != "__path__":
+            complete(mod)
+        try:
+            return mod.__dict__[attr]
+        except KeyError:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
+
+    mod.__getattr__ = __getattr__
+    _lazy[name] = mod
+    sys.modules[name] = mod
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, mod)
+
+
 def lazy_packages():
     for name in LAZY_PACKAGES:
         lazy_package(name)
+    for name, names in LAZY_CONSTANTS.items():
+        lazy_constants(name, names)
 
 
 def complete(mod):
-    """Run a lazy package's real __init__ (once)."""
+    """Run a lazy package's real __init__, or a lazy module's code (once)."""
     if _lazy.pop(mod.__name__, None) is None:
         return
     mod.__dict__.pop("__getattr__", None)
