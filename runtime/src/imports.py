@@ -98,18 +98,36 @@ def lazy_package(name):
         return
     if spec is None or spec.submodule_search_locations is None or not hasattr(spec.loader, "exec_module"):
         return
+
+    def submodule(attr):
+        # a submodule (`from ipyparallel import error`) is imported, as the package would have
+        if attr.startswith("__"):
+            return None
+        try:
+            sub = importlib.util.find_spec(f"{name}.{attr}")
+        except (ImportError, ValueError):
+            sub = None
+        return importlib.import_module(f"{name}.{attr}") if sub is not None else None
+
+    _install_lazy(spec, {}, submodule)
+
+
+def _install_lazy(spec, values, first=lambda attr: None):
+    """Put module `spec.name` in sys.modules unexecuted, holding `values`; asking it for anything
+    else (`first(attr)` aside, when that gives something) runs its code in place ([`complete`])."""
+    import importlib.util
+
+    name = spec.name
     mod = importlib.util.module_from_spec(spec)
+    mod.__dict__.update(values)
 
     def __getattr__(attr):
-        # a submodule (`from ipyparallel import error`) is imported, as the package would have
-        if not attr.startswith("__"):
-            try:
-                sub = importlib.util.find_spec(f"{name}.{attr}")
-            except (ImportError, ValueError):
-                sub = None
-            if sub is not None:
-                return importlib.import_module(f"{name}.{attr}")
-        complete(mod)
+        got = first(attr)
+        if got is not None:
+            return got
+        # the import system asks a module for __path__ (is it a package?) in `from m import x`
+        if attr != "__path__":
+            complete(mod)
         try:
             return mod.__dict__[attr]
         except KeyError:
@@ -118,6 +136,9 @@ def lazy_package(name):
     mod.__getattr__ = __getattr__
     _lazy[name] = mod
     sys.modules[name] = mod
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, mod)
 
 
 # Modules the serializer imports only for a few integer constants: jupyter_client.session (for
@@ -147,24 +168,7 @@ def lazy_constants(name, names):
         if len(found) != 1:
             return
         values[n] = int(found[0])
-    mod = importlib.util.module_from_spec(spec)
-    mod.__dict__.update(values)
-
-    def __getattr__(attr):
-        # the import system asks a module for __path__ (is it a package?) in `from m import x`
-        if attr != "__path__":
-            complete(mod)
-        try:
-            return mod.__dict__[attr]
-        except KeyError:
-            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
-
-    mod.__getattr__ = __getattr__
-    _lazy[name] = mod
-    sys.modules[name] = mod
-    parent, _, child = name.rpartition(".")
-    if parent in sys.modules:
-        setattr(sys.modules[parent], child, mod)
+    _install_lazy(spec, values)
 
 
 def lazy_packages():
