@@ -12,7 +12,8 @@
 //! or a query needs them ([`stored`]): most are never read, and bytes cost one block each to
 //! keep and to free, where a parsed value costs one per key and string.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::Backend;
 use crate::error::DbError;
@@ -59,7 +60,7 @@ struct CulledIds {
     order: VecDeque<u64>,
     set: HashSet<u64>,
     cap: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl CulledIds {

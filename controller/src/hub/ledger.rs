@@ -10,7 +10,8 @@
 //! Outstanding entries live only while their task does.
 
 use super::Sock;
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// How many finished msg_ids the hub remembers.

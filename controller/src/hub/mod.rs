@@ -36,11 +36,12 @@ pub use monitor::SOCKETS;
 pub use parked::Parked;
 pub use records::Db;
 
+use foldhash::{HashMap, HashMapExt};
 use rpar_core::connection::EngineInfo;
 use rpar_core::wire::{buffers_len, Frames, Limits, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 

@@ -16,9 +16,10 @@
 //!   answered with `Reregister`; the job registers again, asking for the ids it had.
 
 use super::{Effect, Engine, Hub, Sock};
+use foldhash::{HashMap, HashMapExt};
 use rpar_core::native::{Body, Channel, Decoder, Encoder, EngineSpec, Granted};
 use rpar_core::wire::Frames;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 

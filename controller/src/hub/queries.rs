@@ -72,7 +72,7 @@ impl Hub {
             .unwrap_or(false);
         let mut c = serde_json::Map::new();
         c.insert("status".into(), json!("ok"));
-        let sorted = |s: Option<&std::collections::HashSet<String>>| -> Vec<String> {
+        let sorted = |s: Option<&foldhash::HashSet<String>>| -> Vec<String> {
             let mut v: Vec<String> = s.map(|s| s.iter().cloned().collect()).unwrap_or_default();
             v.sort();
             v

@@ -37,12 +37,13 @@
 use crate::deps::{Dependency, Outcome, ParsedDependency, TaskSeq};
 use crate::errors::{MetadataError, SchedFailure};
 use crate::schemes::Scheme;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rpar_core::wire::{Frames, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
