@@ -103,7 +103,9 @@ impl CulledIds {
 pub struct MemoryDb {
     limits: Limits,
     index: HashMap<String, u64>,
-    records: BTreeMap<u64, Stored>,
+    /// Boxed: a record is about a kilobyte, and a B-tree moves its values within a node on
+    /// every insert and removal (a cull removes from the front of the oldest node).
+    records: BTreeMap<u64, Box<Stored>>,
     next_seq: u64,
     buffer_bytes: u64,
     culled: CulledIds,
@@ -160,7 +162,8 @@ impl MemoryDb {
                 let s = self.next_seq;
                 self.next_seq += 1;
                 self.index.insert(msg_id.to_string(), s);
-                self.records.insert(s, Stored::new(TaskRecord::new(msg_id)));
+                self.records
+                    .insert(s, Box::new(Stored::new(TaskRecord::new(msg_id))));
                 self.culled.remove(msg_id);
                 s
             }
@@ -185,7 +188,7 @@ impl MemoryDb {
 
     /// Store `rec`, whose msg_id (set) is not in the index: what [`MemoryDb::with_record`]
     /// does for a new id merging `rec` into an empty record.
-    fn insert_new(&mut self, stored: Stored) {
+    fn insert_new(&mut self, stored: Box<Stored>) {
         let Some(id) = stored.rec.msg_id.clone() else {
             return;
         };
@@ -259,7 +262,8 @@ impl MemoryDb {
                 culled += 1;
             }
         }
-        tracing::info!(
+        // debug, not info: with the default limits this is every hundred tasks or so
+        tracing::debug!(
             records = n_before,
             buffer_bytes = bytes_before,
             record_limit = l.record_limit,
@@ -321,7 +325,7 @@ impl TaskDb for MemoryDb {
         } else {
             // A new id (every request): the record goes in as it is, not merged into an
             // empty one (one lookup and one copy of the id fewer per task).
-            self.insert_new(Stored::new(rec));
+            self.insert_new(Box::new(Stored::new(rec)));
         }
         Ok(())
     }
@@ -334,7 +338,7 @@ impl TaskDb for MemoryDb {
             let id = id.to_string();
             self.with_record(&id, |r| r.merge_raw(w));
         } else {
-            self.insert_new(Stored::from_raw(w));
+            self.insert_new(Box::new(Stored::from_raw(w)));
         }
         Ok(())
     }
