@@ -176,6 +176,9 @@ pub struct TaskScheduler {
     rng: StdRng,
     rr: usize,
     engines: BTreeMap<EngineKey, Engine>,
+    /// The engines with a free slot ([`TaskScheduler::has_slot`]): what an untargeted placement
+    /// looks at (under load, few of all the engines).
+    free: BTreeSet<EngineKey>,
     by_uuid: HashMap<Vec<u8>, EngineKey>,
     next_engine: EngineKey,
     lru_front: i64,
@@ -239,6 +242,7 @@ impl TaskScheduler {
             rng,
             rr: 0,
             engines: BTreeMap::new(),
+            free: BTreeSet::new(),
             by_uuid: HashMap::new(),
             next_engine: 0,
             lru_front: 0,
@@ -355,6 +359,7 @@ impl TaskScheduler {
             },
         );
         self.by_uuid.insert(uuid.to_vec(), k);
+        self.refresh_slot(k);
         info!(engine = id, uuid = %lossy(uuid), "task scheduler: engine added");
         self.capacity.push_back(k);
         self.drain(now, &mut out);
@@ -373,6 +378,7 @@ impl TaskScheduler {
             return out;
         };
         e.alive = false;
+        self.free.remove(&k);
         info!(
             engine = e.id,
             outstanding = e.pending.len(),

@@ -92,6 +92,7 @@ impl TaskScheduler {
             e.pending.remove(&seq);
             if e.alive {
                 self.capacity.push_back(k);
+                self.refresh_slot(k);
             } else if e.pending.is_empty() {
                 // a dead engine that answered everything: forget it now
                 self.engines.remove(&k);

@@ -120,7 +120,7 @@ impl TaskScheduler {
         // Only five keys matter here; the client's metadata carries more. Read just those,
         // and fall back to the general parse for anything odd (so errors read as before).
         let md = match rpar_core::msg::parse_fields::<TaskMetadata>(&job.request.metadata) {
-            Some(m) if !job.request.metadata.is_empty() => m.into_map(),
+            Some(m) if !job.request.metadata.is_empty() => m,
             _ => {
                 let md =
                     WireMessage::parse_part("metadata", &job.request.metadata).map_err(|e| {
@@ -136,12 +136,12 @@ impl TaskScheduler {
                         got: crate::deps::type_name(&md),
                     }));
                 };
-                md
+                TaskMetadata::from_map(md)
             }
         };
         let bad = SchedFailure::BadMetadata;
         // targets
-        match md.get("targets") {
+        match md.targets.as_ref() {
             None | Some(Value::Null) => {}
             Some(Value::Array(ts)) => {
                 let mut v = Vec::with_capacity(ts.len());
@@ -172,7 +172,7 @@ impl TaskScheduler {
             }
         }
         // retries
-        job.retries = match md.get("retries") {
+        job.retries = match md.retries.as_ref() {
             None | Some(Value::Null) => 0,
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(r) => u32::try_from(r).unwrap_or(u32::MAX),
@@ -192,7 +192,7 @@ impl TaskScheduler {
             }
         };
         // timeout
-        job.timeout = match md.get("timeout") {
+        job.timeout = match md.timeout.as_ref() {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => {
                 let t = n.as_f64().unwrap_or(f64::NAN);
@@ -217,8 +217,8 @@ impl TaskScheduler {
             }
         };
         // dependencies
-        let after = ParsedDependency::parse("after", md.get("after")).map_err(bad)?;
-        let follow = ParsedDependency::parse("follow", md.get("follow")).map_err(bad)?;
+        let after = ParsedDependency::parse("after", md.after.as_ref()).map_err(bad)?;
+        let follow = ParsedDependency::parse("follow", md.follow.as_ref()).map_err(bad)?;
         job.after = self.intern(seq, &job.msg_id, after)?;
         job.follow = self.intern(seq, &job.msg_id, follow)?;
         Ok(())
@@ -272,19 +272,14 @@ pub(super) struct TaskMetadata {
 }
 
 impl TaskMetadata {
-    fn into_map(self) -> serde_json::Map<String, Value> {
-        let mut m = serde_json::Map::new();
-        for (k, v) in [
-            ("targets", self.targets),
-            ("retries", self.retries),
-            ("timeout", self.timeout),
-            ("after", self.after),
-            ("follow", self.follow),
-        ] {
-            if let Some(v) = v {
-                m.insert(k.to_string(), v);
-            }
+    /// The five keys of a metadata dict parsed whole.
+    fn from_map(mut m: serde_json::Map<String, Value>) -> TaskMetadata {
+        TaskMetadata {
+            targets: m.remove("targets"),
+            retries: m.remove("retries"),
+            timeout: m.remove("timeout"),
+            after: m.remove("after"),
+            follow: m.remove("follow"),
         }
-        m
     }
 }
