@@ -76,6 +76,48 @@ pub(crate) fn request_header(raw: &[u8]) -> Result<RequestHeader, rpar_core::Wir
     })
 }
 
+/// What the hub and the task scheduler read of a task reply's metadata, in one scan.
+#[derive(Debug)]
+pub(crate) struct ReplyRead {
+    /// The scheduler's two keys.
+    pub sched: rpar_sched::ReplyMetadata,
+    /// What the record reads ([`pick`] of `started`, `engine`).
+    pub record: [Option<String>; 2],
+}
+
+/// [`rpar_sched::ReplyMetadata::read`] and [`pick`] of `["started", "engine"]` of a reply's
+/// metadata frame in one parse. `None` when the frame is not a JSON object of distinct keys:
+/// the caller then has each read it its own way, so that odd frames read as before.
+pub(crate) fn reply_metadata(raw: &[u8]) -> Option<ReplyRead> {
+    #[derive(serde::Deserialize)]
+    struct Both {
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        dependencies_met: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        status: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        started: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        engine: Option<Value>,
+    }
+    // an object only: a struct reads a JSON array too, by position, where `pick` reads nothing
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let b: Both = rpar_core::msg::parse_fields(raw)?;
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    Some(ReplyRead {
+        sched: rpar_sched::ReplyMetadata {
+            dependencies_met: b.dependencies_met,
+            status: b.status,
+        },
+        record: [text(b.started), text(b.engine)],
+    })
+}
+
 struct Pick<'k, const N: usize>([&'k str; N]);
 
 impl<'de, const N: usize> DeserializeSeed<'de> for Pick<'_, N> {
@@ -174,6 +216,33 @@ mod tests {
                 String::from_utf8_lossy(f)
             );
         }
+    }
+
+    #[test]
+    fn reply_metadata_reads_as_the_scheduler_and_pick() {
+        let frames: &[&[u8]] = &[
+            br#"{"status": "ok", "engine": "e", "started": "2026-01-01T00:00:00Z",
+                "dependencies_met": true, "other": {"status": "no"}}"#,
+            br#"{"status": null, "dependencies_met": false, "engine": 5}"#,
+            br#"{"status": "ok", "status": "error"}"#,
+            br#"{"started": "a", "started": "b"}"#,
+            br#"{"st\u0061tus": "escaped key", "engine": "\u00e9"}"#,
+            br#" {"status": "ok"} "#,
+            br#"{"status": "ok"} trailing"#,
+            br#"[null, "ok", "s", "e"]"#,
+            b"",
+            b"null",
+            b"{}",
+        ];
+        for f in frames {
+            let keys = ["started", "engine"];
+            if let Some(r) = reply_metadata(f) {
+                assert_eq!(r.sched, rpar_sched::ReplyMetadata::read(f), "{:?}", f);
+                assert_eq!(r.record, pick(f, keys), "{}", String::from_utf8_lossy(f));
+            }
+        }
+        assert!(reply_metadata(frames[0]).is_some());
+        assert!(reply_metadata(frames[7]).is_none(), "not an object");
     }
 
     #[test]

@@ -170,8 +170,9 @@ impl Records {
         reply: &WireMessage,
         buffers: &SharedBuffers,
         engine_uuid: Option<&str>,
+        read: Option<[Option<String>; 2]>,
     ) -> Outcome {
-        let (mut upd, outcome) = result_patch(reply, engine_uuid);
+        let (mut upd, outcome) = result_patch(reply, engine_uuid, read.clone());
         upd.rec.result_buffers = self.keep(msg_id, Part::Result, buffers);
         let big = upd.rec.result_buffers.is_none();
         match self.db.update_raw(msg_id, upd) {
@@ -186,7 +187,7 @@ impl Records {
                         .and_then(Value::as_str)
                         .map(str::to_string)
                 };
-                let mut rec = result_patch(reply, engine_uuid).0;
+                let mut rec = result_patch(reply, engine_uuid, read).0;
                 rec.rec = TaskRecord {
                     msg_id: Some(msg_id.to_string()),
                     submitted: field("date").as_deref().and_then(parse_iso),
@@ -207,10 +208,15 @@ impl Records {
     }
 }
 
-/// The record update a final reply makes, and how the task finished.
-fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (RawWrite, Outcome) {
+/// The record update a final reply makes, and how the task finished. `read`: the metadata's
+/// `started` and `engine` if the caller has read them ([`super::pick::reply_metadata`]).
+fn result_patch(
+    reply: &WireMessage,
+    engine_uuid: Option<&str>,
+    read: Option<[Option<String>; 2]>,
+) -> (RawWrite, Outcome) {
     let [date] = pick(&reply.header, ["date"]);
-    let [started, engine] = pick(&reply.metadata, ["started", "engine"]);
+    let [started, engine] = read.unwrap_or_else(|| pick(&reply.metadata, ["started", "engine"]));
     let [status, ename, evalue] = pick(&reply.content, ["status", "ename", "evalue"]);
     let outcome = Outcome::of_fields(status.as_deref(), ename.as_deref(), evalue.as_deref());
     let upd = TaskRecord {

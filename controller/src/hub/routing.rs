@@ -7,7 +7,7 @@
 //! shared by the record, the scheduler and the frames sent ([`send_with`]): big buffers cross
 //! the controller without a copy.
 
-use super::pick::request_header;
+use super::pick::{reply_metadata, request_header};
 use super::{send_with, Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_core::Header;
@@ -72,7 +72,7 @@ impl Hub {
         let mut known = false;
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
-                Some(mid) => known = self.finished(mid, &msg, &buffers, None, Some(eid)),
+                Some(mid) => known = self.finished(mid, &msg, &buffers, None, Some(eid), None),
                 None => {
                     if let Err(e) = msg.parent_value() {
                         warn!(error = %e, "direct reply with a bad parent header")
@@ -103,14 +103,15 @@ impl Hub {
         let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
         let eid = self.engine_id_of(&msg.idents[1]);
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
-        self.finished(mid, &msg, &buffers, Some(&engine), eid);
+        self.finished(mid, &msg, &buffers, Some(&engine), eid, None);
         self.reroute(Sock::TaskClient, &mut msg);
         send_with(out, Sock::TaskClient, msg.into_frames(), buffers);
     }
 
     /// A request or task finished with `reply` (its buffers apart), on engine `eid`: recorded,
     /// counted, and forgotten as outstanding (an aborted one counts for no engine). Returns
-    /// whether it was outstanding here.
+    /// whether it was outstanding here. `read`: what the record reads of the reply's metadata,
+    /// if read already.
     fn finished(
         &mut self,
         msg_id: String,
@@ -118,8 +119,11 @@ impl Hub {
         buffers: &SharedBuffers,
         engine_uuid: Option<&str>,
         eid: Option<u32>,
+        read: Option<[Option<String>; 2]>,
     ) -> bool {
-        let outcome = self.records.result(&msg_id, reply, buffers, engine_uuid);
+        let outcome = self
+            .records
+            .result(&msg_id, reply, buffers, engine_uuid, read);
         self.monitor.finished(&msg_id, eid, &outcome);
         let count_on = if outcome.is_aborted() { None } else { eid };
         self.ledger.finished(msg_id, eid, count_on)
@@ -205,7 +209,7 @@ impl Hub {
             Some(id) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
             None => self.tasks.task.submit_shared(msg, buffers, now),
         };
-        self.apply_task_actions(actions, out);
+        self.apply_task_actions(actions, out, None);
     }
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
@@ -220,13 +224,23 @@ impl Hub {
                 return;
             }
         }
-        let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
-        self.apply_task_actions(actions, out);
+        // the reply's metadata read once, for the scheduler and the record
+        let Some(read) = reply_metadata(&msg.metadata) else {
+            let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
+            self.apply_task_actions(actions, out, None);
+            return;
+        };
+        let pre = parent_id.clone().map(|m| (m, read.record));
+        let actions = self
+            .tasks
+            .task
+            .on_engine_reply_read(msg, parent_id, read.sched, now);
+        self.apply_task_actions(actions, out, pre);
     }
 
     pub(super) fn tick_tasks(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let a = self.tasks.task.tick(now);
-        self.apply_task_actions(a, out);
+        self.apply_task_actions(a, out, None);
         let b = self.tasks.bcast.tick(now);
         self.apply_bcast_actions(b, out);
     }
@@ -239,7 +253,7 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let a = self.tasks.task.add_engine(uuid, id, now);
-        self.apply_task_actions(a, out);
+        self.apply_task_actions(a, out, None);
         let b = self.tasks.bcast.add_engine(uuid, id, now);
         self.apply_bcast_actions(b, out);
     }
@@ -251,12 +265,19 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let a = self.tasks.task.remove_engine(uuid, now);
-        self.apply_task_actions(a, out);
+        self.apply_task_actions(a, out, None);
         let b = self.tasks.bcast.remove_engine(uuid, now);
         self.apply_bcast_actions(b, out);
     }
 
-    fn apply_task_actions(&mut self, actions: Vec<rpar_sched::TaskAction>, out: &mut Vec<Effect>) {
+    /// Carry out the scheduler's actions. `pre`: what the record reads of the metadata of the
+    /// reply to task `.0`, read already (used if that task finishes here).
+    fn apply_task_actions(
+        &mut self,
+        actions: Vec<rpar_sched::TaskAction>,
+        out: &mut Vec<Effect>,
+        mut pre: Option<(String, [Option<String>; 2])>,
+    ) {
         use rpar_sched::TaskAction as A;
         for a in actions {
             match a {
@@ -285,7 +306,12 @@ impl Hub {
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
                     let buffers = SharedBuffers::new(std::mem::take(&mut reply.buffers));
-                    let known = self.finished(msg_id, &reply, &buffers, eu.as_deref(), eid);
+                    // the engine's reply itself (the scheduler's own replies, such as a
+                    // failure to place the task again, name no engine)
+                    let read = pre
+                        .take_if(|(m, _)| *m == msg_id && engine_uuid.is_some())
+                        .map(|(_, r)| r);
+                    let known = self.finished(msg_id, &reply, &buffers, eu.as_deref(), eid, read);
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
                         if !known {
                             self.reroute(Sock::TaskClient, &mut reply);

@@ -407,3 +407,4 @@ mod results;
 mod submit;
 
 use results::header_msg_id;
+pub use results::ReplyMetadata;
