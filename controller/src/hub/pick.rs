@@ -100,15 +100,10 @@ pub(crate) fn reply_metadata(raw: &[u8]) -> Option<ReplyRead> {
         #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
         engine: Option<Value>,
     }
-    // an object only: a struct reads a JSON array too, by position, where `pick` reads nothing
-    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_object(raw) {
         return None;
     }
     let b: Both = rpar_core::msg::parse_fields(raw)?;
-    let text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
     Some(ReplyRead {
         sched: rpar_sched::ReplyMetadata {
             dependencies_met: b.dependencies_met,
@@ -116,6 +111,63 @@ pub(crate) fn reply_metadata(raw: &[u8]) -> Option<ReplyRead> {
         },
         record: [text(b.started), text(b.engine)],
     })
+}
+
+/// What the hub and the task scheduler read of a task request's metadata, in one scan.
+#[derive(Debug)]
+pub(crate) struct RequestRead {
+    /// The scheduler's five keys.
+    pub sched: rpar_sched::TaskMetadata,
+    /// The record's `label` ([`pick`] of it).
+    pub label: Option<String>,
+}
+
+/// The scheduler's [`rpar_sched::TaskMetadata`] and [`pick`] of `["label"]` of a request's
+/// metadata frame in one parse; `None` when the frame is not a JSON object of distinct keys
+/// (each then reads it its own way).
+pub(crate) fn request_metadata(raw: &[u8]) -> Option<RequestRead> {
+    #[derive(serde::Deserialize)]
+    struct Both {
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        targets: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        retries: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        timeout: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        after: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        follow: Option<Value>,
+        #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
+        label: Option<Value>,
+    }
+    if !is_object(raw) {
+        return None;
+    }
+    let b: Both = rpar_core::msg::parse_fields(raw)?;
+    Some(RequestRead {
+        sched: rpar_sched::TaskMetadata {
+            targets: b.targets,
+            retries: b.retries,
+            timeout: b.timeout,
+            after: b.after,
+            follow: b.follow,
+        },
+        label: text(b.label),
+    })
+}
+
+/// Whether a frame starts as a JSON object (a struct parse reads a JSON array too, by
+/// position, where [`pick`] reads nothing).
+fn is_object(raw: &[u8]) -> bool {
+    raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn text(v: Option<Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
 struct Pick<'k, const N: usize>([&'k str; N]);
@@ -243,6 +295,36 @@ mod tests {
         }
         assert!(reply_metadata(frames[0]).is_some());
         assert!(reply_metadata(frames[7]).is_none(), "not an object");
+    }
+
+    #[test]
+    fn request_metadata_reads_as_the_scheduler_and_pick() {
+        let frames: &[&[u8]] = &[
+            br#"{"after": ["a"], "follow": [], "targets": null, "retries": 2,
+                "timeout": 1.5, "label": "x", "other": {"label": "no"}}"#,
+            br#"{"label": 5, "retries": null}"#,
+            br#"{"label": "a", "label": "b"}"#,
+            br#"{"retries": 1, "retries": 2}"#,
+            br#"{"l\u0061bel": "escaped key"}"#,
+            br#"{"label": "ok"} trailing"#,
+            br#"[null, 1, 2, [], [], "l"]"#,
+            b"",
+            b"{}",
+        ];
+        for f in frames {
+            if let Some(r) = request_metadata(f) {
+                let sched: Option<rpar_sched::TaskMetadata> = rpar_core::msg::parse_fields(f);
+                assert_eq!(Some(r.sched), sched, "{}", String::from_utf8_lossy(f));
+                assert_eq!(
+                    [r.label],
+                    pick(f, ["label"]),
+                    "{}",
+                    String::from_utf8_lossy(f)
+                );
+            }
+        }
+        assert!(request_metadata(frames[0]).is_some());
+        assert!(request_metadata(frames[6]).is_none(), "not an object");
     }
 
     #[test]

@@ -338,7 +338,7 @@ impl Hub {
             // the new record keeps the original client's session, submitted from the old header
             if let Ok(h) = super::pick::request_header(&m.header) {
                 let buffers = SharedBuffers::new(m.buffers.clone());
-                self.records.request(h, &m, &buffers, "task", None);
+                self.records.request(h, &m, &buffers, "task", None, None);
             }
             resubmitted.insert(old_id.clone(), json!(new_id));
             to_submit.push((old_id, new_id, m));

@@ -119,7 +119,8 @@ impl Records {
 
     /// A request seen on its way to an engine (`in` / `intask`). `h` is what the caller read of
     /// the request's header ([`super::pick::request_header`]); the header frame itself goes
-    /// into the record. `buffers` are the request's (not in `msg`).
+    /// into the record. `buffers` are the request's (not in `msg`). `label`: the metadata's
+    /// `label` if the caller has read it.
     pub fn request(
         &mut self,
         h: RequestHeader,
@@ -127,8 +128,12 @@ impl Records {
         buffers: &SharedBuffers,
         queue: &str,
         engine_uuid: Option<&str>,
+        label: Option<Option<String>>,
     ) {
-        let [label] = pick(&msg.metadata, ["label"]);
+        let label = label.unwrap_or_else(|| {
+            let [label] = pick(&msg.metadata, ["label"]);
+            label
+        });
         let submitted = parse_iso(&h.date).or_else(|| Some(now()));
         let msg_id = h.msg_id;
         let buffers = self.keep(&msg_id, Part::Request, buffers);

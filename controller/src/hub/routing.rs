@@ -7,7 +7,7 @@
 //! shared by the record, the scheduler and the frames sent ([`send_with`]): big buffers cross
 //! the controller without a copy.
 
-use super::pick::{reply_metadata, request_header};
+use super::pick::{reply_metadata, request_header, request_metadata};
 use super::{send_with, Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_core::Header;
@@ -51,7 +51,7 @@ impl Hub {
                 self.monitor.submitted(false);
                 self.monitor.client_seen(&h.session, now);
                 self.records
-                    .request(h, &msg, &buffers, "mux", Some(&engine_uuid));
+                    .request(h, &msg, &buffers, "mux", Some(&engine_uuid), None);
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -185,6 +185,8 @@ impl Hub {
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         // the scheduler's msg_id, as `msg_id_of` reads it: a non-empty string
         let mut sched_id = None;
+        // the metadata read once, for the record and the scheduler
+        let mut read = request_metadata(&msg.metadata);
         match request_header(&msg.header) {
             Ok(h) => {
                 let msg_id = h.msg_id.clone();
@@ -197,7 +199,8 @@ impl Hub {
                             .learn_route(Sock::TaskClient, &h.session, client);
                     }
                     self.monitor.client_seen(&h.session, now);
-                    self.records.request(h, &msg, &buffers, "task", None);
+                    let label = read.as_mut().map(|r| r.label.take());
+                    self.records.request(h, &msg, &buffers, "task", None, label);
                 }
                 self.monitor.submitted(resubmission);
                 self.ledger.pending.insert(msg_id.clone());
@@ -205,9 +208,13 @@ impl Hub {
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
-        let actions = match sched_id {
-            Some(id) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
-            None => self.tasks.task.submit_shared(msg, buffers, now),
+        let actions = match (sched_id, read) {
+            (Some(id), Some(r)) => self
+                .tasks
+                .task
+                .submit_shared_read(msg, buffers, id, r.sched, now),
+            (Some(id), None) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
+            (None, _) => self.tasks.task.submit_shared(msg, buffers, now),
         };
         self.apply_task_actions(actions, out, None);
     }

@@ -408,3 +408,4 @@ mod submit;
 
 use results::header_msg_id;
 pub use results::ReplyMetadata;
+pub use submit::TaskMetadata;
