@@ -79,7 +79,12 @@ impl Hub {
         };
         for t in targets {
             let queue = sorted(self.ledger.mux_pending.get(&t));
-            let tasks = sorted(self.ledger.tasks_on.get(&t));
+            let tasks = self
+                .ledger
+                .tasks_on
+                .get(&t)
+                .map(|s| s.sorted())
+                .unwrap_or_default();
             let entry = if verbose {
                 let completed = self.ledger.completed_on(t);
                 json!({"queue": queue, "completed": completed, "tasks": tasks})
@@ -89,7 +94,7 @@ impl Hub {
             };
             c.insert(t.to_string(), entry);
         }
-        let unassigned = sorted(Some(&self.ledger.unassigned));
+        let unassigned = self.ledger.unassigned.sorted();
         c.insert(
             "unassigned".into(),
             if verbose {
@@ -245,7 +250,7 @@ impl Hub {
             }
             Some(Value::Array(_)) => {
                 let ids = msg_ids(content);
-                if let Some(p) = ids.iter().find(|m| self.ledger.pending.contains(*m)) {
+                if let Some(p) = ids.iter().find(|m| self.ledger.pending.contains(m)) {
                     return Err(("IndexError".into(), format!("msg pending: '{p}'")));
                 }
                 if !ids.is_empty() {

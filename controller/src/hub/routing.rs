@@ -189,10 +189,11 @@ impl Hub {
         let mut read = request_metadata(&msg.metadata);
         match request_header(&msg.header) {
             Ok(h) => {
-                let msg_id = h.msg_id.clone();
-                sched_id = Some((!msg_id.is_empty()).then(|| msg_id.clone()));
+                sched_id = Some((!h.msg_id.is_empty()).then(|| h.msg_id.clone()));
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
+                self.monitor.submitted(resubmission);
+                self.ledger.submitted(&h.msg_id);
                 if !resubmission {
                     if let Some(client) = msg.idents.first() {
                         self.ledger
@@ -202,9 +203,6 @@ impl Hub {
                     let label = read.as_mut().map(|r| r.label.take());
                     self.records.request(h, &msg, &buffers, "task", None, label);
                 }
-                self.monitor.submitted(resubmission);
-                self.ledger.pending.insert(msg_id.clone());
-                self.ledger.unassigned.insert(msg_id);
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
