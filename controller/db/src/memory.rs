@@ -353,6 +353,17 @@ impl TaskDb for MemoryDb {
         Ok(())
     }
 
+    fn set_engine(&mut self, msg_id: &str, engine_uuid: &str) -> Result<(), DbError> {
+        self.with_record(msg_id, |r| match &mut r.rec.engine_uuid {
+            Some(e) => {
+                e.clear();
+                e.push_str(engine_uuid);
+            }
+            e => *e = Some(engine_uuid.to_string()),
+        });
+        Ok(())
+    }
+
     fn append_stream(&mut self, msg_id: &str, stream: Stream, text: &str) -> Result<(), DbError> {
         self.with_record(msg_id, |r| r.append_stream(stream, text));
         Ok(())
@@ -437,6 +448,23 @@ mod tests {
     #[test]
     fn conformance() {
         crate::conformance::run_all(&mut || Box::new(MemoryDb::default()));
+    }
+
+    #[test]
+    fn set_engine_is_an_update_of_that_field() {
+        let mut a = MemoryDb::default();
+        let mut b = MemoryDb::default();
+        for db in [&mut a, &mut b] {
+            db.add_record(task("t0", 0, false, 1)).unwrap();
+        }
+        for (id, e) in [("t0", "e1"), ("t0", "engine-two"), ("new", "e3")] {
+            a.set_engine(id, e).unwrap();
+            let mut patch = TaskRecord::default();
+            patch.engine_uuid = Some(e.to_string());
+            b.update_record(id, patch).unwrap();
+            assert_eq!(a.get_record(id).unwrap(), b.get_record(id).unwrap());
+        }
+        assert_eq!(a.len(), 2);
     }
 
     #[test]

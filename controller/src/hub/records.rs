@@ -158,11 +158,7 @@ impl Records {
 
     /// A task was placed on an engine (`tracktask`).
     pub fn assigned(&mut self, msg_id: &str, engine_uuid: &str) {
-        let upd = TaskRecord {
-            engine_uuid: Some(engine_uuid.to_string()),
-            ..Default::default()
-        };
-        if let Err(e) = self.db.update_record(msg_id, upd) {
+        if let Err(e) = self.db.set_engine(msg_id, engine_uuid) {
             debug!(msg_id, error = %e, "recording assignment");
         }
     }
