@@ -147,10 +147,10 @@ impl Records {
             label,
             ..Default::default()
         };
-        let w = RawWrite::new(rec)
-            .with_json(Field::Header, msg.header.clone())
-            .with_json(Field::Metadata, msg.metadata.clone())
-            .with_json(Field::Content, msg.content.clone());
+        let mut w = RawWrite::new(rec);
+        w.push_json(Field::Header, msg.header.clone());
+        w.push_json(Field::Metadata, msg.metadata.clone());
+        w.push_json(Field::Content, msg.content.clone());
         if let Err(e) = self.db.add_raw(w) {
             debug!(error = %e, "recording request");
         }
@@ -228,10 +228,10 @@ fn result_patch(
         engine_uuid: engine_uuid.map(str::to_string).or(engine),
         ..Default::default()
     };
-    let w = RawWrite::new(upd)
-        .with_json(Field::ResultHeader, reply.header.clone())
-        .with_json(Field::ResultMetadata, reply.metadata.clone())
-        .with_json(Field::ResultContent, reply.content.clone());
+    let mut w = RawWrite::new(upd);
+    w.push_json(Field::ResultHeader, reply.header.clone());
+    w.push_json(Field::ResultMetadata, reply.metadata.clone());
+    w.push_json(Field::ResultContent, reply.content.clone());
     (w, outcome)
 }
 
