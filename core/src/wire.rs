@@ -117,16 +117,16 @@ impl WireMessage {
         if after < 5 {
             return Err(WireError::Truncated(after));
         }
-        let mut it = frames.into_iter();
-        let idents: Vec<Vec<u8>> = it.by_ref().take(pos).collect();
-        it.next(); // delimiter
-        let mut next = || it.next().unwrap_or_default();
-        let signature = next();
-        let header = next();
-        let parent = next();
-        let metadata = next();
-        let content = next();
-        let buffers: Vec<Vec<u8>> = it.collect();
+        // taken off the end, so that the idents stay in the frames' own vector (no new one)
+        let mut idents = frames;
+        let buffers = idents.split_off(pos + 6);
+        let mut last = || idents.pop().unwrap_or_default();
+        let content = last();
+        let metadata = last();
+        let parent = last();
+        let header = last();
+        let signature = last();
+        last(); // delimiter
         for (what, f) in [
             ("header", &header),
             ("parent_header", &parent),
@@ -152,10 +152,11 @@ impl WireMessage {
         })
     }
 
-    /// Back to frames: idents, delimiter, signature, the four JSON frames, buffers.
+    /// Back to frames: idents, delimiter, signature, the four JSON frames, buffers (in the
+    /// idents' vector: after [`WireMessage::split`] it has room for them all).
     pub fn into_frames(self) -> Frames {
-        let mut f = Vec::with_capacity(self.idents.len() + 6 + self.buffers.len());
-        f.extend(self.idents);
+        let mut f = self.idents;
+        f.reserve(6 + self.buffers.len());
         f.push(DELIM.to_vec());
         f.push(self.signature);
         f.push(self.header);
