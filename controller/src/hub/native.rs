@@ -155,14 +155,11 @@ impl Hub {
                     );
                     return;
                 };
-                let frames = if h.channel == Channel::IoPub {
-                    payload
-                } else {
-                    let mut f = Vec::with_capacity(1 + payload.len());
-                    f.push(uuid.clone());
-                    f.extend(payload);
-                    f
-                };
+                let mut frames = payload;
+                if h.channel != Channel::IoPub {
+                    // in the received vector, which has room: the frames taken off its front
+                    frames.insert(0, uuid.clone());
+                }
                 self.dispatch(engine_sock(h.channel), frames, now, out);
             }
             Body::Pong { .. } => {}
