@@ -117,16 +117,16 @@ impl WireMessage {
         if after < 5 {
             return Err(WireError::Truncated(after));
         }
-        let mut it = frames.into_iter();
-        let idents: Vec<Vec<u8>> = it.by_ref().take(pos).collect();
-        it.next(); // delimiter
-        let mut next = || it.next().unwrap_or_default();
-        let signature = next();
-        let header = next();
-        let parent = next();
-        let metadata = next();
-        let content = next();
-        let buffers: Vec<Vec<u8>> = it.collect();
+        // taken off the end, so that the idents stay in the frames' own vector (no new one)
+        let mut idents = frames;
+        let buffers = idents.split_off(pos + 6);
+        let mut last = || idents.pop().unwrap_or_default();
+        let content = last();
+        let metadata = last();
+        let parent = last();
+        let header = last();
+        let signature = last();
+        last(); // delimiter
         for (what, f) in [
             ("header", &header),
             ("parent_header", &parent),
@@ -152,10 +152,11 @@ impl WireMessage {
         })
     }
 
-    /// Back to frames: idents, delimiter, signature, the four JSON frames, buffers.
+    /// Back to frames: idents, delimiter, signature, the four JSON frames, buffers (in the
+    /// idents' vector: after [`WireMessage::split`] it has room for them all).
     pub fn into_frames(self) -> Frames {
-        let mut f = Vec::with_capacity(self.idents.len() + 6 + self.buffers.len());
-        f.extend(self.idents);
+        let mut f = self.idents;
+        f.reserve(6 + self.buffers.len());
         f.push(DELIM.to_vec());
         f.push(self.signature);
         f.push(self.header);
@@ -316,8 +317,7 @@ impl Signer {
         if msg.signature.is_empty() {
             return Err(WireError::Unsigned);
         }
-        let mut got = [0u8; 32];
-        hex::decode_to_slice(&msg.signature, &mut got).map_err(|_| WireError::BadSignature)?;
+        let got = decode_digest(&msg.signature).ok_or(WireError::BadSignature)?;
         let mut mac = mac;
         for p in [&msg.header, &msg.parent, &msg.metadata, &msg.content] {
             mac.update(p);
@@ -376,8 +376,79 @@ impl Signer {
     }
 }
 
+/// A hex digit's value; [`NOT_HEX`] for any other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+const NOT_HEX: u8 = 0xff;
+
+/// A hex signature frame's 32 bytes (either case, as `hex::decode_to_slice` reads it); `None`
+/// unless it is exactly 64 hex digits. A table lookup per digit: this runs for every message.
+fn decode_digest(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let hi = HEX_VALUE[usize::from(pair[0])];
+        let lo = HEX_VALUE[usize::from(pair[1])];
+        // a digit is at most 0x0f: NOT_HEX has the high bits set
+        bad |= (hi | lo) & 0xf0;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad == 0).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decode_digest_reads_as_the_hex_crate() {
+        let d: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        let lower = hex::encode(&d);
+        let upper = lower.to_uppercase();
+        for s in [&lower, &upper] {
+            assert_eq!(
+                super::decode_digest(s.as_bytes()).map(|a| a.to_vec()),
+                Some(d.clone())
+            );
+        }
+        let mut bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            lower.as_bytes()[..62].to_vec(),
+            format!("{lower}00").into_bytes(),
+        ];
+        for pos in [0, 1, 33, 63] {
+            for c in [b'g', b'G', b' ', b'-', 0xff, b'/', b':', b'@', b'`'] {
+                let mut b = lower.clone().into_bytes();
+                b[pos] = c;
+                bad.push(b);
+            }
+        }
+        for b in bad {
+            let mut out = [0u8; 32];
+            assert!(hex::decode_to_slice(&b, &mut out).is_err());
+            assert_eq!(
+                super::decode_digest(&b),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(&b)
+            );
+        }
+    }
+
     use super::*;
 
     fn msg(signer: &Signer, content: &str) -> WireMessage {

@@ -120,6 +120,17 @@ pub trait TaskDb: Send {
         self.update_record(msg_id, w.into_record())
     }
 
+    /// Set record `msg_id`'s `engine_uuid` (a task placed on an engine): as an
+    /// [`TaskDb::update_record`] of that one field, which it is by default; the memory DB sets
+    /// the field in place.
+    fn set_engine(&mut self, msg_id: &str, engine_uuid: &str) -> Result<(), DbError> {
+        let patch = TaskRecord {
+            engine_uuid: Some(engine_uuid.to_string()),
+            ..Default::default()
+        };
+        self.update_record(msg_id, patch)
+    }
+
     /// Append IOPub stream text to the record's stdout/stderr, creating the record if absent.
     fn append_stream(&mut self, msg_id: &str, stream: Stream, text: &str) -> Result<(), DbError>;
 

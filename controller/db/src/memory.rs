@@ -12,7 +12,8 @@
 //! or a query needs them ([`stored`]): most are never read, and bytes cost one block each to
 //! keep and to free, where a parsed value costs one per key and string.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::Backend;
 use crate::error::DbError;
@@ -59,7 +60,7 @@ struct CulledIds {
     order: VecDeque<u64>,
     set: HashSet<u64>,
     cap: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl CulledIds {
@@ -102,7 +103,9 @@ impl CulledIds {
 pub struct MemoryDb {
     limits: Limits,
     index: HashMap<String, u64>,
-    records: BTreeMap<u64, Stored>,
+    /// Boxed: a record is about a kilobyte, and a B-tree moves its values within a node on
+    /// every insert and removal (a cull removes from the front of the oldest node).
+    records: BTreeMap<u64, Box<Stored>>,
     next_seq: u64,
     buffer_bytes: u64,
     culled: CulledIds,
@@ -159,7 +162,8 @@ impl MemoryDb {
                 let s = self.next_seq;
                 self.next_seq += 1;
                 self.index.insert(msg_id.to_string(), s);
-                self.records.insert(s, Stored::new(TaskRecord::new(msg_id)));
+                self.records
+                    .insert(s, Box::new(Stored::new(TaskRecord::new(msg_id))));
                 self.culled.remove(msg_id);
                 s
             }
@@ -184,7 +188,7 @@ impl MemoryDb {
 
     /// Store `rec`, whose msg_id (set) is not in the index: what [`MemoryDb::with_record`]
     /// does for a new id merging `rec` into an empty record.
-    fn insert_new(&mut self, stored: Stored) {
+    fn insert_new(&mut self, stored: Box<Stored>) {
         let Some(id) = stored.rec.msg_id.clone() else {
             return;
         };
@@ -258,7 +262,8 @@ impl MemoryDb {
                 culled += 1;
             }
         }
-        tracing::info!(
+        // debug, not info: with the default limits this is every hundred tasks or so
+        tracing::debug!(
             records = n_before,
             buffer_bytes = bytes_before,
             record_limit = l.record_limit,
@@ -320,7 +325,7 @@ impl TaskDb for MemoryDb {
         } else {
             // A new id (every request): the record goes in as it is, not merged into an
             // empty one (one lookup and one copy of the id fewer per task).
-            self.insert_new(Stored::new(rec));
+            self.insert_new(Box::new(Stored::new(rec)));
         }
         Ok(())
     }
@@ -333,7 +338,7 @@ impl TaskDb for MemoryDb {
             let id = id.to_string();
             self.with_record(&id, |r| r.merge_raw(w));
         } else {
-            self.insert_new(Stored::from_raw(w));
+            self.insert_new(Box::new(Stored::from_raw(w)));
         }
         Ok(())
     }
@@ -345,6 +350,17 @@ impl TaskDb for MemoryDb {
 
     fn update_record(&mut self, msg_id: &str, patch: TaskRecord) -> Result<(), DbError> {
         self.with_record(msg_id, |r| r.merge(patch));
+        Ok(())
+    }
+
+    fn set_engine(&mut self, msg_id: &str, engine_uuid: &str) -> Result<(), DbError> {
+        self.with_record(msg_id, |r| match &mut r.rec.engine_uuid {
+            Some(e) => {
+                e.clear();
+                e.push_str(engine_uuid);
+            }
+            e => *e = Some(engine_uuid.to_string()),
+        });
         Ok(())
     }
 
@@ -432,6 +448,23 @@ mod tests {
     #[test]
     fn conformance() {
         crate::conformance::run_all(&mut || Box::new(MemoryDb::default()));
+    }
+
+    #[test]
+    fn set_engine_is_an_update_of_that_field() {
+        let mut a = MemoryDb::default();
+        let mut b = MemoryDb::default();
+        for db in [&mut a, &mut b] {
+            db.add_record(task("t0", 0, false, 1)).unwrap();
+        }
+        for (id, e) in [("t0", "e1"), ("t0", "engine-two"), ("new", "e3")] {
+            a.set_engine(id, e).unwrap();
+            let mut patch = TaskRecord::default();
+            patch.engine_uuid = Some(e.to_string());
+            b.update_record(id, patch).unwrap();
+            assert_eq!(a.get_record(id).unwrap(), b.get_record(id).unwrap());
+        }
+        assert_eq!(a.len(), 2);
     }
 
     #[test]

@@ -35,10 +35,15 @@ impl RawWrite {
     /// Add JSON field `field` as the bytes of its frame (a field that is not of the JSON kind
     /// is ignored).
     pub fn with_json(mut self, field: Field, bytes: Vec<u8>) -> RawWrite {
+        self.push_json(field, bytes);
+        self
+    }
+
+    /// [`RawWrite::with_json`] in place (a write is about a kilobyte: not moved per field).
+    pub fn push_json(&mut self, field: Field, bytes: Vec<u8>) {
         if field.kind() == FieldKind::Json {
             self.json.push((field, bytes));
         }
-        self
     }
 
     /// The same write with every JSON field parsed: what backends that store values get.

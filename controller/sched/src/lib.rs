@@ -53,4 +53,4 @@ pub mod task;
 pub use broadcast::{BroadcastAction, BroadcastConfig, BroadcastScheduler};
 pub use errors::{MetadataError, SchedFailure};
 pub use schemes::{Scheme, UnknownScheme};
-pub use task::{EngineLoad, TaskAction, TaskConfig, TaskScheduler};
+pub use task::{EngineLoad, ReplyMetadata, TaskAction, TaskConfig, TaskMetadata, TaskScheduler};

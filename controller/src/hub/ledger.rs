@@ -7,10 +7,12 @@
 //!   stay exact, its verbose lists name the tasks still kept;
 //! * client routing ids are kept for [`ROUTES_KEPT`] sessions per socket.
 //!
-//! Outstanding entries live only while their task does.
+//! Outstanding entries live only while their task does. A task's msg_id is one shared string
+//! ([`IdSet`]) from submission to the completed window, however many sets it passes through.
 
 use super::Sock;
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// How many finished msg_ids the hub remembers.
@@ -24,13 +26,13 @@ pub(super) struct Ledger {
     /// Direct (MUX) requests outstanding per engine id.
     pub mux_pending: HashMap<u32, HashSet<String>>,
     /// Tasks placed on an engine and not finished, per engine id.
-    pub tasks_on: HashMap<u32, HashSet<String>>,
+    pub tasks_on: HashMap<u32, IdSet>,
     /// Which engine each placed task is on.
-    pub task_engine: HashMap<String, u32>,
+    pub task_engine: HashMap<Arc<str>, u32>,
     /// Tasks submitted but not yet placed.
-    pub unassigned: HashSet<String>,
+    pub unassigned: IdSet,
     /// All outstanding msg_ids (mux and task).
-    pub pending: HashSet<String>,
+    pub pending: IdSet,
     completed: Completed,
     /// Client routing ids by socket, then session (looked up by `&str`: no key is built per
     /// request).
@@ -46,29 +48,84 @@ struct Completed {
     counts: HashMap<u32, u64>,
 }
 
+/// A set of msg_ids, each held as a shared string that the other sets can hold too.
+#[derive(Debug, Default)]
+pub(super) struct IdSet(HashSet<Arc<str>>);
+
+impl IdSet {
+    pub fn insert(&mut self, id: impl Into<Arc<str>>) -> bool {
+        self.0.insert(id.into())
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+
+    pub fn remove(&mut self, id: &str) -> bool {
+        self.0.remove(id)
+    }
+
+    /// Remove `id`, handing back the shared string.
+    pub fn take(&mut self, id: &str) -> Option<Arc<str>> {
+        self.0.take(id)
+    }
+
+    /// The shared string of `id`, if held.
+    pub fn get(&self, id: &str) -> Option<&Arc<str>> {
+        self.0.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids, sorted.
+    pub fn sorted(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.0.iter().map(|m| m.to_string()).collect();
+        v.sort();
+        v
+    }
+}
+
 impl Ledger {
+    /// A task submitted (`resubmission`: by the hub, for `resubmit`): outstanding and not yet
+    /// placed; one shared copy of its msg_id for both.
+    pub fn submitted(&mut self, msg_id: &str) {
+        let id: Arc<str> = match self.pending.get(msg_id) {
+            Some(id) => id.clone(),
+            None => msg_id.into(),
+        };
+        self.pending.insert(id.clone());
+        self.unassigned.insert(id);
+    }
+
     /// A task placed on engine `eid` (again, if it was resubmitted elsewhere).
     pub fn assigned(&mut self, msg_id: &str, eid: Option<u32>) {
-        self.unassigned.remove(msg_id);
-        self.unplace(msg_id);
+        let id = self.unassigned.take(msg_id);
+        let id = self.unplace(msg_id).or(id);
         if let Some(eid) = eid {
-            self.tasks_on
-                .entry(eid)
-                .or_default()
-                .insert(msg_id.to_string());
-            self.task_engine.insert(msg_id.to_string(), eid);
+            let id = id
+                .or_else(|| self.pending.get(msg_id).cloned())
+                .unwrap_or_else(|| msg_id.into());
+            self.tasks_on.entry(eid).or_default().insert(id.clone());
+            self.task_engine.insert(id, eid);
         }
     }
 
-    fn unplace(&mut self, msg_id: &str) {
-        if let Some(prev) = self.task_engine.remove(msg_id) {
-            if let Some(s) = self.tasks_on.get_mut(&prev) {
-                s.remove(msg_id);
-                if s.is_empty() {
-                    self.tasks_on.remove(&prev);
-                }
+    /// Forget where a task is placed; its shared msg_id, if it was.
+    fn unplace(&mut self, msg_id: &str) -> Option<Arc<str>> {
+        let (id, prev) = self.task_engine.remove_entry(msg_id)?;
+        if let Some(s) = self.tasks_on.get_mut(&prev) {
+            s.remove(msg_id);
+            if s.is_empty() {
+                self.tasks_on.remove(&prev);
             }
         }
+        Some(id)
     }
 
     /// A request or task finished; `count_on` is the engine whose `completed` list it joins
@@ -80,7 +137,8 @@ impl Ledger {
         if let Some(q) = ran_on.and_then(|e| self.mux_pending.get_mut(&e)) {
             q.remove(&msg_id);
         }
-        let was = self.pending.remove(&msg_id);
+        let shared = self.pending.take(&msg_id);
+        let was = shared.is_some();
         let c = &mut self.completed;
         if let Some(e) = count_on {
             *c.counts.entry(e).or_default() += 1;
@@ -93,7 +151,7 @@ impl Ledger {
                     c.set.remove(&old);
                 }
             }
-            let id: Arc<str> = msg_id.into();
+            let id: Arc<str> = shared.unwrap_or_else(|| msg_id.into());
             c.set.insert(id.clone());
             c.order.push_back((id, count_on));
         }
@@ -191,7 +249,7 @@ impl Ledger {
     #[cfg(test)]
     pub fn size(&self) -> usize {
         self.mux_pending.values().map(HashSet::len).sum::<usize>()
-            + self.tasks_on.values().map(HashSet::len).sum::<usize>()
+            + self.tasks_on.values().map(IdSet::len).sum::<usize>()
             + self.task_engine.len()
             + self.unassigned.len()
             + self.pending.len()

@@ -36,11 +36,12 @@ pub use monitor::SOCKETS;
 pub use parked::Parked;
 pub use records::Db;
 
+use foldhash::{HashMap, HashMapExt};
 use rpar_core::connection::EngineInfo;
 use rpar_core::wire::{buffers_len, Frames, Limits, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -104,14 +105,18 @@ pub fn fold_trailers(effects: Vec<Effect>) -> Vec<Effect> {
 }
 
 /// Send `frames` followed by `buffers`: big ones shared ([`Effect::Trailer`]), small ones moved
-/// in (copied only if someone else still holds them).
+/// in when nothing else holds them, shared too otherwise (a task's request, which its scheduler
+/// keeps: the I/O layer copies small frames straight into ZeroMQ's messages, with no copy of
+/// our own first).
 pub(crate) fn send_with(
     out: &mut Vec<Effect>,
     sock: Sock,
     mut frames: Frames,
     buffers: SharedBuffers,
 ) {
-    if !buffers.is_empty() && buffers_len(&buffers) >= SHARE_MIN {
+    if !buffers.is_empty()
+        && (std::sync::Arc::strong_count(&buffers) > 1 || buffers_len(&buffers) >= SHARE_MIN)
+    {
         out.push(Effect::Send(sock, frames));
         out.push(Effect::Trailer(buffers));
         return;

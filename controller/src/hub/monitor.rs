@@ -10,13 +10,14 @@
 //! is a group of its own, `ipengine <uuid>`.
 
 use super::{Effect, Hub, Sock};
+use foldhash::{HashMap, HashMapExt};
 use rpar_core::status::{
     ControllerInfo, DbInfo, EngineCounts, EngineRow, EngineState, Failure, JobSummary, QueueDepth,
     RegistrationCounts, Snapshot, SocketCounts, TaskCounts, SNAPSHOT_VERSION,
 };
 use rpar_core::wire::Frames;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Every socket role, with the name the views use for it.

@@ -16,9 +16,10 @@
 //!   answered with `Reregister`; the job registers again, asking for the ids it had.
 
 use super::{Effect, Engine, Hub, Sock};
+use foldhash::{HashMap, HashMapExt};
 use rpar_core::native::{Body, Channel, Decoder, Encoder, EngineSpec, Granted};
 use rpar_core::wire::Frames;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -154,14 +155,11 @@ impl Hub {
                     );
                     return;
                 };
-                let frames = if h.channel == Channel::IoPub {
-                    payload
-                } else {
-                    let mut f = Vec::with_capacity(1 + payload.len());
-                    f.push(uuid.clone());
-                    f.extend(payload);
-                    f
-                };
+                let mut frames = payload;
+                if h.channel != Channel::IoPub {
+                    // in the received vector, which has room: the frames taken off its front
+                    frames.insert(0, uuid.clone());
+                }
                 self.dispatch(engine_sock(h.channel), frames, now, out);
             }
             Body::Pong { .. } => {}

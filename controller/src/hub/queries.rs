@@ -72,14 +72,19 @@ impl Hub {
             .unwrap_or(false);
         let mut c = serde_json::Map::new();
         c.insert("status".into(), json!("ok"));
-        let sorted = |s: Option<&std::collections::HashSet<String>>| -> Vec<String> {
+        let sorted = |s: Option<&foldhash::HashSet<String>>| -> Vec<String> {
             let mut v: Vec<String> = s.map(|s| s.iter().cloned().collect()).unwrap_or_default();
             v.sort();
             v
         };
         for t in targets {
             let queue = sorted(self.ledger.mux_pending.get(&t));
-            let tasks = sorted(self.ledger.tasks_on.get(&t));
+            let tasks = self
+                .ledger
+                .tasks_on
+                .get(&t)
+                .map(|s| s.sorted())
+                .unwrap_or_default();
             let entry = if verbose {
                 let completed = self.ledger.completed_on(t);
                 json!({"queue": queue, "completed": completed, "tasks": tasks})
@@ -89,7 +94,7 @@ impl Hub {
             };
             c.insert(t.to_string(), entry);
         }
-        let unassigned = sorted(Some(&self.ledger.unassigned));
+        let unassigned = self.ledger.unassigned.sorted();
         c.insert(
             "unassigned".into(),
             if verbose {
@@ -245,7 +250,7 @@ impl Hub {
             }
             Some(Value::Array(_)) => {
                 let ids = msg_ids(content);
-                if let Some(p) = ids.iter().find(|m| self.ledger.pending.contains(*m)) {
+                if let Some(p) = ids.iter().find(|m| self.ledger.pending.contains(m)) {
                     return Err(("IndexError".into(), format!("msg pending: '{p}'")));
                 }
                 if !ids.is_empty() {
@@ -338,7 +343,7 @@ impl Hub {
             // the new record keeps the original client's session, submitted from the old header
             if let Ok(h) = super::pick::request_header(&m.header) {
                 let buffers = SharedBuffers::new(m.buffers.clone());
-                self.records.request(h, &m, &buffers, "task", None);
+                self.records.request(h, &m, &buffers, "task", None, None);
             }
             resubmitted.insert(old_id.clone(), json!(new_id));
             to_submit.push((old_id, new_id, m));

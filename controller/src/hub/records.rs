@@ -119,7 +119,8 @@ impl Records {
 
     /// A request seen on its way to an engine (`in` / `intask`). `h` is what the caller read of
     /// the request's header ([`super::pick::request_header`]); the header frame itself goes
-    /// into the record. `buffers` are the request's (not in `msg`).
+    /// into the record. `buffers` are the request's (not in `msg`). `label`: the metadata's
+    /// `label` if the caller has read it.
     pub fn request(
         &mut self,
         h: RequestHeader,
@@ -127,8 +128,12 @@ impl Records {
         buffers: &SharedBuffers,
         queue: &str,
         engine_uuid: Option<&str>,
+        label: Option<Option<String>>,
     ) {
-        let [label] = pick(&msg.metadata, ["label"]);
+        let label = label.unwrap_or_else(|| {
+            let [label] = pick(&msg.metadata, ["label"]);
+            label
+        });
         let submitted = parse_iso(&h.date).or_else(|| Some(now()));
         let msg_id = h.msg_id;
         let buffers = self.keep(&msg_id, Part::Request, buffers);
@@ -142,10 +147,10 @@ impl Records {
             label,
             ..Default::default()
         };
-        let w = RawWrite::new(rec)
-            .with_json(Field::Header, msg.header.clone())
-            .with_json(Field::Metadata, msg.metadata.clone())
-            .with_json(Field::Content, msg.content.clone());
+        let mut w = RawWrite::new(rec);
+        w.push_json(Field::Header, msg.header.clone());
+        w.push_json(Field::Metadata, msg.metadata.clone());
+        w.push_json(Field::Content, msg.content.clone());
         if let Err(e) = self.db.add_raw(w) {
             debug!(error = %e, "recording request");
         }
@@ -153,11 +158,7 @@ impl Records {
 
     /// A task was placed on an engine (`tracktask`).
     pub fn assigned(&mut self, msg_id: &str, engine_uuid: &str) {
-        let upd = TaskRecord {
-            engine_uuid: Some(engine_uuid.to_string()),
-            ..Default::default()
-        };
-        if let Err(e) = self.db.update_record(msg_id, upd) {
+        if let Err(e) = self.db.set_engine(msg_id, engine_uuid) {
             debug!(msg_id, error = %e, "recording assignment");
         }
     }
@@ -170,8 +171,9 @@ impl Records {
         reply: &WireMessage,
         buffers: &SharedBuffers,
         engine_uuid: Option<&str>,
+        read: Option<[Option<String>; 2]>,
     ) -> Outcome {
-        let (mut upd, outcome) = result_patch(reply, engine_uuid);
+        let (mut upd, outcome) = result_patch(reply, engine_uuid, read.clone());
         upd.rec.result_buffers = self.keep(msg_id, Part::Result, buffers);
         let big = upd.rec.result_buffers.is_none();
         match self.db.update_raw(msg_id, upd) {
@@ -186,7 +188,7 @@ impl Records {
                         .and_then(Value::as_str)
                         .map(str::to_string)
                 };
-                let mut rec = result_patch(reply, engine_uuid).0;
+                let mut rec = result_patch(reply, engine_uuid, read).0;
                 rec.rec = TaskRecord {
                     msg_id: Some(msg_id.to_string()),
                     submitted: field("date").as_deref().and_then(parse_iso),
@@ -207,10 +209,15 @@ impl Records {
     }
 }
 
-/// The record update a final reply makes, and how the task finished.
-fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (RawWrite, Outcome) {
+/// The record update a final reply makes, and how the task finished. `read`: the metadata's
+/// `started` and `engine` if the caller has read them ([`super::pick::reply_metadata`]).
+fn result_patch(
+    reply: &WireMessage,
+    engine_uuid: Option<&str>,
+    read: Option<[Option<String>; 2]>,
+) -> (RawWrite, Outcome) {
     let [date] = pick(&reply.header, ["date"]);
-    let [started, engine] = pick(&reply.metadata, ["started", "engine"]);
+    let [started, engine] = read.unwrap_or_else(|| pick(&reply.metadata, ["started", "engine"]));
     let [status, ename, evalue] = pick(&reply.content, ["status", "ename", "evalue"]);
     let outcome = Outcome::of_fields(status.as_deref(), ename.as_deref(), evalue.as_deref());
     let upd = TaskRecord {
@@ -221,10 +228,10 @@ fn result_patch(reply: &WireMessage, engine_uuid: Option<&str>) -> (RawWrite, Ou
         engine_uuid: engine_uuid.map(str::to_string).or(engine),
         ..Default::default()
     };
-    let w = RawWrite::new(upd)
-        .with_json(Field::ResultHeader, reply.header.clone())
-        .with_json(Field::ResultMetadata, reply.metadata.clone())
-        .with_json(Field::ResultContent, reply.content.clone());
+    let mut w = RawWrite::new(upd);
+    w.push_json(Field::ResultHeader, reply.header.clone());
+    w.push_json(Field::ResultMetadata, reply.metadata.clone());
+    w.push_json(Field::ResultContent, reply.content.clone());
     (w, outcome)
 }
 

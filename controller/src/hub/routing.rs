@@ -7,7 +7,7 @@
 //! shared by the record, the scheduler and the frames sent ([`send_with`]): big buffers cross
 //! the controller without a copy.
 
-use super::pick::request_header;
+use super::pick::{reply_metadata, request_header, request_metadata};
 use super::{send_with, Effect, Hub, HubConfig, Sock, HUB_RESUBMIT_IDENT};
 use rpar_core::wire::{SharedBuffers, WireMessage};
 use rpar_core::Header;
@@ -51,7 +51,7 @@ impl Hub {
                 self.monitor.submitted(false);
                 self.monitor.client_seen(&h.session, now);
                 self.records
-                    .request(h, &msg, &buffers, "mux", Some(&engine_uuid));
+                    .request(h, &msg, &buffers, "mux", Some(&engine_uuid), None);
             }
             (Err(e), _) => {
                 warn!(error = %e, "direct request with a bad header: relayed unrecorded")
@@ -72,7 +72,7 @@ impl Hub {
         let mut known = false;
         if let Some(eid) = self.engine_id_of(&msg.idents[0]) {
             match rpar_core::msg::msg_id_of(&msg.parent) {
-                Some(mid) => known = self.finished(mid, &msg, &buffers, None, Some(eid)),
+                Some(mid) => known = self.finished(mid, &msg, &buffers, None, Some(eid), None),
                 None => {
                     if let Err(e) = msg.parent_value() {
                         warn!(error = %e, "direct reply with a bad parent header")
@@ -103,14 +103,15 @@ impl Hub {
         let engine = String::from_utf8_lossy(&msg.idents[1]).into_owned();
         let eid = self.engine_id_of(&msg.idents[1]);
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
-        self.finished(mid, &msg, &buffers, Some(&engine), eid);
+        self.finished(mid, &msg, &buffers, Some(&engine), eid, None);
         self.reroute(Sock::TaskClient, &mut msg);
         send_with(out, Sock::TaskClient, msg.into_frames(), buffers);
     }
 
     /// A request or task finished with `reply` (its buffers apart), on engine `eid`: recorded,
     /// counted, and forgotten as outstanding (an aborted one counts for no engine). Returns
-    /// whether it was outstanding here.
+    /// whether it was outstanding here. `read`: what the record reads of the reply's metadata,
+    /// if read already.
     fn finished(
         &mut self,
         msg_id: String,
@@ -118,8 +119,11 @@ impl Hub {
         buffers: &SharedBuffers,
         engine_uuid: Option<&str>,
         eid: Option<u32>,
+        read: Option<[Option<String>; 2]>,
     ) -> bool {
-        let outcome = self.records.result(&msg_id, reply, buffers, engine_uuid);
+        let outcome = self
+            .records
+            .result(&msg_id, reply, buffers, engine_uuid, read);
         self.monitor.finished(&msg_id, eid, &outcome);
         let count_on = if outcome.is_aborted() { None } else { eid };
         self.ledger.finished(msg_id, eid, count_on)
@@ -181,31 +185,36 @@ impl Hub {
         let buffers = SharedBuffers::new(std::mem::take(&mut msg.buffers));
         // the scheduler's msg_id, as `msg_id_of` reads it: a non-empty string
         let mut sched_id = None;
+        // the metadata read once, for the record and the scheduler
+        let mut read = request_metadata(&msg.metadata);
         match request_header(&msg.header) {
             Ok(h) => {
-                let msg_id = h.msg_id.clone();
-                sched_id = Some((!msg_id.is_empty()).then(|| msg_id.clone()));
+                sched_id = Some((!h.msg_id.is_empty()).then(|| h.msg_id.clone()));
                 let resubmission =
                     msg.idents.first().map(Vec::as_slice) == Some(HUB_RESUBMIT_IDENT);
+                self.monitor.submitted(resubmission);
+                self.ledger.submitted(&h.msg_id);
                 if !resubmission {
                     if let Some(client) = msg.idents.first() {
                         self.ledger
                             .learn_route(Sock::TaskClient, &h.session, client);
                     }
                     self.monitor.client_seen(&h.session, now);
-                    self.records.request(h, &msg, &buffers, "task", None);
+                    let label = read.as_mut().map(|r| r.label.take());
+                    self.records.request(h, &msg, &buffers, "task", None, label);
                 }
-                self.monitor.submitted(resubmission);
-                self.ledger.pending.insert(msg_id.clone());
-                self.ledger.unassigned.insert(msg_id);
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
-        let actions = match sched_id {
-            Some(id) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
-            None => self.tasks.task.submit_shared(msg, buffers, now),
+        let actions = match (sched_id, read) {
+            (Some(id), Some(r)) => self
+                .tasks
+                .task
+                .submit_shared_read(msg, buffers, id, r.sched, now),
+            (Some(id), None) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
+            (None, _) => self.tasks.task.submit_shared(msg, buffers, now),
         };
-        self.apply_task_actions(actions, out);
+        self.apply_task_actions(actions, out, None);
     }
 
     pub(super) fn on_task_reply(&mut self, msg: WireMessage, now: Instant, out: &mut Vec<Effect>) {
@@ -220,13 +229,23 @@ impl Hub {
                 return;
             }
         }
-        let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
-        self.apply_task_actions(actions, out);
+        // the reply's metadata read once, for the scheduler and the record
+        let Some(read) = reply_metadata(&msg.metadata) else {
+            let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
+            self.apply_task_actions(actions, out, None);
+            return;
+        };
+        let pre = parent_id.clone().map(|m| (m, read.record));
+        let actions = self
+            .tasks
+            .task
+            .on_engine_reply_read(msg, parent_id, read.sched, now);
+        self.apply_task_actions(actions, out, pre);
     }
 
     pub(super) fn tick_tasks(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let a = self.tasks.task.tick(now);
-        self.apply_task_actions(a, out);
+        self.apply_task_actions(a, out, None);
         let b = self.tasks.bcast.tick(now);
         self.apply_bcast_actions(b, out);
     }
@@ -239,7 +258,7 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let a = self.tasks.task.add_engine(uuid, id, now);
-        self.apply_task_actions(a, out);
+        self.apply_task_actions(a, out, None);
         let b = self.tasks.bcast.add_engine(uuid, id, now);
         self.apply_bcast_actions(b, out);
     }
@@ -251,12 +270,19 @@ impl Hub {
         out: &mut Vec<Effect>,
     ) {
         let a = self.tasks.task.remove_engine(uuid, now);
-        self.apply_task_actions(a, out);
+        self.apply_task_actions(a, out, None);
         let b = self.tasks.bcast.remove_engine(uuid, now);
         self.apply_bcast_actions(b, out);
     }
 
-    fn apply_task_actions(&mut self, actions: Vec<rpar_sched::TaskAction>, out: &mut Vec<Effect>) {
+    /// Carry out the scheduler's actions. `pre`: what the record reads of the metadata of the
+    /// reply to task `.0`, read already (used if that task finishes here).
+    fn apply_task_actions(
+        &mut self,
+        actions: Vec<rpar_sched::TaskAction>,
+        out: &mut Vec<Effect>,
+        mut pre: Option<(String, [Option<String>; 2])>,
+    ) {
         use rpar_sched::TaskAction as A;
         for a in actions {
             match a {
@@ -285,7 +311,12 @@ impl Hub {
                         .as_deref()
                         .map(|u| String::from_utf8_lossy(u).into_owned());
                     let buffers = SharedBuffers::new(std::mem::take(&mut reply.buffers));
-                    let known = self.finished(msg_id, &reply, &buffers, eu.as_deref(), eid);
+                    // the engine's reply itself (the scheduler's own replies, such as a
+                    // failure to place the task again, name no engine)
+                    let read = pre
+                        .take_if(|(m, _)| *m == msg_id && engine_uuid.is_some())
+                        .map(|(_, r)| r);
+                    let known = self.finished(msg_id, &reply, &buffers, eu.as_deref(), eid, read);
                     if reply.idents.first().map(Vec::as_slice) != Some(HUB_RESUBMIT_IDENT) {
                         if !known {
                             self.reroute(Sock::TaskClient, &mut reply);

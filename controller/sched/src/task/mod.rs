@@ -37,12 +37,13 @@
 use crate::deps::{Dependency, Outcome, ParsedDependency, TaskSeq};
 use crate::errors::{MetadataError, SchedFailure};
 use crate::schemes::Scheme;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rpar_core::wire::{Frames, SharedBuffers, Signer, WireMessage};
 use rpar_core::MessageBuilder;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -175,6 +176,9 @@ pub struct TaskScheduler {
     rng: StdRng,
     rr: usize,
     engines: BTreeMap<EngineKey, Engine>,
+    /// The engines with a free slot ([`TaskScheduler::has_slot`]): what an untargeted placement
+    /// looks at (under load, few of all the engines).
+    free: BTreeSet<EngineKey>,
     by_uuid: HashMap<Vec<u8>, EngineKey>,
     next_engine: EngineKey,
     lru_front: i64,
@@ -238,6 +242,7 @@ impl TaskScheduler {
             rng,
             rr: 0,
             engines: BTreeMap::new(),
+            free: BTreeSet::new(),
             by_uuid: HashMap::new(),
             next_engine: 0,
             lru_front: 0,
@@ -354,6 +359,7 @@ impl TaskScheduler {
             },
         );
         self.by_uuid.insert(uuid.to_vec(), k);
+        self.refresh_slot(k);
         info!(engine = id, uuid = %lossy(uuid), "task scheduler: engine added");
         self.capacity.push_back(k);
         self.drain(now, &mut out);
@@ -372,6 +378,7 @@ impl TaskScheduler {
             return out;
         };
         e.alive = false;
+        self.free.remove(&k);
         info!(
             engine = e.id,
             outstanding = e.pending.len(),
@@ -400,3 +407,5 @@ mod results;
 mod submit;
 
 use results::header_msg_id;
+pub use results::ReplyMetadata;
+pub use submit::TaskMetadata;

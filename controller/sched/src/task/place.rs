@@ -21,13 +21,38 @@ impl TaskScheduler {
         e.alive && (self.cfg.scheme == Scheme::Pure || self.cfg.hwm == 0 || e.load < self.cfg.hwm)
     }
 
+    /// Keep `free` right for engine `k` after its load or liveness changed.
+    pub(super) fn refresh_slot(&mut self, k: EngineKey) {
+        if self.engines.get(&k).is_some_and(|e| self.has_slot(e)) {
+            self.free.insert(k);
+        } else {
+            self.free.remove(&k);
+        }
+    }
+
     /// Where can this task go now, or why never.
     pub(super) fn placement(&mut self, job: &Job) -> Placement {
         let pure = self.cfg.scheme == Scheme::Pure;
+        // `leastload` and `lru` pick the least (load, LRU position) / the least LRU position:
+        // kept as the candidates go by, without a list to sort (LRU positions are distinct, so
+        // this is the scheme's first best candidate in LRU order)
+        let min_of = match self.cfg.scheme {
+            Scheme::LeastLoad => Some(true),
+            Scheme::Lru => Some(false),
+            _ => None,
+        };
+        let mut best: Option<(u32, i64, EngineKey)> = None;
         let mut cands: Vec<(i64, EngineKey, u32)> = Vec::new();
         {
             let mut consider = |k: EngineKey, e: &Engine| {
                 if self.has_slot(e) && !job.blacklist.contains(&e.uuid) && self.follow_ok(job, k) {
+                    if let Some(by_load) = min_of {
+                        let key = (if by_load { e.load } else { 0 }, e.lru, k);
+                        if best.is_none_or(|b| key < b) {
+                            best = Some(key);
+                        }
+                        return;
+                    }
                     let order = if pure { k as i64 } else { e.lru };
                     cands.push((order, k, e.load));
                 }
@@ -43,11 +68,17 @@ impl TaskScheduler {
                     }
                 }
                 _ => {
-                    for (&k, e) in &self.engines {
-                        consider(k, e);
+                    // an engine without a free slot is never a candidate
+                    for &k in &self.free {
+                        if let Some(e) = self.engines.get(&k) {
+                            consider(k, e);
+                        }
                     }
                 }
             }
+        }
+        if let Some((_, _, k)) = best {
+            return Placement::Run(k);
         }
         if !cands.is_empty() {
             cands.sort_unstable();
@@ -190,6 +221,7 @@ impl TaskScheduler {
             msg_id: job.msg_id.clone(),
             engine_uuid: e.uuid.clone(),
         });
+        self.refresh_slot(k);
         job.state = JobState::Running(k);
         self.jobs.insert(seq, job);
     }

@@ -20,7 +20,23 @@ impl TaskScheduler {
         now: Instant,
     ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.result(msg, parent_id, now, &mut out);
+        self.result(msg, parent_id, None, now, &mut out);
+        self.drain(now, &mut out);
+        out
+    }
+
+    /// [`TaskScheduler::on_engine_reply_to`] for a reply whose metadata the caller has read
+    /// too ([`ReplyMetadata::read`] of `msg.metadata`, or a parse that reads as it does), so
+    /// that the frame is scanned once.
+    pub fn on_engine_reply_read(
+        &mut self,
+        msg: WireMessage,
+        parent_id: Option<String>,
+        md: ReplyMetadata,
+        now: Instant,
+    ) -> Vec<TaskAction> {
+        let mut out = Vec::new();
+        self.result(msg, parent_id, Some(md), now, &mut out);
         self.drain(now, &mut out);
         out
     }
@@ -29,6 +45,7 @@ impl TaskScheduler {
         &mut self,
         mut msg: WireMessage,
         parent_id: Option<String>,
+        md: Option<ReplyMetadata>,
         now: Instant,
         out: &mut Vec<TaskAction>,
     ) {
@@ -43,16 +60,7 @@ impl TaskScheduler {
             warn!("task reply without a readable parent_header.msg_id; dropped");
             return;
         };
-        let md = match rpar_core::msg::parse_fields::<ReplyMetadata>(&msg.metadata) {
-            Some(m) => m,
-            None => {
-                let v = WireMessage::parse_part("metadata", &msg.metadata).unwrap_or(Value::Null);
-                ReplyMetadata {
-                    dependencies_met: v.get("dependencies_met").cloned(),
-                    status: v.get("status").cloned(),
-                }
-            }
-        };
+        let md = md.unwrap_or_else(|| ReplyMetadata::read(&msg.metadata));
         let deps_met = md
             .dependencies_met
             .as_ref()
@@ -92,6 +100,7 @@ impl TaskScheduler {
             e.pending.remove(&seq);
             if e.alive {
                 self.capacity.push_back(k);
+                self.refresh_slot(k);
             } else if e.pending.is_empty() {
                 // a dead engine that answered everything: forget it now
                 self.engines.remove(&k);
@@ -234,19 +243,36 @@ impl TaskScheduler {
             );
             info!(msg_id = %job.msg_id, engine = id, "engine died with the task outstanding");
             let parent_id = header_msg_id(&reply.parent);
-            self.result(reply, parent_id, now, out);
+            self.result(reply, parent_id, None, now, out);
         }
         self.engines.remove(&k);
     }
 }
 
-/// The reply metadata keys the scheduler reads.
-#[derive(serde::Deserialize)]
-pub(super) struct ReplyMetadata {
+/// The reply metadata keys the scheduler reads (an explicit `null` kept as `Some(Null)`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct ReplyMetadata {
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    dependencies_met: Option<Value>,
+    pub dependencies_met: Option<Value>,
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    status: Option<Value>,
+    pub status: Option<Value>,
+}
+
+impl ReplyMetadata {
+    /// The two keys of a reply's metadata frame, as the scheduler reads them: the last of
+    /// duplicates, nothing from a frame that is not a JSON object.
+    pub fn read(raw: &[u8]) -> ReplyMetadata {
+        match rpar_core::msg::parse_fields::<ReplyMetadata>(raw) {
+            Some(m) => m,
+            None => {
+                let v = WireMessage::parse_part("metadata", raw).unwrap_or(Value::Null);
+                ReplyMetadata {
+                    dependencies_met: v.get("dependencies_met").cloned(),
+                    status: v.get("status").cloned(),
+                }
+            }
+        }
+    }
 }
 
 /// `msg_id` of a raw header (or parent header) frame.

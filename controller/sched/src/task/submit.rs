@@ -32,7 +32,24 @@ impl TaskScheduler {
         now: Instant,
     ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.submit_inner(msg, buffers, msg_id, now, &mut out);
+        self.submit_inner(msg, buffers, msg_id, None, now, &mut out);
+        self.drain(now, &mut out);
+        out
+    }
+
+    /// [`TaskScheduler::submit_shared_as`] for a request whose metadata the caller has read
+    /// too (as [`rpar_core::msg::parse_fields`] reads a [`TaskMetadata`] from a JSON object
+    /// frame), so that the frame is scanned once.
+    pub fn submit_shared_read(
+        &mut self,
+        msg: WireMessage,
+        buffers: SharedBuffers,
+        msg_id: Option<String>,
+        md: TaskMetadata,
+        now: Instant,
+    ) -> Vec<TaskAction> {
+        let mut out = Vec::new();
+        self.submit_inner(msg, buffers, msg_id, Some(md), now, &mut out);
         self.drain(now, &mut out);
         out
     }
@@ -42,6 +59,7 @@ impl TaskScheduler {
         msg: WireMessage,
         buffers: SharedBuffers,
         msg_id: Option<String>,
+        md: Option<TaskMetadata>,
         now: Instant,
         out: &mut Vec<TaskAction>,
     ) {
@@ -80,7 +98,7 @@ impl TaskScheduler {
             refs: Vec::new(),
         };
         if self.cfg.scheme != Scheme::Pure {
-            if let Err(failure) = self.read_metadata(seq, &mut job) {
+            if let Err(failure) = self.read_metadata(seq, &mut job, md) {
                 info!(msg_id = %job.msg_id, ename = failure.ename(), "task refused: {}", failure.evalue());
                 self.fail(seq, job, failure, out);
                 return;
@@ -116,11 +134,18 @@ impl TaskScheduler {
     }
 
     /// Read targets/after/follow/timeout/retries; validate dependencies against known ids.
-    pub(super) fn read_metadata(&self, seq: TaskSeq, job: &mut Job) -> Result<(), SchedFailure> {
+    /// `read`: the metadata as the caller read it already, if it did.
+    pub(super) fn read_metadata(
+        &self,
+        seq: TaskSeq,
+        job: &mut Job,
+        read: Option<TaskMetadata>,
+    ) -> Result<(), SchedFailure> {
         // Only five keys matter here; the client's metadata carries more. Read just those,
         // and fall back to the general parse for anything odd (so errors read as before).
-        let md = match rpar_core::msg::parse_fields::<TaskMetadata>(&job.request.metadata) {
-            Some(m) if !job.request.metadata.is_empty() => m.into_map(),
+        let parsed = read.or_else(|| rpar_core::msg::parse_fields(&job.request.metadata));
+        let md = match parsed {
+            Some(m) if !job.request.metadata.is_empty() => m,
             _ => {
                 let md =
                     WireMessage::parse_part("metadata", &job.request.metadata).map_err(|e| {
@@ -136,12 +161,12 @@ impl TaskScheduler {
                         got: crate::deps::type_name(&md),
                     }));
                 };
-                md
+                TaskMetadata::from_map(md)
             }
         };
         let bad = SchedFailure::BadMetadata;
         // targets
-        match md.get("targets") {
+        match md.targets.as_ref() {
             None | Some(Value::Null) => {}
             Some(Value::Array(ts)) => {
                 let mut v = Vec::with_capacity(ts.len());
@@ -172,7 +197,7 @@ impl TaskScheduler {
             }
         }
         // retries
-        job.retries = match md.get("retries") {
+        job.retries = match md.retries.as_ref() {
             None | Some(Value::Null) => 0,
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(r) => u32::try_from(r).unwrap_or(u32::MAX),
@@ -192,7 +217,7 @@ impl TaskScheduler {
             }
         };
         // timeout
-        job.timeout = match md.get("timeout") {
+        job.timeout = match md.timeout.as_ref() {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => {
                 let t = n.as_f64().unwrap_or(f64::NAN);
@@ -217,8 +242,8 @@ impl TaskScheduler {
             }
         };
         // dependencies
-        let after = ParsedDependency::parse("after", md.get("after")).map_err(bad)?;
-        let follow = ParsedDependency::parse("follow", md.get("follow")).map_err(bad)?;
+        let after = ParsedDependency::parse("after", md.after.as_ref()).map_err(bad)?;
+        let follow = ParsedDependency::parse("follow", md.follow.as_ref()).map_err(bad)?;
         job.after = self.intern(seq, &job.msg_id, after)?;
         job.follow = self.intern(seq, &job.msg_id, follow)?;
         Ok(())
@@ -257,34 +282,29 @@ impl TaskScheduler {
 }
 
 /// The request metadata keys the scheduler reads (`null` kept as `Some(Null)`).
-#[derive(serde::Deserialize)]
-pub(super) struct TaskMetadata {
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct TaskMetadata {
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    targets: Option<Value>,
+    pub targets: Option<Value>,
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    retries: Option<Value>,
+    pub retries: Option<Value>,
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    timeout: Option<Value>,
+    pub timeout: Option<Value>,
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    after: Option<Value>,
+    pub after: Option<Value>,
     #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
-    follow: Option<Value>,
+    pub follow: Option<Value>,
 }
 
 impl TaskMetadata {
-    fn into_map(self) -> serde_json::Map<String, Value> {
-        let mut m = serde_json::Map::new();
-        for (k, v) in [
-            ("targets", self.targets),
-            ("retries", self.retries),
-            ("timeout", self.timeout),
-            ("after", self.after),
-            ("follow", self.follow),
-        ] {
-            if let Some(v) = v {
-                m.insert(k.to_string(), v);
-            }
+    /// The five keys of a metadata dict parsed whole.
+    fn from_map(mut m: serde_json::Map<String, Value>) -> TaskMetadata {
+        TaskMetadata {
+            targets: m.remove("targets"),
+            retries: m.remove("retries"),
+            timeout: m.remove("timeout"),
+            after: m.remove("after"),
+            follow: m.remove("follow"),
         }
-        m
     }
 }
