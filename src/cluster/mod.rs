@@ -28,6 +28,7 @@ pub use start::{engines, start};
 pub use wait::wait_for_engines;
 
 use rpar_core::profile;
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 /// Exit code when a cluster with this id is already running (as ipcluster).
@@ -77,9 +78,39 @@ pub(crate) fn signalled() -> bool {
     rpar_core::signals::received().is_some()
 }
 
-pub(crate) fn set_id() -> String {
-    SystemTime::now()
+/// A new engine set id, as ipcluster names them: the time in seconds, with `-1`, `-2`, ...
+/// when `taken` (the cluster's sets) already holds that (two sets started within a second).
+pub(crate) fn set_id(taken: &BTreeMap<String, file::EngineSet>) -> String {
+    let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs().to_string())
-        .unwrap_or_else(|_| "0".into())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    set_id_at(secs, taken)
+}
+
+fn set_id_at(secs: u64, taken: &BTreeMap<String, file::EngineSet>) -> String {
+    let base = secs.to_string();
+    let mut id = base.clone();
+    let mut i = 1;
+    while taken.contains_key(&id) {
+        id = format!("{base}-{i}");
+        i += 1;
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_started_within_the_same_second_gets_a_suffix() {
+        let mut taken = BTreeMap::new();
+        for want in ["1796189156", "1796189156-1", "1796189156-2"] {
+            let id = set_id_at(1_796_189_156, &taken);
+            assert_eq!(id, want);
+            taken.insert(id, file::EngineSet::default());
+        }
+        assert_eq!(set_id_at(1_796_189_157, &taken), "1796189157");
+    }
 }

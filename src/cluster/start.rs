@@ -167,7 +167,7 @@ fn check_engine_env(r: &Resolved) -> Result<()> {
 fn start_inner(plan: &Plan, cf: &mut ClusterFile, runner: &dyn Runner) -> Result<()> {
     let r = &plan.r;
     let since = SystemTime::now() - Duration::from_secs(1);
-    let sid = set_id();
+    let sid = set_id(&cf.engines.sets);
     let (Some(ctrl), engines) = (&plan.controller, &plan.engines) else {
         bail!("no controller launcher resolved");
     };
@@ -326,7 +326,7 @@ pub fn engines(args: &StartArgs) -> Result<()> {
         .and_then(|mut h| h.engines(Duration::from_secs(5)))
         .map(|v| v.len())
         .unwrap_or(0);
-    let sid = set_id();
+    let sid = set_id(&cf.engines.sets);
     start_engine_set(r, launcher.as_ref(), &mut cf, &sid, r.n, &runner)?;
     cf.cluster.n = cf.engine_count();
     cf.save()?;
