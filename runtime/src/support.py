@@ -38,17 +38,26 @@ _loop = None
 _sink = None
 
 
+def _json_default(o):
+    if isinstance(o, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(bytes(o)).decode("ascii")
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    return repr(o)
+
+
+# what json.dumps(obj, default=..., ensure_ascii=False, allow_nan=False) builds on every call
+_encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, allow_nan=False)
+
+
 def _json(obj):
-    def default(o):
-        if isinstance(o, (bytes, bytearray)):
-            import base64
+    return _encoder.encode(obj)
 
-            return base64.b64encode(bytes(o)).decode("ascii")
-        if hasattr(o, "isoformat"):
-            return o.isoformat()
-        return repr(o)
 
-    return json.dumps(obj, default=default, ensure_ascii=False, allow_nan=False)
+# the content of most replies
+_OK = _json({"status": "ok"})
 
 
 def _flush_std():
@@ -558,7 +567,7 @@ def apply(bufs):
         result = f(*args, **kwargs)
         # bytes and memoryviews (of arrays too): the engine copies each once into its frame
         out = list(serialize_object(result, buffer_threshold=1024, item_threshold=64))
-        return _json({"status": "ok"}), out
+        return _OK, out
     except BaseException as e:
         stb = None
         try:
@@ -578,7 +587,7 @@ def clear():
         _shell.reset(False)
     else:
         _reset_ns()
-    return _json({"status": "ok"})
+    return _OK
 
 
 # ---------------------------------------------------------------------------- event loop
