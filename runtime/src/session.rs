@@ -279,7 +279,9 @@ impl OutboxRx {
             // SAFETY: reading into a local buffer of the given length.
             let n =
                 unsafe { libc::read(self.bell.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+            // a short read took all the pipe held: no second read to learn it is empty (a
+            // byte written after it makes the pipe readable for the next poll)
+            if n <= 0 || n.unsigned_abs() < buf.len() {
                 break;
             }
         }
