@@ -10,7 +10,7 @@
 //! writes a marker into each pipe, then waits until the reader has passed the marker. A pipe is a
 //! FIFO, so every byte written before the reply is published before it. The common case, nothing
 //! written since the last flush, skips the round trip through the reader thread: the reader reads
-//! and publishes under a lock, so with that lock held, both pipes empty (`FIONREAD`) and nothing
+//! and publishes under a lock, so with that lock held, both pipes empty (`poll`) and nothing
 //! held back by the reader, every byte written before is already published.
 
 use crate::session::{Outbox, Session};
@@ -140,7 +140,7 @@ impl Capture {
     /// Has every byte written so far been published (nothing in the pipes, nothing held)?
     fn settled(&self) -> bool {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        *held == [0, 0] && self.pipes.iter().all(|p| unread(p.as_raw_fd()) == Some(0))
+        *held == [0, 0] && both_empty(&self.pipes)
     }
 
     fn emit(&self, which: usize, bytes: &[u8]) {
@@ -257,15 +257,17 @@ impl Capture {
     }
 }
 
-/// The bytes waiting in a pipe (`None` if the descriptor cannot say).
-fn unread(fd: RawFd) -> Option<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer.
-    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    if r < 0 {
-        return None;
-    }
-    usize::try_from(n).ok()
+/// Are both pipes empty (one `poll` for the two: `POLLIN` is set exactly when a pipe holds
+/// bytes)? False if it cannot say.
+fn both_empty(pipes: &[OwnedFd; 2]) -> bool {
+    let mut fds = pipes.each_ref().map(|p| libc::pollfd {
+        fd: p.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: polling a live array of two pollfds, without waiting.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) };
+    r >= 0 && fds.iter().all(|f| f.revents & libc::POLLIN == 0)
 }
 
 fn write_all(fd: RawFd, mut data: &[u8]) {

@@ -17,11 +17,13 @@
 //! the receiver's [`Ledger`] sets that against the messages it received from that rank, so it
 //! knows exactly how many are owed: a message received before its ring, or rings lost to a full
 //! socket buffer (Linux queues only `net.unix.max_dgram_qlen` datagrams, 10 by default), leave
-//! no stale count behind, since the next ring carries the total. With nothing owed the loop need
-//! not probe MPI at all (a probe that finds nothing costs a `sched_yield` in Open MPI on an
-//! oversubscribed node). A ring whose message MPI has not yet made visible to `MPI_Improbe`
-//! keeps the receiver probing briefly (see [`pace`](crate::pace)); a lost last ring only costs
-//! latency up to the loop's idle timeout.
+//! no stale count behind, since the next ring carries the total. A ring refused by a full buffer
+//! is sent again, with the count of then, on the sender's next passes until one gets through
+//! ([`Doorbell::ring_again`]), so the last ring of a burst is not lost either: the receiver
+//! knows of every message, and with nothing owed the loop need not probe MPI at all, not even
+//! once more after a probe that found a message (a probe that finds nothing costs a
+//! `sched_yield` in Open MPI on an oversubscribed node). A ring whose message MPI has not yet
+//! made visible to `MPI_Improbe` keeps the receiver probing briefly (see [`pace`](crate::pace)).
 
 use crate::relay::Rank;
 use std::io;
@@ -38,10 +40,16 @@ pub struct Doorbell {
     peers: Vec<Option<SocketAddr>>,
     /// Indexed by rank: the rings sent to that peer (= relay messages sent to it).
     sent: Vec<u64>,
+    /// Indexed by rank: a count not delivered yet: counted only ([`Doorbell::count`]), or its
+    /// ring found the peer's buffer full (it goes again, [`Doorbell::ring_again`]).
+    unrung: Vec<bool>,
 }
 
 /// A ring on the wire: the sender's rank, then its count of messages sent to the receiver.
 const RING_LEN: usize = 12;
+
+/// Datagrams taken from the doorbell per call.
+const BATCH: usize = 16;
 
 fn ring_bytes(from: Rank, count: u64) -> [u8; RING_LEN] {
     let mut b = [0u8; RING_LEN];
@@ -151,6 +159,7 @@ impl Doorbell {
             me,
             peers: vec![None; n],
             sent: vec![0; n],
+            unrung: vec![false; n],
         })
     }
 
@@ -180,7 +189,9 @@ impl Doorbell {
     }
 
     /// Count one more message sent to `peer` and wake it (if reachable). Never blocks; a full
-    /// buffer already means "wake up" (and the next ring carries the count).
+    /// buffer already means "wake up", and the count goes again later ([`Doorbell::ring_again`]).
+    /// The loops count instead ([`Doorbell::count`]) and ring once per pass.
+    #[cfg(test)]
     pub fn ring(&mut self, peer: Rank) {
         let Some(i) = usize::try_from(peer.0)
             .ok()
@@ -189,26 +200,111 @@ impl Doorbell {
             return;
         };
         self.sent[i] += 1;
-        if let Some(addr) = &self.peers[i] {
-            let _ = self
-                .sock
-                .send_to_addr(&ring_bytes(self.me, self.sent[i]), addr);
+        self.send_count(i);
+    }
+
+    /// Count one more message sent to `peer`; its ring goes with the next
+    /// [`Doorbell::ring_again`], one for all the messages counted since (the loop rings once
+    /// per pass, after its sends).
+    pub fn count(&mut self, peer: Rank) {
+        let Some(i) = usize::try_from(peer.0)
+            .ok()
+            .filter(|i| *i < self.sent.len())
+        else {
+            return;
+        };
+        self.sent[i] += 1;
+        if self.peers[i].is_some() {
+            self.unrung[i] = true;
         }
+    }
+
+    /// Send peer `i` the count of messages sent to it so far; note whether its buffer was full.
+    fn send_count(&mut self, i: usize) {
+        let Some(Some(addr)) = self.peers.get(i) else {
+            return;
+        };
+        let sent = self.sent.get(i).copied().unwrap_or(0);
+        let full = matches!(
+            self.sock.send_to_addr(&ring_bytes(self.me, sent), addr),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        );
+        if let Some(u) = self.unrung.get_mut(i) {
+            *u = full;
+        }
+    }
+
+    /// Ring the peers with a count not delivered yet (counted since, or refused by a full
+    /// buffer); true while some buffer is still full.
+    pub fn ring_again(&mut self) -> bool {
+        let mut left = false;
+        for i in 0..self.unrung.len() {
+            if self.unrung[i] {
+                self.send_count(i);
+                left |= self.unrung[i];
+            }
+        }
+        left
+    }
+
+    /// Some peer has a count not delivered yet ([`Doorbell::ring_again`] sends it).
+    pub fn unrung(&self) -> bool {
+        self.unrung.contains(&true)
     }
 
     /// Empty the doorbell into `ledger`; returns (rings that announced a message, datagrams
     /// that were not rings of this build).
+    ///
+    /// The datagrams are taken [`BATCH`] at a time (`recvmmsg`): a batch that is not full
+    /// emptied the socket, so the usual wake-up (a ring or two) costs one call.
     pub fn drain(&self, ledger: &mut Ledger) -> (u64, u64) {
-        let mut buf = [0u8; 16];
+        let mut bufs = [[0u8; 16]; BATCH];
         let (mut new, mut odd) = (0, 0);
-        while let Ok(n) = self.sock.recv(&mut buf) {
-            match Ring::parse(buf.get(..n).unwrap_or(&buf)) {
-                Ring::Probe => {}
-                Ring::Count { from, count } => new += u64::from(ledger.rung(from, count)),
-                Ring::Odd => odd += 1,
+        loop {
+            let (lens, got) = self.recv_batch(&mut bufs);
+            for (b, n) in bufs.iter().zip(&lens).take(got) {
+                match Ring::parse(b.get(..*n).unwrap_or(b)) {
+                    Ring::Probe => {}
+                    Ring::Count { from, count } => new += u64::from(ledger.rung(from, count)),
+                    Ring::Odd => odd += 1,
+                }
+            }
+            if got < BATCH {
+                return (new, odd);
             }
         }
-        (new, odd)
+    }
+
+    /// Receive up to [`BATCH`] datagrams without waiting: their lengths, and how many came
+    /// (0: nothing there, or an error).
+    fn recv_batch(&self, bufs: &mut [[u8; 16]; BATCH]) -> ([usize; BATCH], usize) {
+        let mut iov = bufs.each_mut().map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        });
+        // SAFETY: an all-zero mmsghdr is a valid empty header; each is pointed at its iovec.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs` holds BATCH headers whose iovecs point into `bufs`, all alive for the
+        // call; MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+        let mut lens = [0; BATCH];
+        for (l, m) in lens.iter_mut().zip(&msgs) {
+            *l = usize::try_from(m.msg_len).unwrap_or(0);
+        }
+        (lens, n)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -254,6 +350,49 @@ mod tests {
         d.send_to_addr(b"!", &address(&job, Rank(1)).unwrap())
             .unwrap();
         assert_eq!(b.drain(&mut lb), (0, 1));
+    }
+
+    #[test]
+    fn a_ring_refused_by_a_full_buffer_goes_again_with_the_count() {
+        let job = format!("test-full-{}", std::process::id());
+        let mut a = Doorbell::bind(&job, Rank(0), 2).unwrap();
+        let b = Doorbell::bind(&job, Rank(1), 2).unwrap();
+        assert_eq!(a.probe([Rank(1)]), 1);
+        let mut lb = Ledger::new(2);
+        assert_eq!(b.drain(&mut lb), (0, 0));
+        assert!(!a.unrung() && !a.ring_again());
+        // far more rings than any datagram queue holds
+        for _ in 0..10_000 {
+            a.ring(Rank(1));
+        }
+        assert!(a.unrung(), "the receiver's buffer filled up");
+        b.drain(&mut lb);
+        assert!(lb.owed() < 10_000, "the last rings were refused");
+        assert!(!a.ring_again(), "room again: the count went through");
+        assert!(!a.unrung());
+        b.drain(&mut lb);
+        assert_eq!(lb.owed(), 10_000);
+    }
+
+    #[test]
+    fn counted_messages_ring_once() {
+        let job = format!("test-count-{}", std::process::id());
+        let mut a = Doorbell::bind(&job, Rank(0), 3).unwrap();
+        let b = Doorbell::bind(&job, Rank(1), 3).unwrap();
+        assert_eq!(a.probe([Rank(1)]), 1);
+        let mut lb = Ledger::new(3);
+        assert_eq!(b.drain(&mut lb), (0, 0));
+        a.count(Rank(1));
+        a.count(Rank(1));
+        a.count(Rank(2)); // unreachable: nothing to ring
+        assert!(a.unrung());
+        assert_eq!(b.drain(&mut lb), (0, 0), "no ring before ring_again");
+        assert!(!a.ring_again());
+        assert!(!a.unrung());
+        assert_eq!(b.drain(&mut lb), (1, 0), "one ring for both");
+        assert_eq!(lb.owed(), 2);
+        assert!(!a.ring_again());
+        assert_eq!(b.drain(&mut lb), (0, 0), "nothing counted since");
     }
 
     #[test]

@@ -85,6 +85,9 @@ struct QueueState {
     /// While the Python thread runs its event loop: one byte here per new job wakes it.
     waker: Option<UnixStream>,
     serving: bool,
+    /// The Python thread waits on the condition variable ([`JobQueue::pop`]): only then is it
+    /// notified (a notification is a futex call even when nobody waits).
+    waiting: bool,
 }
 
 impl QueueState {
@@ -125,8 +128,18 @@ impl JobQueue {
             st.jobs.push_back(job);
         }
         st.wake();
-        self.cv.notify_one();
+        self.notify(st);
         None
+    }
+
+    /// Wake the Python thread if it waits, after letting go of the lock (woken while the lock
+    /// is still held, it would block on it at once).
+    fn notify(&self, st: std::sync::MutexGuard<'_, QueueState>) {
+        let waiting = st.waiting;
+        drop(st);
+        if waiting {
+            self.cv.notify_one();
+        }
     }
 
     /// Ask the Python thread to stop after its current job.
@@ -134,7 +147,7 @@ impl JobQueue {
         let mut st = self.lock();
         st.jobs.push_front(Job::Stop);
         st.wake();
-        self.cv.notify_one();
+        self.notify(st);
     }
 
     /// The next job if there is one (the event loop's side; it waits on [`JobQueue::arm`]'s
@@ -174,7 +187,9 @@ impl JobQueue {
                 return j;
             }
             st.running = false;
+            st.waiting = true;
             st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting = false;
         }
     }
 

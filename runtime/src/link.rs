@@ -10,7 +10,7 @@
 //!
 //! With a [`Doorbell`] every send also rings the receiver, and the link counts rings against
 //! received messages ([`Ledger`]), so the runtime loop knows when it may sleep until the next
-//! ring, and the link probes MPI only when a message is owed (or the last probe found one, or
+//! ring, and the link probes MPI only when a message is owed (or on an odd wake-up, or once
 //! [`PROBE_EVERY`] has passed): a probe that finds nothing is not free (Open MPI yields the
 //! CPU in it when the node is oversubscribed).
 
@@ -102,8 +102,6 @@ pub struct Link {
     /// Rings against received messages.
     ledger: Ledger,
     last_ring: Instant,
-    /// The last probe found nothing (false: probe again).
-    drained: bool,
     /// A wake-up that announced nothing countable: probe once.
     odd_ring: bool,
     last_probe: Instant,
@@ -133,7 +131,6 @@ impl Link {
             rung_by_all: false,
             ledger: Ledger::new(size),
             last_ring: Instant::now(),
-            drained: false,
             odd_ring: false,
             last_probe: Instant::now(),
         }
@@ -167,17 +164,18 @@ impl Link {
     pub fn state(&self) -> LinkState {
         LinkState {
             rung_by_all: self.rung_by_all,
-            sending: !self.pending.is_empty(),
+            // a ring refused by a full buffer is a send still to finish
+            sending: !self.pending.is_empty() || self.bell.as_ref().is_some_and(Doorbell::unrung),
             owed: self.ledger.owed() > 0 && self.last_ring.elapsed() <= RING_GRACE,
         }
     }
 
     /// Whether a probe may find something: always without doorbells from every peer; with
-    /// them, while a message is owed, after a probe that found one, on an odd wake-up, or
-    /// once per [`PROBE_EVERY`].
+    /// them (every message announced: rings refused by a full buffer go again), while a
+    /// message is owed, on an odd wake-up, or once per [`PROBE_EVERY`]. Not after a probe
+    /// that found a message when nothing more is owed: that probe would find nothing.
     fn worth_probing(&self) -> bool {
         !self.rung_by_all
-            || !self.drained
             || self.odd_ring
             || self.ledger.owed() > 0
             || self.last_probe.elapsed() >= PROBE_EVERY
@@ -207,13 +205,19 @@ impl Link {
         // the buffer lives until then.
         let (raw, _, _) = unsafe { req.into_raw() };
         self.pending.push(raw, ptr);
+        // rung at the end of the pass ([`Link::reap`]): one ring for the pass' sends to `to`
         if let Some(b) = &mut self.bell {
-            b.ring(to);
+            b.count(to);
         }
     }
 
-    /// Free the buffers of completed sends.
+    /// Free the buffers of completed sends; ring the peers sent to since (or refused by a full
+    /// buffer).
     pub fn reap(&mut self) {
+        // the rings first: the test of the sends may yield the CPU (see the module doc)
+        if let Some(b) = &mut self.bell {
+            b.ring_again();
+        }
         self.pending.reap();
     }
 
@@ -226,7 +230,6 @@ impl Link {
         self.odd_ring = false;
         self.last_probe = Instant::now();
         let got = self.probe();
-        self.drained = got.is_none();
         if let Some((src, _)) = &got {
             self.ledger.received(*src);
         }
@@ -245,6 +248,9 @@ impl Link {
     /// Wait up to `limit` for in-flight sends; the rest are abandoned (their peer is gone).
     pub fn finish(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
+        if let Some(b) = &mut self.bell {
+            b.ring_again();
+        }
         while !self.pending.is_empty() && Instant::now() < deadline {
             self.reap();
             std::thread::sleep(Duration::from_millis(1));

@@ -53,6 +53,12 @@ pub struct JobConn {
     by_id: HashMap<u32, Rank>,
     /// Heartbeat echoes from ranks since the loop last asked.
     echoes: Vec<Rank>,
+    /// A receive found nothing and nothing touched the socket since: only its descriptor
+    /// (ZeroMQ signals it for what arrives later) can make input appear, so neither a receive
+    /// nor a `ZMQ_EVENTS` query (each a `poll` and a `getpid` inside ZeroMQ) is made until the
+    /// descriptor wakes the loop. A send clears it (ZeroMQ may process the socket's pending
+    /// commands inside a send, taking the descriptor's signal with them).
+    drained: bool,
 }
 
 impl JobConn {
@@ -86,11 +92,13 @@ impl JobConn {
                 .collect(),
             by_id: HashMap::new(),
             echoes: Vec::new(),
+            drained: false,
         })
     }
 
     fn send_body(&mut self, body: Body, payload: Frames) {
         let frames = self.enc.encode(body, payload);
+        self.drained = false;
         if let Err(e) = self.sock.send_multipart(frames, zmq::DONTWAIT) {
             warn!("native send failed: {e}");
         }
@@ -176,10 +184,17 @@ impl JobConn {
     /// The next message, without waiting.
     fn next(&mut self, quota: &mut Quota) -> Option<Incoming> {
         loop {
-            if quota.full() {
+            if quota.full() || self.drained {
                 return None;
             }
-            let frames = self.sock.recv_multipart(zmq::DONTWAIT).ok()?;
+            let frames = match self.sock.recv_multipart(zmq::DONTWAIT) {
+                Ok(f) => f,
+                Err(zmq::Error::EAGAIN) => {
+                    self.drained = true;
+                    return None;
+                }
+                Err(_) => return None,
+            };
             let (env, mut payload) = match self.dec.decode_owned(frames) {
                 Ok(x) => x,
                 Err(e) => {
@@ -260,15 +275,25 @@ impl Transport for JobConn {
         }
     }
 
-    /// Nothing to note: [`Transport::has_input`] asks the socket.
-    fn on_ready(&mut self, _slot: usize) {}
+    /// The descriptor woke the loop: the socket has something to say.
+    fn on_ready(&mut self, _slot: usize) {
+        self.drained = false;
+    }
 
-    /// Whether the socket has input (its descriptor is edge-triggered: ask before sleeping).
+    /// Whether the socket has input (its descriptor is edge-triggered: ask before sleeping,
+    /// unless a receive found nothing since the socket was last touched).
     fn has_input(&mut self) -> bool {
-        self.sock
+        if self.drained {
+            return false;
+        }
+        let input = self
+            .sock
             .get_events()
             .map(|e| e.contains(zmq::POLLIN))
-            .unwrap_or(true)
+            .unwrap_or(true);
+        // the query processed the socket's pending commands, as a receive that finds nothing
+        self.drained = !input;
+        input
     }
 
     fn recv(&mut self, quota: &mut Quota) -> Option<Incoming> {

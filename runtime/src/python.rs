@@ -409,25 +409,39 @@ impl Inner {
         })
     }
 
-    fn set_parent(&self, parent: &[u8]) {
-        Python::with_gil(|py| {
-            *self
-                .publisher
-                .borrow(py)
-                .parent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = parent.to_vec();
-        });
+    fn set_parent(&self, py: Python<'_>, parent: &[u8]) {
+        *self
+            .publisher
+            .borrow(py)
+            .parent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = parent.to_vec();
+    }
+
+    /// Flush the (possibly replaced) `sys.stdout` and `sys.stderr`.
+    fn flush_std(&self, py: Python<'_>) {
+        let sys = self.sys.bind(py);
+        for name in [intern!(py, "stdout"), intern!(py, "stderr")] {
+            if let Ok(f) = sys.getattr(name) {
+                let _ = f.call_method0(intern!(py, "flush"));
+            }
+        }
     }
 
     fn handle(&self, mut req: Request) {
         let s = &self.session;
         debug!("running {} {}", req.msg_type, req.msg_id);
         self.outbox.send(s.status(&req.header_raw, "busy"));
-        self.set_parent(&req.header_raw);
         self.capture.set_parent(Some(req.header_raw.clone()));
         let mut md = s.init_metadata(&req);
-        let (mut content, buffers) = match self.run(&mut req) {
+        // one hold of the GIL for the request: its parent, its code, the flush of its output
+        let ran = Python::with_gil(|py| {
+            self.set_parent(py, &req.header_raw);
+            let ran = self.run(py, &mut req);
+            self.flush_std(py);
+            ran
+        });
+        let (mut content, buffers) = match ran {
             Ok(x) => x,
             Err(e) => (
                 rpar_core::msg::error_content(
@@ -450,14 +464,6 @@ impl Inner {
                 o.entry("traceback").or_insert(json!([]));
             }
         }
-        Python::with_gil(|py| {
-            let sys = self.sys.bind(py);
-            for name in [intern!(py, "stdout"), intern!(py, "stderr")] {
-                if let Ok(f) = sys.getattr(name) {
-                    let _ = f.call_method0(intern!(py, "flush"));
-                }
-            }
-        });
         self.capture.flush();
         s.finish_metadata(&mut md, &content);
         let rt = Session::reply_type(&req.msg_type);
@@ -468,44 +474,42 @@ impl Inner {
         self.capture.set_parent(None);
     }
 
-    fn run(&self, req: &mut Request) -> Result<(Value, Vec<Vec<u8>>)> {
-        Python::with_gil(|py| -> Result<(Value, Vec<Vec<u8>>)> {
-            let support = self.support.bind(py);
-            let (text, bufs): (String, Vec<Vec<u8>>) = match req.msg_type.as_str() {
-                "execute_request" => {
-                    let c = &req.content;
-                    let code = c.get("code").and_then(Value::as_str).unwrap_or("");
-                    let silent = c.get("silent").and_then(Value::as_bool).unwrap_or(false);
-                    let store = c
-                        .get("store_history")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(!silent);
-                    let exprs = c
-                        .get("user_expressions")
-                        .map(Value::to_string)
-                        .unwrap_or_else(|| "{}".into());
-                    let t: String = support
-                        .getattr(intern!(py, "execute"))?
-                        .call1((code, silent, store, exprs))?
-                        .extract()?;
-                    (t, vec![])
-                }
-                "apply_request" => {
-                    let list = pybuf::views(py, std::mem::take(&mut req.buffers))?;
-                    let (t, out): (String, Bound<'_, PyList>) = support
-                        .getattr(intern!(py, "apply"))?
-                        .call1((list,))?
-                        .extract()?;
-                    (t, pybuf::frames(py, &out)?)
-                }
-                "clear_request" => {
-                    let t: String = support.getattr("clear")?.call0()?.extract()?;
-                    (t, vec![])
-                }
-                other => return Err(anyhow!("no handler for {other}")),
-            };
-            let v: Value = serde_json::from_str(&text)?;
-            Ok((v, bufs))
-        })
+    fn run(&self, py: Python<'_>, req: &mut Request) -> Result<(Value, Vec<Vec<u8>>)> {
+        let support = self.support.bind(py);
+        let (text, bufs): (String, Vec<Vec<u8>>) = match req.msg_type.as_str() {
+            "execute_request" => {
+                let c = &req.content;
+                let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+                let silent = c.get("silent").and_then(Value::as_bool).unwrap_or(false);
+                let store = c
+                    .get("store_history")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(!silent);
+                let exprs = c
+                    .get("user_expressions")
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "{}".into());
+                let t: String = support
+                    .getattr(intern!(py, "execute"))?
+                    .call1((code, silent, store, exprs))?
+                    .extract()?;
+                (t, vec![])
+            }
+            "apply_request" => {
+                let list = pybuf::views(py, std::mem::take(&mut req.buffers))?;
+                let (t, out): (String, Bound<'_, PyList>) = support
+                    .getattr(intern!(py, "apply"))?
+                    .call1((list,))?
+                    .extract()?;
+                (t, pybuf::frames(py, &out)?)
+            }
+            "clear_request" => {
+                let t: String = support.getattr("clear")?.call0()?.extract()?;
+                (t, vec![])
+            }
+            other => return Err(anyhow!("no handler for {other}")),
+        };
+        let v: Value = serde_json::from_str(&text)?;
+        Ok((v, bufs))
     }
 }

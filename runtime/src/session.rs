@@ -35,14 +35,21 @@ pub struct Session {
     pub uuid: String,
     builder: MessageBuilder,
     signer: Signer,
+    /// What every `status` message has alike (two per request): its topic and metadata.
+    status_topic: Vec<u8>,
+    status_md: Vec<u8>,
 }
 
 impl Session {
     pub fn new(rank: Rank, engine_id: u32, uuid: String, signer: Signer) -> Session {
+        let status_md =
+            serde_json::to_vec(&json!({ "engine": uuid })).unwrap_or_else(|_| b"{}".to_vec());
         Session {
             rank,
             engine_id,
             builder: MessageBuilder::with_session(uuid.clone()),
+            status_topic: format!("engine.{engine_id}.status").into_bytes(),
+            status_md,
             uuid,
             signer,
         }
@@ -58,6 +65,20 @@ impl Session {
         content: Vec<u8>,
         buffers: Vec<Vec<u8>>,
     ) -> Vec<Vec<u8>> {
+        let metadata = serde_json::to_vec(metadata).unwrap_or_else(|_| b"{}".to_vec());
+        self.build_encoded(idents, msg_type, parent, metadata, content, buffers)
+    }
+
+    /// A signed message from metadata and content already encoded.
+    fn build_encoded(
+        &self,
+        idents: Vec<Vec<u8>>,
+        msg_type: &str,
+        parent: &[u8],
+        metadata: Vec<u8>,
+        content: Vec<u8>,
+        buffers: Vec<Vec<u8>>,
+    ) -> Vec<Vec<u8>> {
         let mut m = WireMessage {
             idents,
             signature: Vec::new(),
@@ -67,7 +88,7 @@ impl Session {
             } else {
                 parent.to_vec()
             },
-            metadata: serde_json::to_vec(metadata).unwrap_or_else(|_| b"{}".to_vec()),
+            metadata,
             content,
             buffers,
         };
@@ -137,12 +158,16 @@ impl Session {
 
     /// IOPub `status` busy/idle with `parent`.
     pub fn status(&self, parent: &[u8], state: &str) -> Packet {
-        self.iopub(
-            "status",
+        let content = serde_json::to_vec(&json!({ "execution_state": state })).unwrap_or_default();
+        let frames = self.build_encoded(
+            vec![self.status_topic.clone()],
             "status",
             parent,
-            &json!({ "execution_state": state }),
-        )
+            self.status_md.clone(),
+            content,
+            Vec::new(),
+        );
+        Packet::new(Channel::IoPub, self.rank, frames)
     }
 
     /// Reply metadata at the start of a request (§9.4).
@@ -254,7 +279,9 @@ impl OutboxRx {
             // SAFETY: reading into a local buffer of the given length.
             let n =
                 unsafe { libc::read(self.bell.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+            // a short read took all the pipe held: no second read to learn it is empty (a
+            // byte written after it makes the pipe readable for the next poll)
+            if n <= 0 || n.unsigned_abs() < buf.len() {
                 break;
             }
         }
@@ -348,6 +375,19 @@ mod tests {
         assert_eq!(
             m.content_value().unwrap(),
             json!({"execution_state": "busy"})
+        );
+    }
+
+    #[test]
+    fn status_names_the_engine_in_its_metadata() {
+        let s = Session::new(Rank(0), 7, "u".into(), Signer::new(b""));
+        let p = s.status(b"{}", "idle");
+        let m = WireMessage::split(p.frames, &Default::default()).unwrap();
+        let md: Value = serde_json::from_slice(&m.metadata).unwrap();
+        assert_eq!(md, json!({"engine": "u"}));
+        assert_eq!(
+            m.content_value().unwrap(),
+            json!({"execution_state": "idle"})
         );
     }
 

@@ -38,17 +38,26 @@ _loop = None
 _sink = None
 
 
+def _json_default(o):
+    if isinstance(o, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(bytes(o)).decode("ascii")
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    return repr(o)
+
+
+# what json.dumps(obj, default=..., ensure_ascii=False, allow_nan=False) builds on every call
+_encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, allow_nan=False)
+
+
 def _json(obj):
-    def default(o):
-        if isinstance(o, (bytes, bytearray)):
-            import base64
+    return _encoder.encode(obj)
 
-            return base64.b64encode(bytes(o)).decode("ascii")
-        if hasattr(o, "isoformat"):
-            return o.isoformat()
-        return repr(o)
 
-    return json.dumps(obj, default=default, ensure_ascii=False, allow_nan=False)
+# the content of most replies
+_OK = _json({"status": "ok"})
 
 
 def _flush_std():
@@ -527,11 +536,19 @@ def _showtraceback():
     return stb
 
 
+# (serialize_object, unpack_apply_message), imported by the first apply request
+_serializer = None
+
+
 def apply(bufs):
     """apply_request: f(*args, **kwargs) with ipyparallel's own serialization."""
-    from ipyparallel.serialize import serialize_object, unpack_apply_message
+    global _serializer
+    if _serializer is None:
+        from ipyparallel.serialize import serialize_object, unpack_apply_message
 
-    imports.defer_can_map()
+        _serializer = (serialize_object, unpack_apply_message)
+        imports.defer_can_map()
+    serialize_object, unpack_apply_message = _serializer
     if _shell is not None:
         _shell._last_traceback = None
     _event_loop()
@@ -550,7 +567,7 @@ def apply(bufs):
         result = f(*args, **kwargs)
         # bytes and memoryviews (of arrays too): the engine copies each once into its frame
         out = list(serialize_object(result, buffer_threshold=1024, item_threshold=64))
-        return _json({"status": "ok"}), out
+        return _OK, out
     except BaseException as e:
         stb = None
         try:
@@ -570,7 +587,7 @@ def clear():
         _shell.reset(False)
     else:
         _reset_ns()
-    return _json({"status": "ok"})
+    return _OK
 
 
 # ---------------------------------------------------------------------------- event loop
@@ -579,23 +596,36 @@ def clear():
 def _event_loop():
     """This thread's asyncio loop (created once, and current again if engine code replaced it,
     as ``asyncio.run`` does)."""
-    global _loop
-    import asyncio
-
+    global _loop, _asyncio
     if _loop is None:
+        import asyncio
+
+        _asyncio = asyncio
         _loop = asyncio.new_event_loop()
-    if asyncio._get_running_loop() is None and not _is_current(_loop):
-        asyncio.set_event_loop(_loop)
+    if _asyncio._get_running_loop() is None and not _is_current(_loop):
+        _asyncio.set_event_loop(_loop)
     return _loop
+
+
+# asyncio, imported with the loop
+_asyncio = None
 
 
 def _is_current(loop):
     """Is `loop` already this thread's event loop (the default policy's record of it)? Setting
     it again on every request re-attached the child watcher each time."""
-    import asyncio
-
-    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    local = getattr(_asyncio.get_event_loop_policy(), "_local", None)
     return local is not None and getattr(local, "_loop", None) is loop
+
+
+def _no_tasks():
+    """Certainly no asyncio task exists (Python 3.12 and older register every task in
+    ``asyncio.tasks._all_tasks``, 3.12's eager ones in ``_eager_tasks``, which is what
+    ``all_tasks()`` reads): the test after each request, without building the set of them."""
+    if sys.version_info >= (3, 13):
+        return False
+    tasks = _asyncio.tasks
+    return not getattr(tasks, "_all_tasks", True) and not getattr(tasks, "_eager_tasks", None)
 
 
 def loop_busy():
@@ -605,9 +635,9 @@ def loop_busy():
         return False
     if getattr(loop, "_ready", None) or getattr(loop, "_scheduled", None):
         return True
-    import asyncio
-
-    return any(not t.done() for t in asyncio.all_tasks(loop))
+    if _no_tasks():
+        return False
+    return any(not t.done() for t in _asyncio.all_tasks(loop))
 
 
 def run_loop(fd, runner):
@@ -645,8 +675,6 @@ def run_loop(fd, runner):
 
 
 def _loop_busy_besides_us(loop):
-    import asyncio
-
     if getattr(loop, "_scheduled", None):
         return True
-    return any(not t.done() for t in asyncio.all_tasks(loop))
+    return any(not t.done() for t in _asyncio.all_tasks(loop))
