@@ -168,7 +168,7 @@ impl Doorbell {
     pub fn probe(&mut self, peers: impl IntoIterator<Item = Rank>) -> usize {
         let mut n = 0;
         for r in peers {
-            let Some(slot) = self.peers.get_mut(r.0 as usize) else {
+            let Some(i) = self.index(r) else {
                 continue;
             };
             let Ok(addr) = address(&self.job, r) else {
@@ -181,7 +181,7 @@ impl Doorbell {
                 Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             };
             if ok {
-                *slot = Some(addr);
+                self.peers[i] = Some(addr);
                 n += 1;
             }
         }
@@ -193,30 +193,27 @@ impl Doorbell {
     /// The loops count instead ([`Doorbell::count`]) and ring once per pass.
     #[cfg(test)]
     pub fn ring(&mut self, peer: Rank) {
-        let Some(i) = usize::try_from(peer.0)
-            .ok()
-            .filter(|i| *i < self.sent.len())
-        else {
-            return;
-        };
-        self.sent[i] += 1;
-        self.send_count(i);
+        if let Some(i) = self.index(peer) {
+            self.sent[i] += 1;
+            self.send_count(i);
+        }
     }
 
     /// Count one more message sent to `peer`; its ring goes with the next
     /// [`Doorbell::ring_again`], one for all the messages counted since (the loop rings once
     /// per pass, after its sends).
     pub fn count(&mut self, peer: Rank) {
-        let Some(i) = usize::try_from(peer.0)
-            .ok()
-            .filter(|i| *i < self.sent.len())
-        else {
-            return;
-        };
-        self.sent[i] += 1;
-        if self.peers[i].is_some() {
-            self.unrung[i] = true;
+        if let Some(i) = self.index(peer) {
+            self.sent[i] += 1;
+            if self.peers[i].is_some() {
+                self.unrung[i] = true;
+            }
         }
+    }
+
+    /// `peer`'s slot in the per-peer tables, if it is a rank of this job.
+    fn index(&self, peer: Rank) -> Option<usize> {
+        usize::try_from(peer.0).ok().filter(|i| *i < self.sent.len())
     }
 
     /// Send peer `i` the count of messages sent to it so far; note whether its buffer was full.
