@@ -316,18 +316,7 @@ impl TaskDb for MemoryDb {
     }
 
     fn add_record(&mut self, rec: TaskRecord) -> Result<(), DbError> {
-        let Some(id) = rec.msg_id.as_deref() else {
-            return Err(DbError::MissingMsgId);
-        };
-        if self.index.contains_key(id) {
-            let id = id.to_string();
-            self.with_record(&id, |r| r.merge(rec));
-        } else {
-            // A new id (every request): the record goes in as it is, not merged into an
-            // empty one (one lookup and one copy of the id fewer per task).
-            self.insert_new(Box::new(Stored::new(rec)));
-        }
-        Ok(())
+        self.add_raw(RawWrite::new(rec))
     }
 
     fn add_raw(&mut self, w: RawWrite) -> Result<(), DbError> {
@@ -338,6 +327,8 @@ impl TaskDb for MemoryDb {
             let id = id.to_string();
             self.with_record(&id, |r| r.merge_raw(w));
         } else {
+            // A new id (every request): the record goes in as it is, not merged into an
+            // empty one (one lookup and one copy of the id fewer per task).
             self.insert_new(Box::new(Stored::from_raw(w)));
         }
         Ok(())

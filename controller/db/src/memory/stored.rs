@@ -31,15 +31,10 @@ impl Stored {
     }
 
     /// Merge `patch` (as [`TaskRecord::merge`]): a JSON field it sets replaces a raw one.
-    pub(super) fn merge(&mut self, patch: TaskRecord) {
-        if !self.raw.is_empty() {
-            let mut p = patch;
-            self.raw
-                .retain(|(f, _)| json_slot(&mut p, *f).is_none_or(|v| v.is_none()));
-            self.rec.merge(p);
-        } else {
-            self.rec.merge(patch);
-        }
+    pub(super) fn merge(&mut self, mut patch: TaskRecord) {
+        self.raw
+            .retain(|(f, _)| json_slot(&mut patch, *f).is_none_or(|v| v.is_none()));
+        self.rec.merge(patch);
     }
 
     /// Merge a raw write: its typed fields as [`Stored::merge`], each raw field as an eager
