@@ -203,7 +203,13 @@ impl Publisher {
 
     /// publish_data(content_json, buffers): a `data_message` (ipyparallel's datapub: topic
     /// `datapub`, the data as serialized buffers), sent at once, while the request runs.
-    fn publish_data(&self, content_json: &str, buffers: Vec<Vec<u8>>) {
+    fn publish_data(
+        &self,
+        py: Python<'_>,
+        content_json: &str,
+        buffers: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        let buffers = pybuf::frames(py, buffers)?;
         self.capture.flush();
         let s = &self.session;
         let frames = s.build_raw(
@@ -219,6 +225,7 @@ impl Publisher {
             s.rank,
             frames,
         ));
+        Ok(())
     }
 }
 

@@ -123,8 +123,8 @@ class _DataPub:
     def publish_data(self, data):
         from ipyparallel.serialize import serialize_object
 
-        bufs = serialize_object(data, buffer_threshold=1024, item_threshold=64)
-        bufs = [b if isinstance(b, bytes) else bytes(memoryview(b)) for b in bufs]
+        # bytes and memoryviews: the engine copies each once into its frame (as apply's)
+        bufs = list(serialize_object(data, buffer_threshold=1024, item_threshold=64))
         _flush_std()
         _pub.publish_data(_json({"keys": list(data.keys())}), bufs)
 
