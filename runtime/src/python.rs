@@ -243,8 +243,6 @@ pub struct Startup {
 /// What the Python thread works with.
 struct Inner {
     support: Py<PyModule>,
-    /// `sys`, whose (possibly replaced) stdout and stderr are flushed after each request.
-    sys: Py<PyModule>,
     publisher: Py<Publisher>,
     session: Arc<Session>,
     outbox: Outbox,
@@ -336,7 +334,6 @@ impl Executor {
             Ok(Executor {
                 inner: Rc::new(Inner {
                     support: support.unbind(),
-                    sys: py.import("sys")?.unbind(),
                     publisher,
                     session,
                     outbox,
@@ -425,13 +422,15 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner()) = parent.to_vec();
     }
 
-    /// Flush the (possibly replaced) `sys.stdout` and `sys.stderr`.
+    /// Flush the (possibly replaced) `sys.stdout` and `sys.stderr` (support.py's `_flush_std`).
     fn flush_std(&self, py: Python<'_>) {
-        let sys = self.sys.bind(py);
-        for name in [intern!(py, "stdout"), intern!(py, "stderr")] {
-            if let Ok(f) = sys.getattr(name) {
-                let _ = f.call_method0(intern!(py, "flush"));
-            }
+        let flushed = self
+            .support
+            .bind(py)
+            .getattr(intern!(py, "_flush_std"))
+            .and_then(|f| f.call0());
+        if let Err(e) = flushed {
+            debug!("flushing stdout/stderr: {e}");
         }
     }
 
