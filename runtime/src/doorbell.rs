@@ -213,7 +213,9 @@ impl Doorbell {
 
     /// `peer`'s slot in the per-peer tables, if it is a rank of this job.
     fn index(&self, peer: Rank) -> Option<usize> {
-        usize::try_from(peer.0).ok().filter(|i| *i < self.sent.len())
+        usize::try_from(peer.0)
+            .ok()
+            .filter(|i| *i < self.sent.len())
     }
 
     /// Send peer `i` the count of messages sent to it so far; note whether its buffer was full.

@@ -224,11 +224,7 @@ fn start_inner(plan: &Plan, cf: &mut ClusterFile, runner: &dyn Runner) -> Result
     cf.controller.handles = handles.clone();
     cf.save()?;
     wait_for_connection_files(r, &handles, since, r.connection_timeout, runner)?;
-    // `delay` runs from the controller's start, as ipcluster's (it sleeps, then waits for the
-    // files): only what is left of it once the files are there
-    let left = Duration::try_from_secs_f64(r.delay)
-        .unwrap_or_default()
-        .saturating_sub(controller_started.elapsed());
+    let left = delay_left(r.delay, controller_started.elapsed());
     if !left.is_zero() {
         std::thread::sleep(left);
     }
@@ -372,4 +368,28 @@ pub fn engines(args: &StartArgs) -> Result<()> {
         let _ = latest.save();
     }
     Ok(())
+}
+
+/// What is left of `Cluster.delay` (seconds; negative or not a number: none) once `elapsed` has
+/// passed since the controller started: the delay runs from the controller's start, as
+/// ipcluster's (it sleeps, then waits for the files), not after the wait for the files.
+fn delay_left(delay: f64, elapsed: Duration) -> Duration {
+    Duration::try_from_secs_f64(delay)
+        .unwrap_or_default()
+        .saturating_sub(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delay_counts_from_the_controller_start() {
+        let ms = Duration::from_millis;
+        assert_eq!(delay_left(1.0, ms(300)), ms(700));
+        assert_eq!(delay_left(1.0, ms(1500)), Duration::ZERO);
+        assert_eq!(delay_left(0.0, ms(0)), Duration::ZERO);
+        assert_eq!(delay_left(-2.0, ms(0)), Duration::ZERO);
+        assert_eq!(delay_left(f64::NAN, ms(0)), Duration::ZERO);
+    }
 }
