@@ -206,13 +206,12 @@ impl Hub {
             }
             Err(e) => warn!(error = %e, "task with a bad header"),
         }
-        let actions = match (sched_id, read) {
-            (Some(id), Some(r)) => self
-                .tasks
-                .task
-                .submit_shared_read(msg, buffers, id, r.sched, now),
-            (Some(id), None) => self.tasks.task.submit_shared_as(msg, buffers, id, now),
-            (None, _) => self.tasks.task.submit_shared(msg, buffers, now),
+        let actions = match sched_id {
+            Some(id) => {
+                let md = read.map(|r| r.sched);
+                self.tasks.task.submit_shared_as(msg, buffers, id, md, now)
+            }
+            None => self.tasks.task.submit_shared(msg, buffers, now),
         };
         self.apply_task_actions(actions, out, None);
     }
@@ -230,16 +229,14 @@ impl Hub {
             }
         }
         // the reply's metadata read once, for the scheduler and the record
-        let Some(read) = reply_metadata(&msg.metadata) else {
-            let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, now);
-            self.apply_task_actions(actions, out, None);
-            return;
+        let (md, pre) = match reply_metadata(&msg.metadata) {
+            Some(read) => (
+                Some(read.sched),
+                parent_id.clone().map(|m| (m, read.record)),
+            ),
+            None => (None, None),
         };
-        let pre = parent_id.clone().map(|m| (m, read.record));
-        let actions = self
-            .tasks
-            .task
-            .on_engine_reply_read(msg, parent_id, read.sched, now);
+        let actions = self.tasks.task.on_engine_reply_to(msg, parent_id, md, now);
         self.apply_task_actions(actions, out, pre);
     }
 

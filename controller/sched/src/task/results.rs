@@ -8,35 +8,22 @@ impl TaskScheduler {
     /// `msg.idents == [engine_uuid, client_routing_id]`.
     pub fn on_engine_reply(&mut self, msg: WireMessage, now: Instant) -> Vec<TaskAction> {
         let parent_id = header_msg_id(&msg.parent);
-        self.on_engine_reply_to(msg, parent_id, now)
+        self.on_engine_reply_to(msg, parent_id, None, now)
     }
 
     /// [`TaskScheduler::on_engine_reply`] for a reply whose parent msg_id the caller has read
-    /// already ([`rpar_core::msg::msg_id_of`] of `msg.parent`), so that it is parsed once.
+    /// already ([`rpar_core::msg::msg_id_of`] of `msg.parent`), and perhaps its metadata too
+    /// ([`ReplyMetadata::read`] of `msg.metadata`, or a parse that reads as it does; `None`: read
+    /// here), so that each frame is scanned once.
     pub fn on_engine_reply_to(
         &mut self,
         msg: WireMessage,
         parent_id: Option<String>,
+        md: Option<ReplyMetadata>,
         now: Instant,
     ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.result(msg, parent_id, None, now, &mut out);
-        self.drain(now, &mut out);
-        out
-    }
-
-    /// [`TaskScheduler::on_engine_reply_to`] for a reply whose metadata the caller has read
-    /// too ([`ReplyMetadata::read`] of `msg.metadata`, or a parse that reads as it does), so
-    /// that the frame is scanned once.
-    pub fn on_engine_reply_read(
-        &mut self,
-        msg: WireMessage,
-        parent_id: Option<String>,
-        md: ReplyMetadata,
-        now: Instant,
-    ) -> Vec<TaskAction> {
-        let mut out = Vec::new();
-        self.result(msg, parent_id, Some(md), now, &mut out);
+        self.result(msg, parent_id, md, now, &mut out);
         self.drain(now, &mut out);
         out
     }

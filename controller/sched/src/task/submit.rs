@@ -19,37 +19,23 @@ impl TaskScheduler {
         now: Instant,
     ) -> Vec<TaskAction> {
         let msg_id = header_msg_id(&msg.header);
-        self.submit_shared_as(msg, buffers, msg_id, now)
+        self.submit_shared_as(msg, buffers, msg_id, None, now)
     }
 
     /// [`TaskScheduler::submit_shared`] for a request whose msg_id the caller has read already
-    /// ([`rpar_core::msg::msg_id_of`] of `msg.header`), so that it is parsed once.
+    /// ([`rpar_core::msg::msg_id_of`] of `msg.header`), and perhaps its metadata too (as
+    /// [`rpar_core::msg::parse_fields`] reads a [`TaskMetadata`] from a JSON object frame; `None`:
+    /// read here), so that each frame is scanned once.
     pub fn submit_shared_as(
         &mut self,
         msg: WireMessage,
         buffers: SharedBuffers,
         msg_id: Option<String>,
+        md: Option<TaskMetadata>,
         now: Instant,
     ) -> Vec<TaskAction> {
         let mut out = Vec::new();
-        self.submit_inner(msg, buffers, msg_id, None, now, &mut out);
-        self.drain(now, &mut out);
-        out
-    }
-
-    /// [`TaskScheduler::submit_shared_as`] for a request whose metadata the caller has read
-    /// too (as [`rpar_core::msg::parse_fields`] reads a [`TaskMetadata`] from a JSON object
-    /// frame), so that the frame is scanned once.
-    pub fn submit_shared_read(
-        &mut self,
-        msg: WireMessage,
-        buffers: SharedBuffers,
-        msg_id: Option<String>,
-        md: TaskMetadata,
-        now: Instant,
-    ) -> Vec<TaskAction> {
-        let mut out = Vec::new();
-        self.submit_inner(msg, buffers, msg_id, Some(md), now, &mut out);
+        self.submit_inner(msg, buffers, msg_id, md, now, &mut out);
         self.drain(now, &mut out);
         out
     }
