@@ -102,10 +102,7 @@ pub(crate) fn reply_metadata(raw: &[u8]) -> Option<ReplyRead> {
         #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
         engine: Option<Value>,
     }
-    if !is_object(raw) {
-        return None;
-    }
-    let b: Both = rpar_core::msg::parse_fields(raw)?;
+    let b: Both = object_fields(raw)?;
     Some(ReplyRead {
         sched: rpar_sched::ReplyMetadata {
             dependencies_met: b.dependencies_met,
@@ -143,10 +140,7 @@ pub(crate) fn request_metadata(raw: &[u8]) -> Option<RequestRead> {
         #[serde(default, deserialize_with = "rpar_core::msg::keep_null")]
         label: Option<Value>,
     }
-    if !is_object(raw) {
-        return None;
-    }
-    let b: Both = rpar_core::msg::parse_fields(raw)?;
+    let b: Both = object_fields(raw)?;
     Some(RequestRead {
         sched: rpar_sched::TaskMetadata {
             targets: b.targets,
@@ -159,10 +153,14 @@ pub(crate) fn request_metadata(raw: &[u8]) -> Option<RequestRead> {
     })
 }
 
-/// Whether a frame starts as a JSON object (a struct parse reads a JSON array too, by
-/// position, where [`pick`] reads nothing).
-fn is_object(raw: &[u8]) -> bool {
-    raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+/// A struct's fields from a frame that is a JSON object of distinct keys
+/// ([`rpar_core::msg::parse_fields`]), `None` otherwise: a struct parse reads a JSON array too,
+/// by position, where [`pick`] reads nothing, so a frame must start as an object.
+fn object_fields<'a, T: serde::Deserialize<'a>>(raw: &'a [u8]) -> Option<T> {
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    rpar_core::msg::parse_fields(raw)
 }
 
 fn text(v: Option<Value>) -> Option<String> {
