@@ -49,3 +49,19 @@ def pss_kib(pids):
         except OSError:
             pass
     return t
+
+
+def alternating_medians(fns, n):
+    """The median time in seconds of each of `fns` over `n` calls each, called in turn
+    (fns[0], fns[1], ..., fns[0], ...), so that a drift in the machine's load reaches all of
+    them alike; timing one after the other made the same two figures swap places between runs."""
+    import statistics
+    import time
+
+    times = [[] for _ in fns]
+    for _ in range(n):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]

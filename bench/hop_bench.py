@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The MPI hop, both engine transports: `rc[e].apply_sync(noop)` round trip (median) for the
+"""The MPI hop, both engine transports: `rc[e].apply_sync(noop)` round trip (median, the two engines called in turn) for the
 engine on rank 0 (no MPI hop) and on the last rank (relayed over MPI) of one job, with
 doorbells (the default on one node) and with the cross-node fallback forced by
 `RPAR_ENGINE_DOORBELL=0`, and the idle CPU of each rank (% of a core) over --idle seconds.
@@ -14,14 +14,13 @@ No assertions: numbers only.
 import argparse
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, descendants
+from common import alternating_medians, cpu_seconds, descendants
 from scale_bench import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,15 +34,6 @@ def mpi_rank():
     from mpi4py import MPI
 
     return MPI.COMM_WORLD.Get_rank()
-
-
-def median_ms(fn, n):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def engine_pids(job):
@@ -68,11 +58,13 @@ def one(a, transport, doorbell, workdir):
         rc.wait_for_engines(a.ranks, timeout=120)
         by_rank = {rc[e].apply_sync(mpi_rank): e for e in rc.ids}
         out = {}
-        for r in (0, a.ranks - 1):
-            v = rc[by_rank[r]]
-            for _ in range(20):
-                v.apply_sync(noop)
-            out[f"rank{r}"] = median_ms(lambda: v.apply_sync(noop), a.n)
+        first, last = rc[by_rank[0]], rc[by_rank[a.ranks - 1]]
+        for _ in range(20):
+            first.apply_sync(noop)
+            last.apply_sync(noop)
+        # in turn, so both see the same load
+        t0, t1 = alternating_medians([lambda: first.apply_sync(noop), lambda: last.apply_sync(noop)], a.n)
+        out["rank0"], out[f"rank{a.ranks - 1}"] = t0 * 1e3, t1 * 1e3
         time.sleep(1.0)
         procs = engine_pids(job)
         c0 = {p: cpu_seconds([p]) for p in procs}

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_seconds, descendants, pss_kib
+from common import alternating_medians, cpu_seconds, descendants, pss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(os.environ.get("RPAR_BIN_DIR", ROOT / "target" / "release"))
@@ -249,11 +249,13 @@ def hop(a, workdir, kind, doorbell):
         s.start()
         ranks = {eid: s.rc[eid].apply_sync(mpi_rank) for eid in s.rc.ids}
         by_rank = {r: e for e, r in ranks.items()}
-        for r in (0, a.hop_ranks - 1):
-            v = s.rc[by_rank[r]]
-            for _ in range(20):
-                v.apply_sync(noop)
-            out[f"rank{r}"] = median_rtt(lambda: v.apply_sync(noop), a.hop) * 1e3
+        first, last = s.rc[by_rank[0]], s.rc[by_rank[a.hop_ranks - 1]]
+        for _ in range(20):
+            first.apply_sync(noop)
+            last.apply_sync(noop)
+        # in turn, so both see the same load
+        t0, t1 = alternating_medians([lambda: first.apply_sync(noop), lambda: last.apply_sync(noop)], a.hop)
+        out["rank0"], out[f"rank{a.hop_ranks - 1}"] = t0 * 1e3, t1 * 1e3
         time.sleep(1.0)
         procs = s.engine_procs(nannies=False)
         c0 = {p: cpu_seconds([p]) for p in procs}

@@ -229,7 +229,15 @@ impl Link {
         }
         self.odd_ring = false;
         self.last_probe = Instant::now();
-        let got = self.probe();
+        let mut got = self.probe();
+        if got.is_none() && (self.ledger.owed() > 0 || !self.rung_by_all) {
+            // Open MPI's probe matches against what it has already taken off its queues before
+            // it progresses them: a message that has arrived (the one a ring announced, or, on
+            // the timed fallback, one that came during the nap) is usually found by a second
+            // probe. Without it the loop napped again before it saw the message, 100 µs or
+            // more on this kind of machine (a timer wake-up), on every relayed message.
+            got = self.probe();
+        }
         if let Some((src, _)) = &got {
             self.ledger.received(*src);
         }
