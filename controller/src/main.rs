@@ -20,24 +20,13 @@ fn level(cmd: &cli::CommandLine) -> tracing::Level {
         .unwrap_or(tracing::Level::INFO)
 }
 
-/// glibc (which serves libzmq's allocations and the controller's big blocks): keep task-sized
-/// blocks (up to 32 MiB) in the heap, and up to 64 MiB free at its top.
-///
-/// Every task buffer passes through a few short-lived blocks (ZeroMQ's receive buffer, the
-/// frame, the copy sent on). Served by their own mappings (glibc's 128 KiB start), each such
-/// block costs an `mmap`, a page fault per 4 KiB, and an `munmap` with its TLB shootdown: for
-/// a 1 MB task that was most of the controller's CPU. From the heap, a freed block is reused
-/// as it is. Memory is still handed back: the task database asks glibc to return free pages
-/// after large frees (culls, purges, SQLite commits; `rpar_taskdb` trims), so a controller that
-/// held and culled a gigabyte of records does not keep it resident. Setting the threshold also
-/// stops glibc from raising it on its own.
+/// glibc serves libzmq's allocations and the controller's big blocks: keep task-sized blocks
+/// (up to 32 MiB) in the heap, and up to 64 MiB free at its top ([`rpar_core::malloc`]).
+/// Memory is still handed back: the task database asks glibc to return free pages after large
+/// frees (culls, purges, SQLite commits; `rpar_taskdb` trims), so a controller that held and
+/// culled a gigabyte of records does not keep it resident.
 fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
+    rpar_core::malloc::keep_in_heap(32 << 20, 64 << 20);
 }
 
 fn main() {

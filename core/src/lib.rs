@@ -26,6 +26,7 @@ pub mod fdlimit;
 pub mod flags;
 pub mod ids;
 pub mod logging;
+pub mod malloc;
 pub mod msg;
 pub mod native;
 pub mod profile;
