@@ -151,7 +151,9 @@ impl Transport for Compat {
                 self.to_read.push_back(slot);
                 continue;
             }
-            let got = self.socket(role).map(|s| s.recv_multipart(zmq::DONTWAIT));
+            let got = self
+                .socket(role)
+                .map(|s| crate::relay::recv_multipart(s, zmq::DONTWAIT));
             match got {
                 Some(Ok(frames)) => {
                     // read again at its next turn (until EAGAIN)

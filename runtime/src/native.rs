@@ -187,7 +187,7 @@ impl JobConn {
             if quota.full() || self.drained {
                 return None;
             }
-            let frames = match self.sock.recv_multipart(zmq::DONTWAIT) {
+            let frames = match crate::relay::recv_multipart(&self.sock, zmq::DONTWAIT) {
                 Ok(f) => f,
                 Err(zmq::Error::EAGAIN) => {
                     self.drained = true;

@@ -260,7 +260,7 @@ impl Rank0 {
                 broker.on_life(Rank(0), life)
             }
             Route::Remote(r, p) => {
-                self.link.send(r, p.encode());
+                self.link.send(r, p.into_bytes());
                 None
             }
             Route::Zmq(s, frames) => {
@@ -301,7 +301,7 @@ impl Rank0 {
                 break;
             };
             pass.active = true;
-            match Packet::decode(&buf) {
+            match Packet::from_bytes(buf) {
                 Ok(p) => {
                     pass.real |= p.header.channel != Channel::Heartbeat;
                     let (route, e) = broker.on_engine(src, p);
@@ -389,7 +389,7 @@ impl RankN {
         while let Ok(p) = self.outbox.rx.try_recv() {
             any = true;
             real |= p.header.channel != Channel::Heartbeat;
-            self.link.send(Rank(0), p.encode());
+            self.link.send(Rank(0), p.into_bytes());
         }
         (any, real)
     }
@@ -426,7 +426,7 @@ impl RankN {
                 };
                 quota.take(None);
                 active = true;
-                let p = match Packet::decode(&buf) {
+                let p = match Packet::from_bytes(buf) {
                     Ok(p) => p,
                     Err(e) => {
                         warn!("bad relay packet from rank {src}: {e}");
