@@ -138,6 +138,45 @@ def test_large_messages_with_and_without_doorbells(controller, job_factory, door
         assert dv.map_sync(lambda x: x + 1, range(64)) == list(range(1, 65))
 
 
+def _talk(x):
+    print("out", x)
+    return 2 * x
+
+
+def test_status_brackets_every_request(controller, job_factory):
+    """Each request's IOPub traffic is busy, its output, then idle, on every rank (relayed ones
+    too), and busy comes while a silent request still runs: rpar-engine sends busy with the
+    request's first output or its reply, or at its runtime loop's next wake-up."""
+    job = job_factory("openmpi", controller)
+    with connected(controller, job) as rc:
+        seen = []
+        deserialize = rc.session.deserialize
+
+        def spy(*a, **kw):
+            m = deserialize(*a, **kw)
+            c = m["content"]
+            seen.append((m["parent_header"].get("msg_id"), m["header"]["msg_type"],
+                         c.get("execution_state") or c.get("name")))
+            return m
+
+        rc.session.deserialize = spy
+        ars = [rc[e].apply_async(_talk, e) for e in rc.ids]
+        assert [a.get(timeout=30) for a in ars] == [2 * e for e in rc.ids]
+        slow = rc[rc.ids[-1]].apply_async(time.sleep, 5)
+        wait_until(lambda: (slow.msg_ids[0], "status", "busy") in seen, 4, "busy of a silent request")
+        assert not slow.ready()
+        slow.get(timeout=30)
+        for a in ars + [slow]:
+            wait_until(lambda: (a.msg_ids[0], "status", "idle") in seen, 10, "idle")
+            iopub = [(t, s) for (p, t, s) in seen if p == a.msg_ids[0] and t in ("status", "stream")]
+            assert iopub[0] == ("status", "busy") and iopub[-1] == ("status", "idle"), iopub
+            middle = iopub[1:-1]
+            if a is slow:
+                assert middle == [], iopub
+            else:
+                assert middle and all(m == ("stream", "stdout") for m in middle), iopub
+
+
 class _OldPythonFunction:
     """Pickles like a function from a Python 3.8-3.10 client: ipyparallel's code_ctor with the
     16 code-object fields those versions have (this Python's CodeType takes 18)."""

@@ -437,7 +437,11 @@ impl Inner {
     fn handle(&self, mut req: Request) {
         let s = &self.session;
         debug!("running {} {}", req.msg_type, req.msg_id);
-        self.outbox.send(s.status(&req.header_raw, "busy"));
+        // busy rings no bell: it goes out with the request's first output or its reply, in
+        // one wake-up of the runtime loop, one MPI send and one ZeroMQ batch for the three
+        // (a request that stays silent longer has it sent at the loop's next wake-up, within
+        // 200 ms; ipyparallel's client reads only idle, which ends the request)
+        self.outbox.queue(s.status(&req.header_raw, "busy"));
         self.capture.set_parent(Some(req.header_raw.clone()));
         let mut md = s.init_metadata(&req);
         // one hold of the GIL for the request: its parent, its code, the flush of its output

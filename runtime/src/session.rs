@@ -255,6 +255,12 @@ impl Outbox {
         self.send_all([p]);
     }
 
+    /// Queue a packet without ringing: it goes out with the next one that rings, or at the
+    /// runtime loop's next wake-up (within [`IDLE_MS`](crate::pace::IDLE_MS)).
+    pub fn queue(&self, p: Packet) {
+        let _ = self.tx.send(p);
+    }
+
     /// Queue packets, in order, and ring the bell once.
     pub fn send_all(&self, packets: impl IntoIterator<Item = Packet>) {
         let mut queued = false;
