@@ -95,11 +95,6 @@ enum Net0 {
 }
 
 fn run() -> Result<i32> {
-    // A relayed 1 MB request or reply passes through blocks of its size on rank 0 (ZeroMQ's
-    // buffer, the frame, the MPI send buffer): from the heap they are reused, where their own
-    // mappings cost about 130 page faults per 1 MB task. Up to 4 MiB only, and 8 MiB kept free:
-    // the user's big arrays are still mapped and unmapped as glibc does by default.
-    rpar_core::malloc::keep_in_heap(4 << 20, 8 << 20);
     let args: Vec<String> = std::env::args().collect();
     let opts = cli::parse(&args)?;
     if opts.version {
@@ -133,6 +128,14 @@ fn run() -> Result<i32> {
         .context("MPI_Init_thread failed (is this an MPI environment?)")?;
     let world = universe.world();
     let rank = world.rank() as u32;
+    if rank == 0 {
+        // Every relayed 1 MB request or reply passes through blocks of its size on rank 0
+        // (ZeroMQ's buffer, the frame sent on over MPI): from the heap they are reused, where
+        // their own mappings cost about 130 page faults per 1 MB task. Up to 4 MiB only, and
+        // 8 MiB kept free: the user's big arrays are still mapped and unmapped as glibc does by
+        // default. The other ranks' blocks are reused already (3 faults per task).
+        rpar_core::malloc::keep_in_heap(4 << 20, 8 << 20);
+    }
     let size = world.size() as u32;
     std::panic::set_hook(Box::new(|info| abort_job(&format!("fatal: {info}"))));
     let relay_comm = world.duplicate();
