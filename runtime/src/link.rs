@@ -1,7 +1,8 @@
-//! The MPI side of the relay: nonblocking sends and polled receives of encoded [`Packet`]s on the
+//! The MPI side of the relay: nonblocking sends and polled receives of encoded [`Packet`](crate::relay::Packet)s on the
 //! duplicated communicator (never `COMM_WORLD`, which belongs to user code such as mpi4py).
 //!
-//! Only the runtime thread of a rank uses its [`Link`]. Sends are `MPI_Isend` (so two ranks
+//! Rank 0's runtime thread alone uses its [`Link`]; on the other ranks the threads that send
+//! the engine's packets share it with the runtime thread ([`SharedLink`]). Sends are `MPI_Isend` (so two ranks
 //! sending large messages to each other cannot deadlock in rendezvous); completed sends are
 //! reaped once per pass of the loop, all of them by one `MPI_Testsome` (each test of a send
 //! still in flight runs MPI's progress engine, which yields the CPU when it finds nothing to
@@ -107,6 +108,11 @@ pub struct Link {
     last_probe: Instant,
 }
 
+/// Sends up to this size are sent eagerly by every MPI we know (see [`Link::needs_progress`]).
+const EAGER: usize = 4 << 10;
+/// See [`Link::needs_progress`].
+const FEW_SENDS: usize = 32;
+
 /// How long a ring whose message has not shown up keeps the loop probing MPI (while sends are
 /// in flight the loop probes too: MPI only progresses them when called).
 const RING_GRACE: Duration = Duration::from_millis(200);
@@ -117,9 +123,33 @@ const RING_GRACE: Duration = Duration::from_millis(200);
 pub const PROBE_EVERY: Duration = Duration::from_millis(crate::pace::IDLE_MS as u64);
 
 // SAFETY: the communicator handle and in-flight buffers are used by exactly one thread at a time
-// (moved once from the main thread into the runtime thread). MPI is initialized with
-// MPI_THREAD_MULTIPLE (or the degradation is logged), which allows calls from that thread.
+// (moved once from the main thread into the runtime thread, or behind [`SharedLink`]'s lock).
+// MPI is initialized with MPI_THREAD_MULTIPLE (or the degradation is logged, and no link is
+// shared), which allows calls from any thread.
 unsafe impl Send for Link {}
+
+/// A link shared by a rank's runtime loop and the threads that send its engine's packets (ranks
+/// ≥ 1 with MPI_THREAD_MULTIPLE): whoever holds the lock sends, so a reply goes to rank 0 from
+/// the Python thread itself instead of waking the runtime loop to send it. Taken out at exit
+/// ([`SharedLink::take`]), before MPI is finalized.
+pub struct SharedLink(std::sync::Mutex<Option<Link>>);
+
+impl SharedLink {
+    pub fn new(link: Link) -> std::sync::Arc<SharedLink> {
+        std::sync::Arc::new(SharedLink(std::sync::Mutex::new(Some(link))))
+    }
+
+    /// Run `f` on the link, unless it has been taken out.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Link) -> R) -> Option<R> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_mut().map(f)
+    }
+
+    /// Take the link out (the runtime loop's end); later [`SharedLink::with`] calls do nothing.
+    pub fn take(&self) -> Option<Link> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 impl Link {
     pub fn new(comm: SimpleCommunicator) -> Link {
@@ -160,12 +190,28 @@ impl Link {
         }
     }
 
+    /// Sends still in flight (or rings still to go out)?
+    pub fn sending(&self) -> bool {
+        !self.pending.is_empty() || self.bell.as_ref().is_some_and(Doorbell::unrung)
+    }
+
+    /// Is something in flight that needs this side's MPI calls to finish: a send above the
+    /// smallest eager limit (Open MPI's shared memory: 4 KiB; a rendezvous progresses only
+    /// inside MPI calls), many sends (MPI may hold some back until its buffers come back), or
+    /// a ring still to go out? A few small sends are already with their receiver and only wait
+    /// to be reaped.
+    pub fn needs_progress(&self) -> bool {
+        self.pending.bufs.len() > FEW_SENDS
+            || self.pending.bufs.iter().any(|b| b.len() > EAGER)
+            || self.bell.as_ref().is_some_and(Doorbell::unrung)
+    }
+
     /// What the loop's [`pace`](crate::pace) needs to know.
     pub fn state(&self) -> LinkState {
         LinkState {
             rung_by_all: self.rung_by_all,
             // a ring refused by a full buffer is a send still to finish
-            sending: !self.pending.is_empty() || self.bell.as_ref().is_some_and(Doorbell::unrung),
+            sending: self.sending(),
             owed: self.ledger.owed() > 0 && self.last_ring.elapsed() <= RING_GRACE,
         }
     }

@@ -381,9 +381,15 @@ fn run() -> Result<i32> {
             .name("runtime".into())
             .spawn(move || {
                 let _g = rt_span.enter();
-                r0.run()
+                let (code, link) = r0.run();
+                (code, Some(link))
             })?
     } else {
+        let link = link::SharedLink::new(link);
+        if granted >= mpi::Threading::Multiple {
+            // the engine's replies go to rank 0 from the thread that made them
+            outbox.send_directly(link.clone(), &outbox_rx);
+        }
         let rn = runtime::RankN {
             link,
             core,
@@ -412,18 +418,18 @@ fn run() -> Result<i32> {
         Err(e) => abort_job(&format!("rank {rank}: {e:#}")),
     };
     executor.serve(&queue);
-    let (code, mut link) = match handle.join() {
+    let (code, link) = match handle.join() {
         Ok(x) => x,
         Err(_) => {
             error!("runtime thread panicked");
             return Ok(1);
         }
     };
-    if code != 0 {
+    let Some(mut link) = link.filter(|_| code == 0) else {
         // Some rank is gone or the job is being killed: no collective finalize.
         // SAFETY: immediate exit.
         unsafe { libc::_exit(code) };
-    }
+    };
     link.comm().barrier();
     link.drain();
     info!("clean exit");

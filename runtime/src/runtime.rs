@@ -6,8 +6,10 @@
 //!   probing) MPI; routes with the broker; runs its own engine's core directly; and carries out
 //!   what the job core decides (say hello, unregister and exit). Its poll set is built once:
 //!   a small table says what each slot is.
-//! * Rank r ≥ 1 touches no network: it probes MPI for packets from rank 0, runs its core, and
-//!   sends its outbox to rank 0; rank 0's `Life::Exit` ends it.
+//! * Rank r ≥ 1 touches no network: it probes MPI for packets from rank 0 and runs its core.
+//!   With MPI_THREAD_MULTIPLE its link is shared ([`SharedLink`]): the engine's threads send
+//!   their packets to rank 0 themselves (a reply does not wake this loop), and the loop sends
+//!   what is left queued and progresses big sends; rank 0's `Life::Exit` ends it.
 //!
 //! MPI is probed, not waited on (a blocking MPI receive spins a core in OpenMPI and MPICH). Each
 //! MPI send rings the receiver's [doorbell](crate::doorbell), so a rank whose peers can all ring
@@ -15,7 +17,7 @@
 //! passes, and probes MPI only on a ring, or every few microseconds while its own sends are in
 //! flight or a ring's message has not shown up yet. Ranks on other hosts (no doorbell) fall back
 //! to probing on a timer that naps briefly right after traffic and backs off as the rank stays
-//! idle ([`pace`](crate::pace) holds the rule). Each pass reads each side within a
+//! idle ([`pace`] holds the rule). Each pass reads each side within a
 //! [`Quota`](crate::fair) (one busy rank cannot keep the loop from the others).
 //! SIGTERM (mpiexec tearing the job down) makes rank 0 unregister every engine before exiting.
 
@@ -23,7 +25,7 @@ use crate::broker::{Broker, JobEvent, Route};
 use crate::fair::Quota;
 use crate::job::{Action, JobCore};
 use crate::kernel::{interrupt_python, EngineCore, JobQueue};
-use crate::link::Link;
+use crate::link::{Link, SharedLink};
 use crate::nanny::Nanny;
 use crate::pace::{self, Wait, IDLE_MS};
 use crate::relay::{Channel, Life, Packet, Rank};
@@ -44,7 +46,7 @@ pub fn install_signal_handlers() {
     }
 }
 
-/// How busy a loop has been, for its [`pace`](crate::pace).
+/// How busy a loop has been, for its [`pace`].
 struct Activity {
     /// Passes in a row that moved nothing.
     idle: u32,
@@ -374,9 +376,10 @@ pub fn stop_python(queue: &JobQueue, code: i32) {
     }
 }
 
-/// Rank r ≥ 1.
+/// Rank r ≥ 1. Its link is shared with the threads that send its engine's packets
+/// ([`SharedLink`]): they send to rank 0 themselves, and the loop sends what they left queued.
 pub struct RankN {
-    pub link: Link,
+    pub link: Arc<SharedLink>,
     pub core: EngineCore,
     pub outbox: OutboxRx,
     pub queue: Arc<JobQueue>,
@@ -385,21 +388,32 @@ pub struct RankN {
 impl RankN {
     /// Send the outbox to rank 0: (anything sent, anything but heartbeat echoes).
     fn pump(&mut self) -> (bool, bool) {
-        let (mut any, mut real) = (false, false);
-        while let Ok(p) = self.outbox.rx.try_recv() {
-            any = true;
-            real |= p.header.channel != Channel::Heartbeat;
-            self.link.send(Rank(0), p.into_bytes());
-        }
-        (any, real)
+        let rx = &self.outbox.rx;
+        self.link
+            .with(|link| {
+                let (mut any, mut real) = (false, false);
+                while let Ok(p) = rx.try_recv() {
+                    any = true;
+                    real |= p.header.channel != Channel::Heartbeat;
+                    link.send(Rank(0), p.into_bytes());
+                }
+                (any, real)
+            })
+            .unwrap_or_default()
     }
 
-    pub fn run(mut self) -> (i32, Link) {
+    /// The link, for a call the loop makes (it is only taken out when the loop ends).
+    fn on_link<R: Default>(&self, f: impl FnOnce(&mut Link) -> R) -> R {
+        self.link.with(f).unwrap_or_default()
+    }
+
+    /// Run until rank 0 says exit; returns the exit code and the link (taken out of its lock).
+    pub fn run(mut self) -> (i32, Option<Link>) {
         pace::fine_timer_slack();
-        let me = self.link.rank();
+        let me = self.on_link(|l| Some(l.rank())).unwrap_or(Rank(0));
         let bell = self.outbox.bell.as_raw_fd();
         // without a doorbell, poll the outbox bell twice (-1 entries are ignored by poll)
-        let door = self.link.bell_fd().unwrap_or(-1);
+        let door = self.on_link(|l| l.bell_fd()).unwrap_or(-1);
         let mut pfds = [bell, door].map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -409,19 +423,24 @@ impl RankN {
         // one source (rank 0): only the pass bound counts
         let mut quota = Quota::new(0);
         loop {
-            pace::poll_for(&mut pfds, activity.wait(&self.link));
+            let wait = self
+                .on_link(|l| Some(activity.wait(l)))
+                .unwrap_or(Wait::Block(IDLE_MS));
+            pace::poll_for(&mut pfds, wait);
             if std::mem::take(&mut pfds[0].revents) != 0 {
                 self.outbox.drain_bell();
             }
             if std::mem::take(&mut pfds[1].revents) != 0 {
-                self.link.on_bell();
+                self.on_link(Link::on_bell);
             }
             let (mut active, mut real) = self.pump();
             // within a quota: this rank's replies (the outbox, next pass) are not kept waiting
             // by a flood of requests
             quota.reset();
             while !quota.full() {
-                let Some((src, buf)) = self.link.try_recv() else {
+                // the lock is let go before the packet is handled: the engine's core sends
+                // through the outbox, which takes it again
+                let Some((src, buf)) = self.on_link(Link::try_recv) else {
                     break;
                 };
                 quota.take(None);
@@ -438,18 +457,19 @@ impl RankN {
                     if let Ok(Life::Exit { code }) = p.as_life() {
                         info!("rank 0 says exit ({code})");
                         self.pump();
-                        self.link.finish(Duration::from_secs(2));
+                        self.on_link(|l| l.finish(Duration::from_secs(2)));
                         stop_python(&self.queue, code);
-                        return (code, self.link);
+                        return (code, self.link.take());
                     }
                     continue;
                 }
                 if let Some(life) = self.core.on_packet(p) {
                     self.pump();
-                    self.link.send(Rank(0), Packet::life(me, &life).encode());
+                    let bytes = Packet::life(me, &life).encode();
+                    self.on_link(|l| l.send(Rank(0), bytes));
                 }
             }
-            self.link.reap();
+            self.on_link(Link::reap);
             if let Some(sig) = rpar_core::signals::received() {
                 info!("signal {sig}: exiting");
                 // SAFETY: terminating the process (the job is being torn down).

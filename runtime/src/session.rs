@@ -226,6 +226,15 @@ impl Session {
 pub struct Outbox {
     tx: crossbeam_channel::Sender<Packet>,
     bell: Arc<OwnedFd>,
+    /// On ranks ≥ 1: send to rank 0 at once ([`Outbox::send_directly`]).
+    direct: Arc<std::sync::OnceLock<Direct>>,
+}
+
+/// The outbox's way straight to rank 0: the shared link, and the queue's receiving end (what
+/// was queued without a bell goes first).
+struct Direct {
+    link: Arc<crate::link::SharedLink>,
+    rx: crossbeam_channel::Receiver<Packet>,
 }
 
 /// The runtime loop's end of an [`Outbox`].
@@ -245,9 +254,19 @@ impl Outbox {
             Outbox {
                 tx,
                 bell: Arc::new(w),
+                direct: Arc::default(),
             },
             OutboxRx { rx, bell: r },
         ))
+    }
+
+    /// From now on (every clone of this outbox) send to rank 0 over `link` from the calling
+    /// thread; `rx` is the runtime loop's end of this outbox.
+    pub fn send_directly(&self, link: Arc<crate::link::SharedLink>, rx: &OutboxRx) {
+        let _ = self.direct.set(Direct {
+            link,
+            rx: rx.rx.clone(),
+        });
     }
 
     /// Queue a packet and ring the bell. Never blocks; a closed loop drops the packet.
@@ -261,18 +280,43 @@ impl Outbox {
         let _ = self.tx.send(p);
     }
 
-    /// Queue packets, in order, and ring the bell once.
+    /// Queue packets, in order, and ring the bell once (or, sending directly, send them and
+    /// ring only if a send needs the loop to progress it).
     pub fn send_all(&self, packets: impl IntoIterator<Item = Packet>) {
+        if let Some(d) = self.direct.get() {
+            let in_flight = d.link.with(|l| {
+                // what was queued before goes first (a quiet busy, another thread's packet)
+                while let Ok(p) = d.rx.try_recv() {
+                    l.send(Rank(0), p.into_bytes());
+                }
+                for p in packets {
+                    l.send(Rank(0), p.into_bytes());
+                }
+                l.reap();
+                l.needs_progress()
+            });
+            // a small send completes on its own (the loop reaps it on its next pass); a big
+            // one wakes the loop, which progresses it. No link: the loop has ended, nothing
+            // goes out any more.
+            if in_flight == Some(true) {
+                self.ring();
+            }
+            return;
+        }
         let mut queued = false;
         for p in packets {
             queued |= self.tx.send(p).is_ok();
         }
         if queued {
-            // A full pipe already means "wake up"; EAGAIN is fine.
-            // SAFETY: writing one byte from a valid buffer to a descriptor we own.
-            unsafe {
-                libc::write(self.bell.as_raw_fd(), b"!".as_ptr().cast(), 1);
-            }
+            self.ring();
+        }
+    }
+
+    fn ring(&self) {
+        // A full pipe already means "wake up"; EAGAIN is fine.
+        // SAFETY: writing one byte from a valid buffer to a descriptor we own.
+        unsafe {
+            libc::write(self.bell.as_raw_fd(), b"!".as_ptr().cast(), 1);
         }
     }
 }
