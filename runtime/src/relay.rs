@@ -2,8 +2,8 @@
 //! ranks, carried over MPI on a duplicate of `COMM_WORLD`.
 //!
 //! One MPI message = one [`Packet`]: the multipart ZeroMQ frames as opaque bytes, then a small
-//! typed trailer (a serde type encoded with bincode 2: version, channel, rank, frame lengths,
-//! which frame comes first), its length, the version and a magic byte. Rank 0 routes on the
+//! typed trailer (a serde type encoded with bincode 2: channel, rank, frame lengths, which frame
+//! comes first), its length, the version and a magic byte. Rank 0 routes on the
 //! trailer only (which engine, which socket) and never parses the frames. [`Life`] packets are
 //! the runtime's own small control messages (a rank has shut down, the job is exiting; bincode
 //! too) and are the only ones whose body is interpreted.
@@ -23,11 +23,11 @@ pub const MAGIC: u8 = 0xA7;
 /// Relay protocol version (bumped on any layout change).
 pub const VERSION: u8 = 2;
 /// A frame from this size on travels in place, first in the packet (see the module docs).
-pub const IN_PLACE: usize = 64 << 10;
+const IN_PLACE: usize = 64 << 10;
 /// The fixed end of a packet: head length (u32 LE), version, magic.
 const END: usize = 6;
 /// The room a big frame received from ZeroMQ gets for the rest of its packet.
-pub const ROOM: usize = 16 << 10;
+const ROOM: usize = 16 << 10;
 /// MPI tag of relay traffic on the duplicated communicator.
 pub const TAG: i32 = 7;
 
@@ -99,10 +99,9 @@ pub enum RelayError {
     Life(String),
 }
 
-/// The typed header of a packet (bincode; the version first).
+/// The typed header of a packet (bincode; the version is the byte before the magic).
 #[derive(Debug, Serialize, Deserialize)]
 struct Head {
-    version: u8,
     channel: Channel,
     rank: Rank,
     /// The length of each frame.
@@ -152,7 +151,6 @@ impl Packet {
 
     fn head(&self, first: Option<usize>) -> Vec<u8> {
         let head = Head {
-            version: VERSION,
             channel: self.header.channel,
             rank: self.header.rank,
             lens: self.frames.iter().map(|f| f.len() as u64).collect(),
@@ -183,21 +181,6 @@ impl Packet {
             if Some(i) != first {
                 out.extend_from_slice(f);
             }
-        }
-        Self::finish(out, &head)
-    }
-
-    /// Serialize a packet that stays the caller's (a copy of every frame).
-    pub fn encode(&self) -> Vec<u8> {
-        let first = self.first_frame();
-        let head = self.head(first);
-        let data: usize = self.frames.iter().map(Vec::len).sum();
-        let mut out = Vec::with_capacity(data + head.len() + END);
-        let order = first
-            .into_iter()
-            .chain((0..self.frames.len()).filter(|i| Some(*i) != first));
-        for i in order {
-            out.extend_from_slice(&self.frames[i]);
         }
         Self::finish(out, &head)
     }
@@ -238,9 +221,6 @@ impl Packet {
                 "{used} of {head_len} header bytes read"
             )));
         }
-        if head.version != VERSION {
-            return Err(RelayError::Version(head.version));
-        }
         let total = head.lens.iter().try_fold(0u64, |t, l| t.checked_add(*l));
         if total != Some(data_end as u64) {
             return Err(RelayError::Lengths {
@@ -280,24 +260,6 @@ impl Packet {
             channel: head.channel,
             rank: head.rank,
         }
-    }
-
-    /// The header and the frames, borrowed from the buffer.
-    #[cfg(test)]
-    pub fn decode_ref(buf: &[u8]) -> Result<(RelayHeader, Vec<&[u8]>), RelayError> {
-        let (head, _) = Self::trailer(buf)?;
-        let frames = Self::ranges(&head).into_iter().map(|r| &buf[r]).collect();
-        Ok((Self::header(&head), frames))
-    }
-
-    /// Deserialize a received packet, copying every frame.
-    #[cfg(test)]
-    pub fn decode(buf: &[u8]) -> Result<Packet, RelayError> {
-        let (header, frames) = Self::decode_ref(buf)?;
-        Ok(Packet {
-            header,
-            frames: frames.into_iter().map(<[u8]>::to_vec).collect(),
-        })
     }
 
     /// Deserialize a received packet in its own buffer: the frame that came first is the
@@ -344,7 +306,7 @@ pub fn recv_multipart(sock: &zmq::Socket, flags: i32) -> zmq::Result<Vec<Vec<u8>
 }
 
 /// `bytes` as a frame: exactly its size, or with [`ROOM`] to spare from [`IN_PLACE`] bytes.
-pub fn with_room(bytes: &[u8]) -> Vec<u8> {
+fn with_room(bytes: &[u8]) -> Vec<u8> {
     if bytes.len() < IN_PLACE {
         return bytes.to_vec();
     }
@@ -357,12 +319,9 @@ pub fn with_room(bytes: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn every_way(p: &Packet) -> [Packet; 3] {
-        [
-            Packet::decode(&p.encode()).unwrap(),
-            Packet::from_bytes(p.encode()).unwrap(),
-            Packet::from_bytes(p.clone().into_bytes()).unwrap(),
-        ]
+    /// `p` sent and received (its frames have no room to spare: the sender's copy path).
+    fn round(p: &Packet) -> Packet {
+        Packet::from_bytes(p.clone().into_bytes()).unwrap()
     }
 
     #[test]
@@ -386,10 +345,7 @@ mod tests {
                         vec![8; IN_PLACE],
                     ],
                 );
-                assert_eq!(Packet::decode_ref(&p.encode()).unwrap().0, p.header);
-                for back in every_way(&p) {
-                    assert_eq!(back, p);
-                }
+                assert_eq!(round(&p), p);
             }
         }
     }
@@ -432,9 +388,7 @@ mod tests {
     #[test]
     fn empty_packet_round_trips() {
         let p = Packet::new(Channel::Heartbeat, Rank(u32::MAX), vec![]);
-        for back in every_way(&p) {
-            assert_eq!(back, p);
-        }
+        assert_eq!(round(&p), p);
     }
 
     #[test]
@@ -447,57 +401,40 @@ mod tests {
             },
         ] {
             let p = Packet::life(Rank(1), &l);
-            for back in every_way(&p) {
-                assert_eq!(back.header.channel, Channel::Life);
-                assert_eq!(back.as_life().unwrap(), l);
-            }
+            let back = round(&p);
+            assert_eq!(back.header.channel, Channel::Life);
+            assert_eq!(back.as_life().unwrap(), l);
         }
         let bad = Packet::new(Channel::Life, Rank(0), vec![b"{nope".to_vec()]);
         assert!(bad.as_life().is_err());
     }
 
     #[test]
-    fn decode_ref_borrows_the_frames() {
-        let p = Packet::new(Channel::Shell, Rank(2), vec![b"abc".to_vec(), vec![9; 100]]);
-        let buf = p.encode();
-        let (h, frames) = Packet::decode_ref(&buf).unwrap();
-        assert_eq!(h, p.header);
-        assert_eq!(frames, vec![&b"abc"[..], &[9u8; 100][..]]);
-        let inside = buf.as_ptr_range();
-        assert!(inside.contains(&frames[1].as_ptr()));
-    }
-
-    #[test]
     fn corrupt_packets_are_errors() {
         let p = Packet::new(Channel::Shell, Rank(1), vec![b"abc".to_vec()]);
-        let good = p.encode();
-        let both = |b: &[u8]| {
-            let (x, y) = (Packet::decode(b), Packet::from_bytes(b.to_vec()));
-            assert_eq!(x, y);
-            x
-        };
-        assert_eq!(both(&[]), Err(RelayError::Short(0)));
-        assert_eq!(both(&[VERSION, MAGIC]), Err(RelayError::Short(2)));
+        let good = p.into_bytes();
+        let decode = |b: &[u8]| Packet::from_bytes(b.to_vec());
+        assert_eq!(decode(&[]), Err(RelayError::Short(0)));
+        assert_eq!(decode(&[VERSION, MAGIC]), Err(RelayError::Short(2)));
         let n = good.len();
         let mut b = good.clone();
         b[n - 1] = 0;
-        assert_eq!(both(&b), Err(RelayError::Magic(0)));
+        assert_eq!(decode(&b), Err(RelayError::Magic(0)));
         let mut b = good.clone();
         b[n - 2] = 99;
-        assert_eq!(both(&b), Err(RelayError::Version(99)));
+        assert_eq!(decode(&b), Err(RelayError::Version(99)));
         // a head length beyond the buffer
         let mut b = good.clone();
         b[n - 6..n - 2].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(both(&b).is_err());
+        assert!(decode(&b).is_err());
         // truncated payload (a byte off the front) and leading garbage
-        assert!(both(&good[1..]).is_err());
+        assert!(decode(&good[1..]).is_err());
         let mut b = vec![0];
         b.extend_from_slice(&good);
-        assert!(matches!(both(&b), Err(RelayError::Lengths { .. })));
+        assert!(matches!(decode(&b), Err(RelayError::Lengths { .. })));
         // absurd frame counts, lengths and first frames
         let absurd = |lens: Vec<u64>, first: Option<u32>| {
             let h = Head {
-                version: VERSION,
                 channel: Channel::Shell,
                 rank: Rank(1),
                 lens,
@@ -506,20 +443,20 @@ mod tests {
             let head = bincode::serde::encode_to_vec(&h, config()).unwrap();
             Packet::finish(b"abc".to_vec(), &head)
         };
-        assert!(both(&absurd(vec![3], None)).is_ok());
-        assert!(both(&absurd(vec![3], Some(0))).is_ok());
-        assert!(both(&absurd(vec![3], Some(1))).is_err());
-        assert!(both(&absurd(vec![3], Some(u32::MAX))).is_err());
-        assert!(both(&absurd(vec![u64::MAX], None)).is_err());
-        assert!(both(&absurd(vec![u64::MAX, 4], None)).is_err());
-        assert!(both(&absurd(vec![0; 300_000], None)).is_err());
+        assert!(decode(&absurd(vec![3], None)).is_ok());
+        assert!(decode(&absurd(vec![3], Some(0))).is_ok());
+        assert!(decode(&absurd(vec![3], Some(1))).is_err());
+        assert!(decode(&absurd(vec![3], Some(u32::MAX))).is_err());
+        assert!(decode(&absurd(vec![u64::MAX], None)).is_err());
+        assert!(decode(&absurd(vec![u64::MAX, 4], None)).is_err());
+        assert!(decode(&absurd(vec![0; 300_000], None)).is_err());
         // a claimed frame count far beyond the buffer is refused without allocating it
-        let mut b = vec![VERSION, 0, 1, 0xfc, 0xff, 0xff, 0xff, 0xff];
+        let mut b = vec![0, 1, 0xfc, 0xff, 0xff, 0xff, 0xff];
         b.extend_from_slice(&[0; 16]);
         let k = u32::try_from(b.len()).unwrap();
         b.extend_from_slice(&k.to_le_bytes());
         b.extend_from_slice(&[VERSION, MAGIC]);
-        assert!(both(&b).is_err());
+        assert!(decode(&b).is_err());
         // random bytes never panic
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for n in 0..3000usize {
@@ -533,7 +470,7 @@ mod tests {
                 b[k - 2] = VERSION;
                 b[k - 6..k - 2].copy_from_slice(&u32::try_from(n % 40).unwrap().to_le_bytes());
             }
-            let _ = both(&b);
+            let _ = decode(&b);
         }
     }
 }

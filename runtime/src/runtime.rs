@@ -340,7 +340,7 @@ impl Rank0 {
         for r in 1..size {
             self.link.send(
                 Rank(r),
-                Packet::life(Rank(r), &Life::Exit { code }).encode(),
+                Packet::life(Rank(r), &Life::Exit { code }).into_bytes(),
             );
         }
         self.link.finish(Duration::from_secs(2));
@@ -465,7 +465,7 @@ impl RankN {
                 }
                 if let Some(life) = self.core.on_packet(p) {
                     self.pump();
-                    let bytes = Packet::life(me, &life).encode();
+                    let bytes = Packet::life(me, &life).into_bytes();
                     self.on_link(|l| l.send(Rank(0), bytes));
                 }
             }
