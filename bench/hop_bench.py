@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The MPI hop, both engine transports: `rc[e].apply_sync(noop)` round trip (median, the two engines called in turn) for the
-engine on rank 0 (no MPI hop) and on the last rank (relayed over MPI) of one job, with
+"""The MPI hop, both engine transports: `rc[e].apply_sync(noop)` round trip (median; the two
+engines are called in turn) for the engine on rank 0 (no MPI hop) and on the last rank (relayed
+over MPI) of one job, with
 doorbells (the default on one node) and with the cross-node fallback forced by
 `RPAR_ENGINE_DOORBELL=0`, and the idle CPU of each rank (% of a core) over --idle seconds.
 

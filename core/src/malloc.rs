@@ -10,7 +10,8 @@
 //! (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES`) wins.
 
 /// Serve blocks below `mmap` bytes from the heap and keep up to `trim` bytes free at a heap's
-/// top, unless the environment sets glibc's thresholds itself. Call before other threads start.
+/// top, unless the environment sets glibc's thresholds itself. `mallopt` may be called from any
+/// thread; call this early, before the blocks it is about are allocated.
 pub fn keep_in_heap(mmap: usize, trim: usize) {
     if set_by_user(|k| std::env::var(k).ok()) {
         return;

@@ -1,13 +1,15 @@
-//! The MPI side of the relay: nonblocking sends and polled receives of encoded [`Packet`](crate::relay::Packet)s on the
-//! duplicated communicator (never `COMM_WORLD`, which belongs to user code such as mpi4py).
+//! The MPI side of the relay: nonblocking sends and polled receives of encoded
+//! [`Packet`](crate::relay::Packet)s on the duplicated communicator (never `COMM_WORLD`, which
+//! belongs to user code such as mpi4py).
 //!
 //! Rank 0's runtime thread alone uses its [`Link`]; on the other ranks the threads that send
-//! the engine's packets share it with the runtime thread ([`SharedLink`]). Sends are `MPI_Isend` (so two ranks
-//! sending large messages to each other cannot deadlock in rendezvous); completed sends are
-//! reaped once per pass of the loop, all of them by one `MPI_Testsome` (each test of a send
-//! still in flight runs MPI's progress engine, which yields the CPU when it finds nothing to
-//! do on an oversubscribed node: one call per pass, not one per send). Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in
-//! MPI and can also watch ZeroMQ sockets, the outbox and signals.
+//! the engine's packets share it with the runtime thread ([`SharedLink`]). Sends are
+//! `MPI_Isend` (so two ranks sending large messages to each other cannot deadlock in
+//! rendezvous); completed sends are reaped once per pass of the loop, all of them by one
+//! `MPI_Testsome` (each test of a send still in flight runs MPI's progress engine, which yields
+//! the CPU when it finds nothing to do on an oversubscribed node: one call per pass, not one per
+//! send). Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in MPI and can also
+//! watch ZeroMQ sockets, the outbox and signals.
 //!
 //! With a [`Doorbell`] every send also rings the receiver, and the link counts rings against
 //! received messages ([`Ledger`]), so the runtime loop knows when it may sleep until the next
@@ -190,9 +192,9 @@ impl Link {
         }
     }
 
-    /// Sends still in flight (or rings still to go out)?
-    pub fn sending(&self) -> bool {
-        !self.pending.is_empty() || self.bell.as_ref().is_some_and(Doorbell::unrung)
+    /// A ring refused by a full buffer is still to go out.
+    fn unrung(&self) -> bool {
+        self.bell.as_ref().is_some_and(Doorbell::unrung)
     }
 
     /// Is something in flight that needs this side's MPI calls to finish: a send above the
@@ -203,7 +205,7 @@ impl Link {
     pub fn needs_progress(&self) -> bool {
         self.pending.bufs.len() > FEW_SENDS
             || self.pending.bufs.iter().any(|b| b.len() > EAGER)
-            || self.bell.as_ref().is_some_and(Doorbell::unrung)
+            || self.unrung()
     }
 
     /// What the loop's [`pace`](crate::pace) needs to know.
@@ -211,7 +213,7 @@ impl Link {
         LinkState {
             rung_by_all: self.rung_by_all,
             // a ring refused by a full buffer is a send still to finish
-            sending: self.sending(),
+            sending: !self.pending.is_empty() || self.unrung(),
             owed: self.ledger.owed() > 0 && self.last_ring.elapsed() <= RING_GRACE,
         }
     }

@@ -29,7 +29,7 @@ use crate::link::{Link, SharedLink};
 use crate::nanny::Nanny;
 use crate::pace::{self, Wait, IDLE_MS};
 use crate::relay::{Channel, Life, Packet, Rank};
-use crate::session::OutboxRx;
+use crate::session::{send_queued, OutboxRx};
 use crate::transport::{Incoming, Transport};
 use rpar_core::native::Departure;
 use std::os::fd::{AsRawFd, RawFd};
@@ -389,17 +389,7 @@ impl RankN {
     /// Send the outbox to rank 0: (anything sent, anything but heartbeat echoes).
     fn pump(&mut self) -> (bool, bool) {
         let rx = &self.outbox.rx;
-        self.link
-            .with(|link| {
-                let (mut any, mut real) = (false, false);
-                while let Ok(p) = rx.try_recv() {
-                    any = true;
-                    real |= p.header.channel != Channel::Heartbeat;
-                    link.send(Rank(0), p.into_bytes());
-                }
-                (any, real)
-            })
-            .unwrap_or_default()
+        self.on_link(|l| send_queued(l, rx))
     }
 
     /// The link, for a call the loop makes (it is only taken out when the loop ends).

@@ -237,6 +237,21 @@ struct Direct {
     rx: crossbeam_channel::Receiver<Packet>,
 }
 
+/// Send what `rx` holds to rank 0 over `link`, in order: (anything sent, anything but
+/// heartbeat echoes).
+pub fn send_queued(
+    link: &mut crate::link::Link,
+    rx: &crossbeam_channel::Receiver<Packet>,
+) -> (bool, bool) {
+    let (mut any, mut real) = (false, false);
+    while let Ok(p) = rx.try_recv() {
+        any = true;
+        real |= p.header.channel != Channel::Heartbeat;
+        link.send(Rank(0), p.into_bytes());
+    }
+    (any, real)
+}
+
 /// The runtime loop's end of an [`Outbox`].
 pub struct OutboxRx {
     pub rx: crossbeam_channel::Receiver<Packet>,
@@ -286,9 +301,7 @@ impl Outbox {
         if let Some(d) = self.direct.get() {
             let in_flight = d.link.with(|l| {
                 // what was queued before goes first (a quiet busy, another thread's packet)
-                while let Ok(p) = d.rx.try_recv() {
-                    l.send(Rank(0), p.into_bytes());
-                }
+                send_queued(l, &d.rx);
                 for p in packets {
                     l.send(Rank(0), p.into_bytes());
                 }
