@@ -138,6 +138,25 @@ def test_large_messages_with_and_without_doorbells(controller, job_factory, door
         assert dv.map_sync(lambda x: x + 1, range(64)) == list(range(1, 65))
 
 
+def _flood(n):
+    for i in range(n):
+        print("line", i, flush=i % 7 == 0)
+    return n
+
+
+@pytest.mark.parametrize("doorbell", ["1", "0"])
+def test_a_flood_of_output_from_a_relayed_rank_arrives_whole(controller, job_factory, doorbell):
+    """A relayed rank's threads send to rank 0 themselves: thousands of output messages in a
+    row (many sends in flight at once, which the runtime loop must help finish) all arrive, in
+    order, with doorbells and on the timed fallback."""
+    job = job_factory("openmpi", controller, env={"RPAR_ENGINE_DOORBELL": doorbell})
+    with connected(controller, job) as rc:
+        ar = rc[rc.ids[-1]].apply_async(_flood, 20_000)
+        assert ar.get(timeout=60) == 20_000
+        ar.wait_for_output(timeout=30)
+        assert ar.stdout.splitlines() == [f"line {i}" for i in range(20_000)]
+
+
 def _talk(x):
     print("out", x)
     return 2 * x
