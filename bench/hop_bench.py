@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The MPI hop, both engine transports: `rc[e].apply_sync(noop)` round trip (median; the two
 engines are called in turn) for the engine on rank 0 (no MPI hop) and on the last rank (relayed
-over MPI) of one job, with
-doorbells (the default on one node) and with the cross-node fallback forced by
-`RPAR_ENGINE_DOORBELL=0`, and the idle CPU of each rank (% of a core) over --idle seconds.
+over MPI) of one job, with doorbells (the default on one node) and with the cross-node fallback
+forced by `RPAR_ENGINE_DOORBELL=0`, and the idle CPU of each rank (% of a core) over --idle
+seconds.
 
 Goal (issue 9): last rank within 0.15 ms of rank 0; idle CPU per rank <= 0.5 %.
 

@@ -9,7 +9,8 @@ For each kind, in one run (numbers only, no assertions), then the ratio rpar / i
     tasks/s for a no-op and for 10 KB and 1 MB (numpy) arguments, with the controller's, the
     engines' and the client's CPU per task (utime+stime from /proc; the controller with its
     descendants, the engines with everything else the launcher started); `dview.execute` on all;
-    push and pull of 1 MiB to / from all; PSS per engine and of the controller;
+    push and pull of 1 MiB to / from all; PSS per engine, of the largest engine and of the
+    controller;
   * the MPI hop (rpar only): `rc[e].apply_sync(noop)` median for the engine on rank 0 and on the
     last rank, with doorbells and with the cross-node fallback (RPAR_ENGINE_DOORBELL=0), and idle
     CPU per rank over --idle seconds.
@@ -221,6 +222,8 @@ def workloads(stack, a, res):
     time.sleep(0.5)
     ctl, _ = stack.groups()
     res["pss_engine_mib"] = pss_kib(stack.engine_procs()) / stack.n / 1024
+    # rpar's rank 0 relays every big frame and keeps more of the heap (rpar_core::malloc)
+    res["pss_engine_max_mib"] = max(pss_kib([p]) for p in stack.engine_procs()) / 1024
     res["pss_controller_mib"] = pss_kib(ctl) / 1024
 
 
@@ -291,6 +294,7 @@ ROWS = [
     ("pull_1mib_ms", "pull 1 MiB from all, median (ms)"),
     ("pss_engine_apply_mib", "PSS per engine after apply tasks only (MiB)"),
     ("pss_engine_mib", "PSS per engine after execute, push, pull (MiB)"),
+    ("pss_engine_max_mib", "PSS of the largest engine after execute, push, pull (MiB)"),
     ("pss_controller_mib", "PSS of the controller (MiB)"),
 ]
 
