@@ -229,10 +229,6 @@ impl Link {
             || self.last_probe.elapsed() >= PROBE_EVERY
     }
 
-    pub fn rank(&self) -> Rank {
-        Rank(self.comm.rank() as u32)
-    }
-
     pub fn size(&self) -> u32 {
         self.comm.size() as u32
     }

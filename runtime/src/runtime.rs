@@ -400,7 +400,7 @@ impl RankN {
     /// Run until rank 0 says exit; returns the exit code and the link (taken out of its lock).
     pub fn run(mut self) -> (i32, Option<Link>) {
         pace::fine_timer_slack();
-        let me = self.on_link(|l| Some(l.rank())).unwrap_or(Rank(0));
+        let me = self.core.session.rank;
         let bell = self.outbox.bell.as_raw_fd();
         // without a doorbell, poll the outbox bell twice (-1 entries are ignored by poll)
         let door = self.on_link(|l| l.bell_fd()).unwrap_or(-1);
