@@ -87,6 +87,52 @@ def test_apply_loads_only_the_serializer(tmp_path):
         ctl.stop()
 
 
+def _asyncio_loaded():
+    import sys
+
+    return "asyncio" in sys.modules
+
+
+def _schedule_on_the_loop(x):
+    import asyncio
+
+    loop = asyncio.get_event_loop()
+
+    async def later():
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    globals()["scheduled"] = loop.create_task(later())
+    return loop is asyncio.get_event_loop() and not loop.is_closed()
+
+
+def _scheduled_result():
+    task = globals()["scheduled"]
+    return task.result() if task.done() else None
+
+
+def test_asyncio_waits_for_code_that_imports_it(tmp_path):
+    """Apply requests do not load asyncio; code that imports it finds an event loop at once, and
+    a task it leaves on the loop runs between requests, as on an ipengine."""
+    profile = tmp_path / "profile_default"
+    profile.mkdir()
+    ctl = Controller(profile, ["--ip=127.0.0.1", "--ping=500"])
+    job = EngineJob("openmpi", 2, profile, [])
+    rc = ctl.client(timeout=20)
+    try:
+        rc.wait_for_engines(2, timeout=90)
+        for f in (_asyncio_loaded, _schedule_on_the_loop, _scheduled_result):
+            f.__module__ = "__main__"
+        assert rc[:].apply_sync(_asyncio_loaded) == [False, False], _logs(job, ctl)
+        assert rc[1].apply_sync(_schedule_on_the_loop, 21) is True
+        wait_for(lambda: rc[1].apply_sync(_scheduled_result) == 42, timeout=30, what="the scheduled task")
+        assert rc[:].apply_sync(_asyncio_loaded) == [False, True]
+    finally:
+        rc.close()
+        job.stop()
+        ctl.stop()
+
+
 def test_ipython_config_takes_effect(cluster):
     n, rc, _, job, ctl = cluster
     dv = rc[:]

@@ -82,7 +82,11 @@ def initializing(name):
 # put in sys.modules unexecuted, so ipyparallel.serialize loads with only what it imports; the
 # first access to anything else of the package (ipp.Client, jupyter_client.__version__, ...), or
 # a shipped function whose globals are the package's, runs the real __init__ in place.
-LAZY_PACKAGES = ("ipyparallel", "jupyter_client")
+LAZY_PACKAGES = ("ipyparallel", "jupyter_client", "traitlets")
+# What the serializer takes from a lazy package itself, read from the light submodule that
+# defines it: ipyparallel's canning imports only import_item from traitlets, whose __init__
+# loads all of traitlets.traitlets (about 0.7 MiB a rank).
+LAZY_VALUES = {"traitlets": {"import_item": "traitlets.utils.importstring"}}
 _lazy = {}
 
 
@@ -109,7 +113,12 @@ def lazy_package(name):
             sub = None
         return importlib.import_module(f"{name}.{attr}") if sub is not None else None
 
-    _install_lazy(spec, {}, submodule)
+    mod = _install_lazy(spec, {}, submodule)
+    try:
+        for attr, where in LAZY_VALUES.get(name, {}).items():
+            mod.__dict__[attr] = getattr(importlib.import_module(where), attr)
+    except Exception:
+        complete(mod)
 
 
 def _install_lazy(spec, values, first=lambda attr: None):
@@ -139,6 +148,7 @@ def _install_lazy(spec, values, first=lambda attr: None):
     parent, _, child = name.rpartition(".")
     if parent in sys.modules:
         setattr(sys.modules[parent], child, mod)
+    return mod
 
 
 # Modules the serializer imports only for a few integer constants: jupyter_client.session (for
