@@ -351,18 +351,22 @@ impl Executor {
         // The engine is registered and its heart beats (runtime thread): load the serializer now
         // so the first task does not pay for the import.
         inner.call0("warm");
+        let mut busy = inner.call0("loop_busy");
         loop {
-            if inner.call0("loop_busy") {
+            if busy {
                 match self.run_loop(queue) {
                     Ok(false) => return,
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        busy = inner.call0("loop_busy");
+                        continue;
+                    }
                     Err(e) => warn!("event loop: {e:#}; requests are served without it"),
                 }
             }
             match queue.pop() {
                 Job::Stop => return,
                 Job::Run(req) => {
-                    inner.handle(*req);
+                    busy = inner.handle(*req);
                     queue.finished();
                 }
             }
@@ -396,21 +400,24 @@ impl Executor {
 impl Inner {
     /// Call a support function without arguments; its result as a bool (false on error).
     fn call0(&self, name: &str) -> bool {
-        Python::with_gil(|py| {
-            match self
-                .support
-                .bind(py)
-                .getattr(name)
-                .and_then(|f| f.call0())
-                .and_then(|r| r.is_truthy())
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    debug!("{name}: {e}");
-                    false
-                }
+        Python::with_gil(|py| self.call0_in(py, name))
+    }
+
+    /// [`Inner::call0`] with the GIL already held.
+    fn call0_in(&self, py: Python<'_>, name: &str) -> bool {
+        match self
+            .support
+            .bind(py)
+            .getattr(name)
+            .and_then(|f| f.call0())
+            .and_then(|r| r.is_truthy())
+        {
+            Ok(b) => b,
+            Err(e) => {
+                debug!("{name}: {e}");
+                false
             }
-        })
+        }
     }
 
     fn set_parent(&self, py: Python<'_>, parent: &[u8]) {
@@ -434,7 +441,9 @@ impl Inner {
         }
     }
 
-    fn handle(&self, mut req: Request) {
+    /// Run one request and send its reply; returns whether the event loop then has work
+    /// (`loop_busy`, asked in the request's own hold of the GIL).
+    fn handle(&self, mut req: Request) -> bool {
         let s = &self.session;
         debug!("running {} {}", req.msg_type, req.msg_id);
         // busy rings no bell: it goes out with the request's first output or its reply, in
@@ -445,11 +454,11 @@ impl Inner {
         self.capture.set_parent(Some(req.header_raw.clone()));
         let mut md = s.init_metadata(&req);
         // one hold of the GIL for the request: its parent, its code, the flush of its output
-        let ran = Python::with_gil(|py| {
+        let (ran, busy) = Python::with_gil(|py| {
             self.set_parent(py, &req.header_raw);
             let ran = self.run(py, &mut req);
             self.flush_std(py);
-            ran
+            (ran, self.call0_in(py, "loop_busy"))
         });
         let (mut content, buffers) = match ran {
             Ok(x) => x,
@@ -482,6 +491,7 @@ impl Inner {
             s.status(&req.header_raw, "idle"),
         ]);
         self.capture.set_parent(None);
+        busy
     }
 
     fn run(&self, py: Python<'_>, req: &mut Request) -> Result<(Value, Vec<Vec<u8>>)> {
