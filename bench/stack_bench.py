@@ -7,10 +7,10 @@ For each kind, in one run (numbers only, no assertions), then the ratio rpar / i
   * start -> all registered, start -> first result on all, and stop, for every --sizes N;
   * at the first size: direct and load-balanced `apply_sync` round trip (median); load-balanced
     tasks/s for a no-op and for 10 KB and 1 MB (numpy) arguments, with the controller's, the
-    engines' and the client's CPU per task (utime+stime from /proc; the controller with its
-    descendants, the engines with everything else the launcher started); `dview.execute` on all;
-    push and pull of 1 MiB to / from all; PSS per engine, of the largest engine and of the
-    controller;
+    engines' and the client's CPU per task (per-thread schedstat from /proc, exact where
+    utime+stime come in 10 ms ticks; the controller with its descendants, the engines with
+    everything else the launcher started); `dview.execute` on all; push and pull of 1 MiB to /
+    from all; PSS per engine, of the largest engine and of the controller;
   * the MPI hop (rpar only): `rc[e].apply_sync(noop)` median for the engine on rank 0 and on the
     last rank, with doorbells and with the cross-node fallback (RPAR_ENGINE_DOORBELL=0), and idle
     CPU per rank over --idle seconds.
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import alternating_medians, cpu_seconds, descendants, pss_kib
+from common import alternating_medians, cpu_between, cpu_seconds, descendants, pss_kib, thread_times
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(os.environ.get("RPAR_BIN_DIR", ROOT / "target" / "release"))
@@ -178,12 +178,13 @@ def median_rtt(fn, n):
 def with_cpu(stack, n_tasks, fn):
     """Run fn(); return (wall s, controller / engine / client CPU µs per task)."""
     ctl, eng = stack.groups()
-    c0, e0, k0 = cpu_seconds(ctl), cpu_seconds(eng), time.process_time()
+    c0, e0, k0 = thread_times(ctl), thread_times(eng), time.process_time()
     t0 = time.perf_counter()
     fn()
     wall = time.perf_counter() - t0
     per = lambda d: d / n_tasks * 1e6  # noqa: E731
-    return wall, per(cpu_seconds(ctl) - c0), per(cpu_seconds(eng) - e0), per(time.process_time() - k0)
+    return (wall, per(cpu_between(c0, thread_times(ctl))), per(cpu_between(e0, thread_times(eng))),
+            per(time.process_time() - k0))
 
 
 def workloads(stack, a, res):
