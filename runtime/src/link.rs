@@ -259,9 +259,19 @@ impl Link {
     /// buffer).
     pub fn reap(&mut self) {
         // the rings first: the test of the sends may yield the CPU (see the module doc)
+        self.ring();
+        self.reap_sends();
+    }
+
+    /// Ring the peers sent to since the last ring (or refused by a full buffer).
+    pub fn ring(&mut self) {
         if let Some(b) = &mut self.bell {
             b.ring_again();
         }
+    }
+
+    /// Free the buffers of completed sends ([`Link::reap`] without the rings).
+    pub fn reap_sends(&mut self) {
         self.pending.reap();
     }
 
