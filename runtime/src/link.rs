@@ -8,8 +8,10 @@
 //! rendezvous); completed sends are reaped once per pass of the loop, all of them by one
 //! `MPI_Testsome` (each test of a send still in flight runs MPI's progress engine, which yields
 //! the CPU when it finds nothing to do on an oversubscribed node: one call per pass, not one per
-//! send). Receives use `MPI_Improbe` + `MPI_Mrecv`, so the loop never blocks in MPI and can also
-//! watch ZeroMQ sockets, the outbox and signals.
+//! send; a reply sent directly from the thread that made it reaps the sends before it, done by
+//! then, so that test finds one done and runs no progress). Receives use `MPI_Improbe` +
+//! `MPI_Mrecv`, so the loop never blocks in MPI and can also watch ZeroMQ sockets, the outbox
+//! and signals.
 //!
 //! With a [`Doorbell`] every send also rings the receiver, and the link counts rings against
 //! received messages ([`Ledger`]), so the runtime loop knows when it may sleep until the next
