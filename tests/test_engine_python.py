@@ -93,6 +93,22 @@ def _asyncio_loaded():
     return "asyncio" in sys.modules
 
 
+def _traitlets_state():
+    import sys
+
+    return "traitlets.traitlets" in sys.modules
+
+
+def _use_traitlets():
+    import traitlets
+    from traitlets import HasTraits, Int
+
+    class Counter(HasTraits):
+        n = Int(3)
+
+    return Counter(n=5).n * 2, bool(traitlets.__version__)
+
+
 def _schedule_on_the_loop(x):
     import asyncio
 
@@ -113,7 +129,8 @@ def _scheduled_result():
 
 def test_asyncio_waits_for_code_that_imports_it(tmp_path):
     """Apply requests do not load asyncio; code that imports it finds an event loop at once, and
-    a task it leaves on the loop runs between requests, as on an ipengine."""
+    a task it leaves on the loop runs between requests, as on an ipengine. traitlets is held
+    likewise, and whole as soon as code uses it."""
     profile = tmp_path / "profile_default"
     profile.mkdir()
     ctl = Controller(profile, ["--ip=127.0.0.1", "--ping=500"])
@@ -127,6 +144,11 @@ def test_asyncio_waits_for_code_that_imports_it(tmp_path):
         assert rc[1].apply_sync(_schedule_on_the_loop, 21) is True
         wait_for(lambda: rc[1].apply_sync(_scheduled_result) == 42, timeout=30, what="the scheduled task")
         assert rc[:].apply_sync(_asyncio_loaded) == [False, True]
+        # traitlets is held too (the serializer takes one function of it), and whole on demand
+        _traitlets_state.__module__ = _use_traitlets.__module__ = "__main__"
+        assert rc[:].apply_sync(_traitlets_state) == [False, False]
+        assert rc[0].apply_sync(_use_traitlets) == (10, True)
+        assert rc[:].apply_sync(_traitlets_state) == [True, False]
     finally:
         rc.close()
         job.stop()
