@@ -3,6 +3,7 @@ own config classes (command line and ipengine_config.py), ipyparallel.datapub.pu
 rc.become_dask() / stop_dask(), bind_kernel() with a real Jupyter client. Real rpar-controller,
 real ipyparallel Client, a single-rank rpar-engine and a 4-rank MPI job."""
 
+import contextlib
 import os
 
 import ipyparallel as ipp
@@ -46,6 +47,24 @@ def _logs(job, ctl):
     return f"{job.output()}\n{ctl.output()}"
 
 
+@contextlib.contextmanager
+def _fresh_job(tmp_path, ranks):
+    """A controller and a `ranks`-rank job of their own, for what a fresh engine has loaded:
+    (client, job, controller)."""
+    profile = tmp_path / "profile_default"
+    profile.mkdir()
+    ctl = Controller(profile, ["--ip=127.0.0.1", "--ping=500"])
+    job = EngineJob("openmpi", ranks, profile, [])
+    rc = ctl.client(timeout=20)
+    try:
+        rc.wait_for_engines(ranks, timeout=90)
+        yield rc, job, ctl
+    finally:
+        rc.close()
+        job.stop()
+        ctl.stop()
+
+
 def _loaded():
     import sys
 
@@ -69,22 +88,12 @@ def test_apply_loads_only_the_serializer(tmp_path):
     """An apply request loads ipyparallel's serializer without what it does not use (pyzmq,
     tornado, IPython, jupyter_client.session's code: a third of an engine's start-up CPU), and
     all of it is there as soon as code asks for it."""
-    profile = tmp_path / "profile_default"
-    profile.mkdir()
-    ctl = Controller(profile, ["--ip=127.0.0.1", "--ping=500"])
-    job = EngineJob("openmpi", 1, profile, [])
-    rc = ctl.client(timeout=20)
-    try:
-        rc.wait_for_engines(1, timeout=90)
+    with _fresh_job(tmp_path, 1) as (rc, job, ctl):
         _loaded.__module__ = _session_names.__module__ = "__main__"
         assert rc[0].apply_sync(_loaded) == {"zmq": False, "tornado": False, "IPython": False,
                                              "session_ran": False}, _logs(job, ctl)
         assert rc[0].apply_sync(_session_names) == ("Session", 64, 1024, True)
         assert rc[0].apply_sync(_loaded)["session_ran"] is True
-    finally:
-        rc.close()
-        job.stop()
-        ctl.stop()
 
 
 def _asyncio_loaded():
@@ -131,13 +140,7 @@ def test_asyncio_waits_for_code_that_imports_it(tmp_path):
     """Apply requests do not load asyncio; code that imports it finds an event loop at once, and
     a task it leaves on the loop runs between requests, as on an ipengine. traitlets is held
     likewise, and whole as soon as code uses it."""
-    profile = tmp_path / "profile_default"
-    profile.mkdir()
-    ctl = Controller(profile, ["--ip=127.0.0.1", "--ping=500"])
-    job = EngineJob("openmpi", 2, profile, [])
-    rc = ctl.client(timeout=20)
-    try:
-        rc.wait_for_engines(2, timeout=90)
+    with _fresh_job(tmp_path, 2) as (rc, job, ctl):
         for f in (_asyncio_loaded, _schedule_on_the_loop, _scheduled_result):
             f.__module__ = "__main__"
         assert rc[:].apply_sync(_asyncio_loaded) == [False, False], _logs(job, ctl)
@@ -149,10 +152,6 @@ def test_asyncio_waits_for_code_that_imports_it(tmp_path):
         assert rc[:].apply_sync(_traitlets_state) == [False, False]
         assert rc[0].apply_sync(_use_traitlets) == (10, True)
         assert rc[:].apply_sync(_traitlets_state) == [True, False]
-    finally:
-        rc.close()
-        job.stop()
-        ctl.stop()
 
 
 def test_ipython_config_takes_effect(cluster):
