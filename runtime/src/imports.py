@@ -103,8 +103,17 @@ def lazy_package(name):
     if spec is None or spec.submodule_search_locations is None or not hasattr(spec.loader, "exec_module"):
         return
 
-    def submodule(attr):
-        # a submodule (`from ipyparallel import error`) is imported, as the package would have
+    values = LAZY_VALUES.get(name, {})
+
+    def first(attr):
+        # a value of LAZY_VALUES is read from its submodule (if that fails, the real package
+        # runs and has it); a submodule (`from ipyparallel import error`) is imported, as the
+        # package would have
+        if attr in values:
+            try:
+                return getattr(importlib.import_module(values[attr]), attr)
+            except Exception:
+                return None
         if attr.startswith("__"):
             return None
         try:
@@ -113,12 +122,7 @@ def lazy_package(name):
             sub = None
         return importlib.import_module(f"{name}.{attr}") if sub is not None else None
 
-    mod = _install_lazy(spec, {}, submodule)
-    try:
-        for attr, where in LAZY_VALUES.get(name, {}).items():
-            mod.__dict__[attr] = getattr(importlib.import_module(where), attr)
-    except Exception:
-        complete(mod)
+    _install_lazy(spec, {}, first)
 
 
 def _install_lazy(spec, values, first=lambda attr: None):
@@ -148,7 +152,6 @@ def _install_lazy(spec, values, first=lambda attr: None):
     parent, _, child = name.rpartition(".")
     if parent in sys.modules:
         setattr(sys.modules[parent], child, mod)
-    return mod
 
 
 # Modules the serializer imports only for a few integer constants: jupyter_client.session (for
