@@ -24,7 +24,7 @@ use crate::session::{Outbox, Request, Session};
 use anyhow::{anyhow, Context, Result};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyModule};
+use pyo3::types::{PyList, PyModule, PyString};
 use serde_json::{json, Value};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -400,11 +400,12 @@ impl Executor {
 impl Inner {
     /// Call a support function without arguments; its result as a bool (false on error).
     fn call0(&self, name: &str) -> bool {
-        Python::with_gil(|py| self.call0_in(py, name))
+        Python::with_gil(|py| self.call0_in(py, &PyString::new(py, name)))
     }
 
-    /// [`Inner::call0`] with the GIL already held.
-    fn call0_in(&self, py: Python<'_>, name: &str) -> bool {
+    /// [`Inner::call0`] with the GIL already held (and the name as a Python string, interned
+    /// where it is called per request).
+    fn call0_in(&self, py: Python<'_>, name: &Bound<'_, PyString>) -> bool {
         match self
             .support
             .bind(py)
@@ -458,7 +459,7 @@ impl Inner {
             self.set_parent(py, &req.header_raw);
             let ran = self.run(py, &mut req);
             self.flush_std(py);
-            (ran, self.call0_in(py, "loop_busy"))
+            (ran, self.call0_in(py, intern!(py, "loop_busy")))
         });
         let (mut content, buffers) = match ran {
             Ok(x) => x,
