@@ -128,7 +128,7 @@ def _schedule_on_the_loop(x):
         return x * 2
 
     globals()["scheduled"] = loop.create_task(later())
-    return loop is asyncio.get_event_loop() and not loop.is_closed()
+    return not loop.is_closed()
 
 
 def _scheduled_result():
